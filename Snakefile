@@ -1,0 +1,25 @@
+# ct25d: head-CT DICOM archives -> cached, reproducible artifacts -> 2D / 2.5D / 3D classifiers.
+#
+#   snakemake all --cores 8 --resources gpu=2      (the target first: list options swallow it)
+#   snakemake ingest --cores 2                     (one stage and what it needs)
+#   snakemake all --profile workflow/profiles/slurm
+#
+# Rules are thin: each runs one `ct25d` subcommand; all logic lives in src/ct25d.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/synth.smk"
+include: "rules/ingest.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        rules.ingest.input,

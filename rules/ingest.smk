@@ -1,0 +1,89 @@
+# DICOM series -> int16 Hounsfield-unit volumes in zarr, one job per shard of studies.
+
+
+rule scan:
+    input:
+        unpack(archive_inputs),
+    output:
+        files=f"{RESULTS}/{{dataset}}/scan/files.parquet",
+        series=f"{RESULTS}/{{dataset}}/scan/series.parquet",
+        studies=f"{RESULTS}/{{dataset}}/scan/studies.parquet",
+        unreadable=f"{RESULTS}/{{dataset}}/scan/unreadable.csv",
+        settings=f"{RESULTS}/{{dataset}}/scan/settings.json",
+    params:
+        root=lambda wc: dicom_root(wc.dataset),
+        labels=lambda wc: label_file(wc.dataset),
+        layout=lambda wc: DATASETS[wc.dataset]["layout"],
+        shards=lambda wc: DATASETS[wc.dataset]["shards"],
+        settings=ingest_settings(SCAN_KEYS),
+        out=f"{RESULTS}/{{dataset}}/scan",
+    log:
+        f"{RESULTS}/logs/scan/{{dataset}}.log",
+    threads: 2
+    conda:
+        "../envs/ct25d.yaml"
+    shell:
+        "ct25d scan --root {params.root:q} --layout {params.layout} --labels {params.labels:q} "
+        "--shards {params.shards} --settings {params.settings:q} --workers {threads} "
+        "--out {params.out} > {log} 2>&1"
+
+
+rule ingest_shard:
+    input:
+        unpack(archive_inputs),
+        files=rules.scan.output.files,
+        series=rules.scan.output.series,
+        studies=rules.scan.output.studies,
+    output:
+        store=directory(f"{RESULTS}/{{dataset}}/hu/shard-{{shard}}.zarr"),
+        volumes=f"{RESULTS}/{{dataset}}/hu/shard-{{shard}}.volumes.parquet",
+        slices=f"{RESULTS}/{{dataset}}/hu/shard-{{shard}}.slices.parquet",
+        rejections=f"{RESULTS}/{{dataset}}/hu/shard-{{shard}}.rejections.csv",
+    params:
+        root=lambda wc: dicom_root(wc.dataset),
+        scan=f"{RESULTS}/{{dataset}}/scan",
+        settings=ingest_settings(CONVERT_KEYS),
+        prefix=f"{RESULTS}/{{dataset}}/hu/shard-{{shard}}",
+    log:
+        f"{RESULTS}/logs/ingest_shard/{{dataset}}-{{shard}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/ingest_shard/{{dataset}}-{{shard}}.tsv"
+    threads: 2
+    conda:
+        "../envs/ct25d.yaml"
+    shell:
+        "ct25d ingest --root {params.root:q} --scan {params.scan} --shard {wildcards.shard} "
+        "--settings {params.settings:q} --workers {threads} --out-prefix {params.prefix} > {log} 2>&1"
+
+
+rule ingest_report:
+    input:
+        scan=rules.scan.output.studies,
+        volumes=lambda wc: expand(rules.ingest_shard.output.volumes, dataset=wc.dataset, shard=shard_ids(wc.dataset)),
+        slices=lambda wc: expand(rules.ingest_shard.output.slices, dataset=wc.dataset, shard=shard_ids(wc.dataset)),
+        rejections=lambda wc: expand(
+            rules.ingest_shard.output.rejections, dataset=wc.dataset, shard=shard_ids(wc.dataset)
+        ),
+    output:
+        manifest=f"{RESULTS}/{{dataset}}/manifest.parquet",
+        slices=f"{RESULTS}/{{dataset}}/slices.parquet",
+        rejections=report(
+            f"{RESULTS}/{{dataset}}/rejections.csv", category="Ingest", labels={"dataset": "{dataset}"}
+        ),
+        summary=f"{RESULTS}/{{dataset}}/ingest_summary.json",
+    params:
+        scan=f"{RESULTS}/{{dataset}}/scan",
+        prefixes=lambda wc: [f"{RESULTS}/{wc.dataset}/hu/shard-{k}" for k in shard_ids(wc.dataset)],
+        out=f"{RESULTS}/{{dataset}}",
+    log:
+        f"{RESULTS}/logs/ingest_report/{{dataset}}.log",
+    conda:
+        "../envs/ct25d.yaml"
+    shell:
+        "ct25d ingest-report --scan {params.scan} --shards {params.prefixes} --out {params.out} > {log} 2>&1"
+
+
+rule ingest:
+    input:
+        expand(rules.ingest_report.output.summary, dataset=DATASETS),
+        expand(rules.ingest_report.output.rejections, dataset=DATASETS),

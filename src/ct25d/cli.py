@@ -1,0 +1,182 @@
+"""The `ct25d` command line: one subcommand per workflow step, so a step runs the same by hand,
+in a test and inside a Snakemake rule. Settings arrive as JSON (the rule's `params`, which are
+also what Snakemake compares to decide reruns)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from ct25d.errors import ConfigError, Ct25dError
+
+log = logging.getLogger("ct25d")
+
+
+def _json(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("settings must be a JSON object")
+    return value
+
+
+def _require(settings: dict[str, Any], key: str, section: str) -> Any:
+    if key not in settings:
+        raise ConfigError(f"missing config key {section}.{key}")
+    return settings[key]
+
+
+def cmd_synth(args: argparse.Namespace) -> None:
+    from ct25d.synth.cohort import generate_cohort
+
+    generate_cohort(args.out, args.layout, args.dataset, args.synthetic)
+
+
+def cmd_scan(args: argparse.Namespace) -> None:
+    from ct25d.atomic import write_csv, write_json, write_parquet
+    from ct25d.dicom.scan import ScanSettings, scan_archive
+    from ct25d.provenance import stamp
+
+    s = args.settings
+    settings = ScanSettings(
+        preferred_thickness_mm=float(_require(s, "preferred_thickness_mm", "ingest")),
+        exclude_series=str(_require(s, "exclude_series", "ingest")),
+        pseudonym_salt=str(_require(s, "pseudonym_salt", "ingest")),
+    )
+    result = scan_archive(args.root, args.layout, args.labels, args.shards, settings, args.workers)
+    meta = stamp("scan", {"layout": args.layout, "shards": args.shards, **s})
+    out = Path(args.out)
+    write_parquet(out / "files.parquet", result.files, meta)
+    write_parquet(out / "series.parquet", result.series, meta)
+    write_parquet(out / "studies.parquet", result.studies, meta)
+    write_csv(out / "unreadable.csv", result.rejected)
+    write_json(out / "settings.json", meta)
+    log.info(
+        "scanned %d files (%d unreadable), %d series, %d studies",
+        len(result.files) + len(result.rejected),
+        len(result.rejected),
+        len(result.series),
+        len(result.studies),
+    )
+
+
+def cmd_ingest(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from ct25d.atomic import write_csv, write_parquet
+    from ct25d.dicom.series import GeometryRules
+    from ct25d.provenance import stamp
+    from ct25d.volumes.ingest import ingest_shard
+
+    s = args.settings
+    scan = Path(args.scan)
+    studies = pd.read_parquet(scan / "studies.parquet")
+    studies = studies[studies["shard"] == args.shard]
+    files = pd.read_parquet(scan / "files.parquet")
+    series = pd.read_parquet(scan / "series.parquet")
+    rules = GeometryRules(
+        float(_require(s, "spacing_tolerance", "ingest")), float(_require(s, "max_tilt_deg", "ingest"))
+    )
+    meta = stamp("ingest", {"shard": args.shard, **s})
+    prefix = Path(args.out_prefix)
+    volumes, slices, rejections = ingest_shard(
+        args.root,
+        files[files["study_id"].isin(studies["study_id"])],
+        series,
+        studies,
+        f"{prefix}.zarr",
+        meta,
+        rules,
+        int(_require(s, "chunk_slices", "ingest")),
+        int(_require(s, "compression_level", "ingest")),
+        args.workers,
+    )
+    write_parquet(f"{prefix}.volumes.parquet", volumes, meta)
+    write_parquet(f"{prefix}.slices.parquet", slices, meta)
+    write_csv(f"{prefix}.rejections.csv", rejections)
+    log.info(
+        "shard %d: %d studies converted, %d rejected",
+        args.shard,
+        len(volumes),
+        int((rejections["level"] == "study").sum()),
+    )
+
+
+def cmd_ingest_report(args: argparse.Namespace) -> None:
+    from ct25d.atomic import write_csv, write_json, write_parquet
+    from ct25d.provenance import stamp
+    from ct25d.volumes.report import gather
+
+    manifest, slices, rejections, counts = gather(args.scan, args.shards)
+    meta = stamp("ingest-report", {"shards": len(args.shards)})
+    out = Path(args.out)
+    write_parquet(out / "manifest.parquet", manifest, meta)
+    write_parquet(out / "slices.parquet", slices, meta)
+    write_csv(out / "rejections.csv", rejections)
+    write_json(out / "ingest_summary.json", {**meta, "counts": counts})
+    log.info("%s", json.dumps(counts))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ct25d", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="generate a synthetic head-CT cohort as real DICOM in an archive layout")
+    p.add_argument("--layout", choices=["rsna", "cq500"], required=True)
+    p.add_argument("--out", required=True, help="folder to create (replaced atomically)")
+    p.add_argument("--dataset", type=_json, required=True, help="the dataset's `synthetic` config (JSON)")
+    p.add_argument("--synthetic", type=_json, required=True, help="the global `synthetic` config (JSON)")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("scan", help="scan a DICOM archive's headers into file/series/study tables")
+    p.add_argument("--root", required=True)
+    p.add_argument("--layout", choices=["rsna", "cq500"], required=True)
+    p.add_argument("--labels", required=True, help="stage_2_train.csv (rsna) or reads.csv (cq500)")
+    p.add_argument("--shards", type=int, required=True)
+    p.add_argument("--settings", type=_json, required=True, help="config `ingest` (JSON)")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=cmd_scan)
+
+    p = sub.add_parser("ingest", help="convert one shard of studies to int16 HU volumes in zarr")
+    p.add_argument("--root", required=True)
+    p.add_argument("--scan", required=True, help="folder written by `ct25d scan`")
+    p.add_argument("--shard", type=int, required=True)
+    p.add_argument("--settings", type=_json, required=True, help="config `ingest` (JSON)")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument(
+        "--out-prefix", required=True, help="writes PREFIX.zarr, .volumes/.slices.parquet, .rejections.csv"
+    )
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("ingest-report", help="gather shards into a manifest and reconcile the counts")
+    p.add_argument("--scan", required=True)
+    p.add_argument("--shards", nargs="+", required=True, help="shard output prefixes")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_ingest_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        args.func(args)
+    except Ct25dError as exc:
+        log.error("%s", exc)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""DICOM reading: headers, pixels to Hounsfield units, and series to sorted volumes."""

@@ -1,0 +1,190 @@
+"""Scan a DICOM archive of either layout into tables of files, series and studies.
+
+The scan reads headers only. It groups files into series, ranks each study's series by how well
+they fit the config (plain, non-contrast, CT, thickness closest to the preferred one), attaches
+labels, and assigns each study to a shard so that tens of thousands of studies become a handful
+of Snakemake jobs. Every file ends up either in `files` or in `rejected`; nothing vanishes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from ct25d.dicom.headers import SliceHeader, pseudonym, read_header
+from ct25d.errors import Ct25dError, SeriesError
+from ct25d.labels import RSNA_LABELS, cq500_study_name, read_cq500_reads, read_rsna_labels
+
+NOT_DICOM_SUFFIXES = {".csv", ".txt", ".json", ".md", ".xml", ".zip", ".parquet", ".png", ".jpg"}
+
+
+@dataclass(frozen=True)
+class ScanSettings:
+    """Config `ingest` keys that decide grouping, choice and pseudonyms."""
+
+    preferred_thickness_mm: float
+    exclude_series: str
+    pseudonym_salt: str
+
+
+@dataclass
+class ScanResult:
+    files: pd.DataFrame  # one row per readable file
+    series: pd.DataFrame  # one row per series (unit of choice), with rank or the reason it is not a candidate
+    studies: pd.DataFrame  # one row per study: labels and shard
+    rejected: pd.DataFrame  # one row per file that could not be read at all
+
+
+def list_files(root: Path, layout: str) -> list[Path]:
+    """All candidate DICOM files under `root`, sorted so the scan is deterministic."""
+    if not root.is_dir():
+        raise Ct25dError(f"DICOM root {root} does not exist or is not a folder")
+    if layout == "rsna":
+        found = [Path(e.path) for e in os.scandir(root) if e.is_file() and not e.name.startswith(".")]
+    else:
+        found = [
+            Path(dirpath) / name
+            for dirpath, _, names in os.walk(root)
+            for name in names
+            if not name.startswith(".")
+        ]
+    return sorted(p for p in found if p.suffix.lower() not in NOT_DICOM_SUFFIXES)
+
+
+def _read_one(path: Path, salt: str) -> SliceHeader | tuple[str, str]:
+    try:
+        return read_header(path, salt)
+    except SeriesError as exc:
+        return (str(path), exc.reason)
+
+
+def read_headers(paths: list[Path], salt: str, workers: int) -> Iterator[SliceHeader | tuple[str, str]]:
+    """Headers in input order; unreadable files come back as (path, reason)."""
+    job = partial(_read_one, salt=salt)
+    bar = dict(total=len(paths), desc="scan headers", unit="file", mininterval=2.0)
+    if workers <= 1:
+        yield from tqdm(map(job, paths), **bar)
+        return
+    with ProcessPoolExecutor(workers) as pool:
+        yield from tqdm(pool.map(job, paths, chunksize=256), **bar)
+
+
+def shard_of(study_id: str, shards: int) -> int:
+    """Stable shard assignment from the pseudonymous study id (independent of scan order)."""
+    return int(hashlib.sha256(study_id.encode()).hexdigest(), 16) % shards
+
+
+def rank_series(files: pd.DataFrame, settings: ScanSettings) -> pd.DataFrame:
+    """One row per series unit with `rank` (0 = first choice) or `excluded` naming why not."""
+    exclude = re.compile(settings.exclude_series) if settings.exclude_series else None
+    rows = []
+    for (study_id, unit), group in files.groupby(["study_id", "unit"], sort=True):
+        descriptions = sorted(set(group["series_description"]))
+        modalities = sorted(set(group["modality"]))
+        series_ids = sorted(set(group["series_id"]))
+        thickness = float(np.median(group["slice_thickness"]))
+        reason = ""
+        if len(series_ids) > 1:
+            reason = f"mixed series: {len(series_ids)} SeriesInstanceUIDs in {unit}"
+        elif modalities != ["CT"]:
+            reason = f"modality {'/'.join(m or '(none)' for m in modalities)} is not CT"
+        elif exclude and any(exclude.search(d) for d in descriptions):
+            reason = f"series description {descriptions[0]!r} matches exclude_series"
+        elif (group["contrast_agent"] != "").any():
+            reason = "contrast agent recorded (ContrastBolusAgent)"
+        elif group["image_type"].str.upper().str.contains("LOCALIZER").any():
+            reason = "localizer images"
+        rows.append(
+            {
+                "study_id": study_id,
+                "unit": unit,
+                "series_id": series_ids[0],
+                "series_description": descriptions[0],
+                "n_files": len(group),
+                "slice_thickness": thickness,
+                "excluded": reason,
+            }
+        )
+    series = pd.DataFrame(rows)
+    ok = series["excluded"] == ""
+    series["fit"] = np.where(ok, (series["slice_thickness"] - settings.preferred_thickness_mm).abs(), np.inf)
+    series = series.sort_values(["study_id", "fit", "n_files", "unit"], ascending=[True, True, False, True])
+    series["rank"] = series.groupby("study_id").cumcount().where(ok, -1).astype(int)
+    return series.drop(columns="fit").reset_index(drop=True)
+
+
+def _attach_rsna_labels(files: pd.DataFrame, labels_path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    labels = read_rsna_labels(labels_path).rename(columns={"image_id": "sop_uid"})
+    files = files.merge(labels, on="sop_uid", how="left")
+    studies = files.groupby("study_id")[list(RSNA_LABELS)].max().reset_index()
+    return files, studies
+
+
+def _attach_cq500_labels(files: pd.DataFrame, labels_path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    reads = read_cq500_reads(labels_path)
+    files = files.assign(name=files["path"].map(lambda p: cq500_study_name(Path(p).parts[0])))
+    names = files.groupby("study_id")["name"].agg(lambda s: sorted(set(s)))
+    clash = names[names.map(len) > 1]
+    if len(clash):
+        raise Ct25dError(f"study {clash.index[0]} spans CQ500 folders {clash.iloc[0]}")
+    studies = pd.DataFrame({"study_id": names.index, "name": names.map(lambda v: v[0]).values})
+    studies = studies.merge(reads, on="name", how="left")
+    for label in RSNA_LABELS:
+        files[label] = pd.NA
+    return files, studies
+
+
+def scan_archive(
+    root: str | Path,
+    layout: str,
+    labels_path: str | Path,
+    shards: int,
+    settings: ScanSettings,
+    workers: int = 1,
+) -> ScanResult:
+    """Scan `root` and return the tables described in the module docstring."""
+    root = Path(root)
+    paths = list_files(root, layout)
+    if not paths:
+        raise Ct25dError(f"no files found under DICOM root {root}")
+    good: list[dict] = []
+    bad: list[dict] = []
+    for item in read_headers(paths, settings.pseudonym_salt, workers):
+        if isinstance(item, SliceHeader):
+            good.append(item.as_row())
+        else:
+            bad.append({"path": item[0], "reason": item[1]})
+    files = pd.DataFrame(good)
+    if files.empty:
+        raise Ct25dError(f"none of the {len(paths)} files under {root} is a readable DICOM file")
+    files["path"] = files["path"].map(lambda p: str(Path(p).relative_to(root)))
+    if layout == "cq500":
+        # A CQ500 study is its folder; the StudyInstanceUID must not split or merge folders.
+        top = files["path"].map(lambda p: Path(p).parts[0])
+        files["study_id"] = top.map(lambda t: pseudonym(t, settings.pseudonym_salt, "st-"))
+    files["unit"] = (
+        files["path"].map(lambda p: str(Path(p).parent)) if layout == "cq500" else files["series_id"]
+    )
+    attach = _attach_rsna_labels if layout == "rsna" else _attach_cq500_labels
+    files, studies = attach(files, Path(labels_path))
+    files["slice_id"] = files["sop_uid"].map(lambda u: pseudonym(u, settings.pseudonym_salt, "sl-"))
+    series = rank_series(files, settings)
+    patients = files.groupby("study_id")["patient_id"].first()
+    studies["patient_id"] = studies["study_id"].map(patients)
+    studies["shard"] = studies["study_id"].map(lambda s: shard_of(s, shards)).astype(int)
+    studies["has_labels"] = studies["any"].notna()
+    rejected = pd.DataFrame(bad, columns=["path", "reason"])
+    if len(rejected):
+        rejected["path"] = rejected["path"].map(lambda p: str(Path(p).relative_to(root)))
+    files = files.drop(columns=["sop_uid", "name"], errors="ignore")
+    return ScanResult(files=files, series=series, studies=studies, rejected=rejected)

@@ -1,0 +1,163 @@
+"""Convert one shard of studies: try each study's ranked series until one becomes a volume.
+
+Runs studies in parallel worker processes; the parent alone writes the shard store (zarr shards
+must never have two writers). Every study ends converted or rejected with its reasons.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, fields
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from ct25d.dicom.headers import SliceHeader
+from ct25d.dicom.series import GeometryRules, Volume, load_volume, sort_series
+from ct25d.errors import SeriesError
+from ct25d.labels import RSNA_LABELS
+from ct25d.volumes.store import hu_store_writer
+
+_HEADER_FIELDS = [f.name for f in fields(SliceHeader)]
+
+
+@dataclass
+class StudyJob:
+    study_id: str
+    candidates: list[tuple[str, list[dict[str, Any]]]]  # (series unit, file rows) in rank order
+
+
+@dataclass
+class StudyOutcome:
+    study_id: str
+    volume: Volume | None
+    unit: str | None
+    rank: int | None
+    failures: list[tuple[str, str, str]]  # (unit, path, reason)
+
+
+def _header(row: dict[str, Any], root: Path) -> SliceHeader:
+    values = {k: row[k] for k in _HEADER_FIELDS if k in row}
+    values["path"] = str(root / row["path"])
+    values.setdefault("sop_uid", row.get("slice_id", ""))
+    for key in ("position", "orientation", "pixel_spacing"):
+        value = values[key]
+        values[key] = None if value is None or (np.ndim(value) == 0 and pd.isna(value)) else tuple(value)
+    return SliceHeader(**values)
+
+
+def convert_study(job: StudyJob, root: Path, rules: GeometryRules) -> StudyOutcome:
+    """Try the study's candidate series in rank order; the first that converts wins."""
+    failures: list[tuple[str, str, str]] = []
+    for rank, (unit, rows) in enumerate(job.candidates):
+        try:
+            series = sort_series([_header(r, root) for r in rows], rules)
+            return StudyOutcome(job.study_id, load_volume(series), unit, rank, failures)
+        except SeriesError as exc:
+            path = str(Path(exc.path).relative_to(root)) if exc.path else ""
+            failures.append((unit, path, exc.reason))
+    return StudyOutcome(job.study_id, None, None, None, failures)
+
+
+def study_jobs(files: pd.DataFrame, series: pd.DataFrame, study_ids: list[str]) -> Iterator[StudyJob]:
+    """Jobs for the given studies with their candidate series in rank order."""
+    by_unit = {key: g.to_dict("records") for key, g in files.groupby(["study_id", "unit"], sort=False)}
+    candidates = series[series["rank"] >= 0].sort_values(["study_id", "rank"])
+    per_study = candidates.groupby("study_id")["unit"].apply(list).to_dict()
+    for study_id in study_ids:
+        units = per_study.get(study_id, [])
+        yield StudyJob(study_id, [(u, by_unit[(study_id, u)]) for u in units])
+
+
+VOLUME_COLUMNS = [
+    "study_id", "patient_id", "series_id", "unit", "series_description", "candidate_rank",
+    "n_slices", "rows", "columns", "spacing_z", "spacing_y", "spacing_x", "tilt_deg", "flags",
+]  # fmt: skip
+REJECTION_COLUMNS = ["level", "study_id", "unit", "path", "reason"]
+
+
+def _rejection_rows(outcome: StudyOutcome) -> list[dict[str, Any]]:
+    rows = [
+        {"level": "series", "study_id": outcome.study_id, "unit": unit, "path": path, "reason": reason}
+        for unit, path, reason in outcome.failures
+    ]
+    if outcome.volume is None:
+        why = "; ".join(r for _, _, r in outcome.failures) or "no candidate series (see series.parquet)"
+        rows.append({"level": "study", "study_id": outcome.study_id, "unit": "", "path": "",
+                     "reason": f"no series could be converted: {why}"})  # fmt: skip
+    return rows
+
+
+def _volume_row(outcome: StudyOutcome, patient_id: str) -> dict[str, Any]:
+    volume = outcome.volume
+    assert volume is not None
+    first, (dz, dy, dx) = volume.series.headers[0], volume.series.spacing_zyx
+    z, y, x = volume.hu.shape
+    return {
+        "study_id": outcome.study_id, "patient_id": patient_id, "series_id": first.series_id,
+        "unit": outcome.unit, "series_description": first.series_description,
+        "candidate_rank": outcome.rank, "n_slices": z, "rows": y, "columns": x,
+        "spacing_z": dz, "spacing_y": dy, "spacing_x": dx,
+        "tilt_deg": volume.series.tilt_deg, "flags": "; ".join(volume.series.flags),
+    }  # fmt: skip
+
+
+def ingest_shard(
+    root: str | Path,
+    files: pd.DataFrame,
+    series: pd.DataFrame,
+    studies: pd.DataFrame,
+    store_path: str | Path,
+    provenance: dict[str, Any],
+    rules: GeometryRules,
+    chunk_slices: int,
+    level: int,
+    workers: int = 1,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Convert the given studies into `store_path`; return (volumes, slices, rejections) tables."""
+    root = Path(root)
+    study_ids = sorted(studies["study_id"])
+    convert = partial(convert_study, root=root, rules=rules)
+    by_path = files.set_index("path")
+    patients = studies.set_index("study_id")["patient_id"].to_dict()
+    volumes: list[dict[str, Any]] = []
+    slices: list[pd.DataFrame] = []
+    rejections: list[dict[str, Any]] = []
+    with hu_store_writer(store_path, provenance, chunk_slices, level) as store:
+        pool = ProcessPoolExecutor(workers) if workers > 1 else None
+        jobs = study_jobs(files, series, study_ids)
+        outcomes = pool.map(convert, jobs) if pool else map(convert, jobs)
+        try:
+            for outcome in tqdm(outcomes, total=len(study_ids), desc="ingest", unit="study", mininterval=2.0):
+                rejections.extend(_rejection_rows(outcome))
+                if outcome.volume is None:
+                    continue
+                row = _volume_row(outcome, patients[outcome.study_id])
+                attrs = {
+                    **outcome.volume.attrs(),
+                    **{k: row[k] for k in ("series_id", "series_description", "patient_id")},
+                }
+                store.write(outcome.study_id, outcome.volume.hu, attrs)
+                volumes.append(row)
+                paths = [str(Path(h.path).relative_to(root)) for h in outcome.volume.series.headers]
+                table = by_path.loc[paths, ["slice_id", *RSNA_LABELS]].reset_index(drop=True)
+                table.insert(0, "study_id", outcome.study_id)
+                table.insert(1, "z", range(len(paths)))
+                table.insert(3, "position_mm", outcome.volume.series.positions_mm)
+                slices.append(table)
+        finally:
+            if pool:
+                pool.shutdown(cancel_futures=True)
+    columns = ["study_id", "z", "slice_id", "position_mm", *RSNA_LABELS]
+    slice_table = pd.concat(slices, ignore_index=True) if slices else pd.DataFrame(columns=columns)
+    slice_table = slice_table.astype({label: "Int8" for label in RSNA_LABELS})
+    return (
+        pd.DataFrame(volumes, columns=VOLUME_COLUMNS),
+        slice_table,
+        pd.DataFrame(rejections, columns=REJECTION_COLUMNS),
+    )

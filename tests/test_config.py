@@ -1,0 +1,42 @@
+"""The shipped config validates; a wrong key or value is refused with a message naming it."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = str(ROOT / "config" / "schema.yaml")
+
+
+@pytest.fixture
+def config() -> dict:
+    return yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+
+
+def test_demo_config_is_valid_and_defaults_fill(config: dict) -> None:
+    del config["ingest"]["chunk_slices"]
+    validate(config, SCHEMA)
+    assert config["ingest"]["chunk_slices"] == 8
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        (lambda c: c["ingest"].update(spacing_tolerence=0.1), "spacing_tolerence"),
+        (lambda c: c["ingest"].update(spacing_tolerance=-1), "spacing_tolerance"),
+        (lambda c: c["datasets"]["rsna"].update(layout="nifti"), "nifti"),
+        (lambda c: c["datasets"]["rsna"].update(shards=0), "shards"),
+        (lambda c: c["datasets"]["cq500"].update(root="/data/cq500"), "cq500"),
+    ],
+)
+def test_bad_key_or_value_is_named(config: dict, edit, named: str) -> None:
+    bad = copy.deepcopy(config)
+    edit(bad)
+    with pytest.raises(WorkflowError, match=named):
+        validate(bad, SCHEMA)
