@@ -1,0 +1,1 @@
+"""Training machinery shared by every model family: devices, seeding, checkpoints, loops."""
