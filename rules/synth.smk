@@ -10,8 +10,9 @@ rule synth_cohort:
         synthetic=as_json(config["synthetic"]),
     log:
         f"{RESULTS}/logs/synth_cohort/{{dataset}}.log",
+    threads: 2
     conda:
         "../envs/ct25d.yaml"
     shell:
         "ct25d synth --layout {params.layout} --dataset {params.dataset:q} "
-        "--synthetic {params.synthetic:q} --out {output} > {log} 2>&1"
+        "--synthetic {params.synthetic:q} --workers {threads} --out {output} > {log} 2>&1"

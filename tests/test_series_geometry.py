@@ -18,17 +18,18 @@ RULES = GeometryRules(spacing_tolerance=0.1, max_tilt_deg=30.0)
 def make_headers(zs: list[float], tilt_deg: float = 0.0, **changes) -> list[SliceHeader]:
     t = np.radians(tilt_deg)
     orientation = (1.0, 0.0, 0.0, 0.0, float(np.cos(t)), float(np.sin(t)))
-    headers = []
-    for i, z in enumerate(zs):
-        headers.append(
-            SliceHeader(
-                path=f"/x/{i}.dcm", study_id="st-1", series_id="se-1", patient_id="pt-1", sop_uid=f"{i}",
-                modality="CT", series_description="CT Plain", series_number=2, instance_number=i + 1,
-                image_type="ORIGINAL\\PRIMARY\\AXIAL", contrast_agent="", rows=4, columns=4,
-                position=(-100.0, -100.0, z), orientation=orientation, pixel_spacing=(0.5, 0.5),
-                slice_thickness=5.0, transfer_syntax="1.2.840.10008.1.2.1", has_pixels=True,
-            )  # fmt: skip
+    common = dict(
+        study_id="st-1", series_id="se-1", patient_id="pt-1", modality="CT", series_description="CT Plain",
+        series_number=2, image_type="ORIGINAL\\PRIMARY\\AXIAL", contrast_agent="", rows=4, columns=4,
+        orientation=orientation, pixel_spacing=(0.5, 0.5), slice_thickness=5.0,
+        transfer_syntax="1.2.840.10008.1.2.1", has_pixels=True,
+    )  # fmt: skip
+    headers = [
+        SliceHeader(
+            path=f"/x/{i}.dcm", sop_uid=str(i), instance_number=i + 1, position=(-100.0, -100.0, z), **common
         )
+        for i, z in enumerate(zs)
+    ]
     return [dataclasses.replace(h, **changes) for h in headers]
 
 
@@ -64,7 +65,7 @@ def test_gantry_tilt_is_measured_and_spacing_is_along_the_normal() -> None:
     assert result.tilt_deg == pytest.approx(20.0, abs=1e-6)
     assert result.spacing_zyx[0] == pytest.approx(5.0 * np.cos(np.radians(20.0)))
     assert result.flags == ["gantry tilt 20.0 deg"]
-    with pytest.raises(SeriesError, match="gantry tilt 20.0 deg exceeds"):
+    with pytest.raises(SeriesError, match=r"gantry tilt 20\.0 deg exceeds"):
         sort_series(make_headers([0.0, 5.0, 10.0], tilt_deg=20.0), GeometryRules(0.1, 15.0))
 
 

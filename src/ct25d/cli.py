@@ -35,7 +35,14 @@ def _require(settings: dict[str, Any], key: str, section: str) -> Any:
 def cmd_synth(args: argparse.Namespace) -> None:
     from ct25d.synth.cohort import generate_cohort
 
-    generate_cohort(args.out, args.layout, args.dataset, args.synthetic)
+    summary = generate_cohort(args.out, args.layout, args.dataset, args.synthetic, workers=args.workers)
+    log.info(
+        "wrote %d studies, %d files (%d broken studies) to %s",
+        summary.n_studies,
+        summary.n_files,
+        summary.n_broken,
+        summary.out_dir,
+    )
 
 
 def cmd_scan(args: argparse.Namespace) -> None:
@@ -133,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder to create (replaced atomically)")
     p.add_argument("--dataset", type=_json, required=True, help="the dataset's `synthetic` config (JSON)")
     p.add_argument("--synthetic", type=_json, required=True, help="the global `synthetic` config (JSON)")
+    p.add_argument("--workers", type=int, default=1)
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("scan", help="scan a DICOM archive's headers into file/series/study tables")

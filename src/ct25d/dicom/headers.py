@@ -17,6 +17,10 @@ from pydicom.errors import InvalidDicomError
 
 from ct25d.errors import SeriesError
 
+# Archives carry values that break the standard (RSNA's SOP UIDs are `ID_<hex>`); reading must
+# tolerate them instead of warning once per file. Checks that matter are made explicitly below.
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
 # Tags without which a file cannot even be grouped into a study and series.
 GROUPING_TAGS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 

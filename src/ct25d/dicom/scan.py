@@ -9,6 +9,7 @@ of Snakemake jobs. Every file ends up either in `files` or in `rejected`; nothin
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -25,6 +26,8 @@ from ct25d.dicom.headers import SliceHeader, pseudonym, read_header
 from ct25d.errors import Ct25dError, SeriesError
 from ct25d.labels import RSNA_LABELS, cq500_study_name, read_cq500_reads, read_rsna_labels
 
+log = logging.getLogger(__name__)
+CQ500_FOLDER = re.compile(r"CQ500CT\d+ CQ500CT\d+")
 NOT_DICOM_SUFFIXES = {".csv", ".txt", ".json", ".md", ".xml", ".zip", ".parquet", ".png", ".jpg"}
 
 
@@ -46,15 +49,26 @@ class ScanResult:
 
 
 def list_files(root: Path, layout: str) -> list[Path]:
-    """All candidate DICOM files under `root`, sorted so the scan is deterministic."""
+    """All candidate DICOM files under `root`, sorted so the scan is deterministic.
+
+    RSNA: the files of one flat folder. CQ500: every file below the `CQ500CT<N> CQ500CT<N>` study
+    folders; other top-level entries (a reads.csv, notes) are not part of the archive and are logged.
+    """
     if not root.is_dir():
         raise Ct25dError(f"DICOM root {root} does not exist or is not a folder")
     if layout == "rsna":
         found = [Path(e.path) for e in os.scandir(root) if e.is_file() and not e.name.startswith(".")]
     else:
+        studies, other = [], []
+        for entry in os.scandir(root):
+            (studies if entry.is_dir() and CQ500_FOLDER.fullmatch(entry.name) else other).append(entry.name)
+        if other:
+            log.warning("%s: ignoring %d top-level entries that are not CQ500 study folders: %s",
+                        root, len(other), sorted(other)[:10])  # fmt: skip
         found = [
             Path(dirpath) / name
-            for dirpath, _, names in os.walk(root)
+            for study in studies
+            for dirpath, _, names in os.walk(root / study)
             for name in names
             if not name.startswith(".")
         ]
@@ -91,12 +105,9 @@ def rank_series(files: pd.DataFrame, settings: ScanSettings) -> pd.DataFrame:
     for (study_id, unit), group in files.groupby(["study_id", "unit"], sort=True):
         descriptions = sorted(set(group["series_description"]))
         modalities = sorted(set(group["modality"]))
-        series_ids = sorted(set(group["series_id"]))
         thickness = float(np.median(group["slice_thickness"]))
         reason = ""
-        if len(series_ids) > 1:
-            reason = f"mixed series: {len(series_ids)} SeriesInstanceUIDs in {unit}"
-        elif modalities != ["CT"]:
+        if modalities != ["CT"]:
             reason = f"modality {'/'.join(m or '(none)' for m in modalities)} is not CT"
         elif exclude and any(exclude.search(d) for d in descriptions):
             reason = f"series description {descriptions[0]!r} matches exclude_series"
@@ -108,7 +119,7 @@ def rank_series(files: pd.DataFrame, settings: ScanSettings) -> pd.DataFrame:
             {
                 "study_id": study_id,
                 "unit": unit,
-                "series_id": series_ids[0],
+                "series_id": group["series_id"].iloc[0],
                 "series_description": descriptions[0],
                 "n_files": len(group),
                 "slice_thickness": thickness,
@@ -121,6 +132,20 @@ def rank_series(files: pd.DataFrame, settings: ScanSettings) -> pd.DataFrame:
     series = series.sort_values(["study_id", "fit", "n_files", "unit"], ascending=[True, True, False, True])
     series["rank"] = series.groupby("study_id").cumcount().where(ok, -1).astype(int)
     return series.drop(columns="fit").reset_index(drop=True)
+
+
+def series_units(files: pd.DataFrame, layout: str) -> pd.Series:
+    """The unit a study's series are chosen from.
+
+    RSNA: the SeriesInstanceUID. CQ500: the series folder; a folder that mixes several
+    SeriesInstanceUIDs is split by UID (as dcm2niix does) and each part is named `folder [series]`
+    so the report shows where the mix was.
+    """
+    if layout == "rsna":
+        return files["series_id"]
+    folder = files["path"].map(lambda p: str(Path(p).parent))
+    mixed = files.groupby(folder)["series_id"].transform("nunique") > 1
+    return folder.where(~mixed, folder + " [" + files["series_id"] + "]")
 
 
 def _attach_rsna_labels(files: pd.DataFrame, labels_path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -172,9 +197,7 @@ def scan_archive(
         # A CQ500 study is its folder; the StudyInstanceUID must not split or merge folders.
         top = files["path"].map(lambda p: Path(p).parts[0])
         files["study_id"] = top.map(lambda t: pseudonym(t, settings.pseudonym_salt, "st-"))
-    files["unit"] = (
-        files["path"].map(lambda p: str(Path(p).parent)) if layout == "cq500" else files["series_id"]
-    )
+    files["unit"] = series_units(files, layout)
     attach = _attach_rsna_labels if layout == "rsna" else _attach_cq500_labels
     files, studies = attach(files, Path(labels_path))
     files["slice_id"] = files["sop_uid"].map(lambda u: pseudonym(u, settings.pseudonym_salt, "sl-"))

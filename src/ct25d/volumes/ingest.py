@@ -93,6 +93,15 @@ def _rejection_rows(outcome: StudyOutcome) -> list[dict[str, Any]]:
     return rows
 
 
+def excluded_rows(series: pd.DataFrame, study_ids: list[str]) -> list[dict[str, Any]]:
+    """Series that were never candidates (not CT, contrast, scouts...): reported, not silently dropped."""
+    excluded = series[(series["rank"] < 0) & series["study_id"].isin(study_ids)]
+    return [
+        {"level": "excluded", "study_id": r.study_id, "unit": r.unit, "path": "", "reason": r.excluded}
+        for r in excluded.itertuples()
+    ]
+
+
 def _volume_row(outcome: StudyOutcome, patient_id: str) -> dict[str, Any]:
     volume = outcome.volume
     assert volume is not None
@@ -127,7 +136,7 @@ def ingest_shard(
     patients = studies.set_index("study_id")["patient_id"].to_dict()
     volumes: list[dict[str, Any]] = []
     slices: list[pd.DataFrame] = []
-    rejections: list[dict[str, Any]] = []
+    rejections = excluded_rows(series, study_ids)
     with hu_store_writer(store_path, provenance, chunk_slices, level) as store:
         pool = ProcessPoolExecutor(workers) if workers > 1 else None
         jobs = study_jobs(files, series, study_ids)

@@ -16,7 +16,9 @@ def reconcile(scan_dir: Path, volumes: pd.DataFrame, rejections: pd.DataFrame) -
     files = pd.read_parquet(scan_dir / "files.parquet", columns=["path"])
     unreadable = pd.read_csv(scan_dir / "unreadable.csv")
     studies = pd.read_parquet(scan_dir / "studies.parquet", columns=["study_id"])
+    series = pd.read_parquet(scan_dir / "series.parquet", columns=["study_id", "rank"])
     study_rejected = rejections[rejections["level"] == "study"]
+    levels = rejections["level"].value_counts()
     counts = {
         "files_found": len(files) + len(unreadable),
         "files_readable": len(files),
@@ -24,8 +26,16 @@ def reconcile(scan_dir: Path, volumes: pd.DataFrame, rejections: pd.DataFrame) -
         "studies_found": len(studies),
         "studies_converted": len(volumes),
         "studies_rejected": len(study_rejected),
-        "series_failed": int((rejections["level"] == "series").sum()),
+        "series_found": len(series),
+        "series_converted": len(volumes),
+        "series_failed": int(levels.get("series", 0)),
+        "series_excluded": int(levels.get("excluded", 0)),
     }
+    # Lower-ranked healthy alternatives of a converted study are never opened.
+    used = counts["series_converted"] + counts["series_failed"] + counts["series_excluded"]
+    counts["series_not_needed"] = counts["series_found"] - used
+    if counts["series_excluded"] != int((series["rank"] < 0).sum()) or counts["series_not_needed"] < 0:
+        raise Ct25dError(f"series counts do not reconcile: {counts}")
     converted, rejected = set(volumes["study_id"]), set(study_rejected["study_id"])
     lost = set(studies["study_id"]) - converted - rejected
     if lost or converted & rejected or len(converted) + len(rejected) != len(studies):

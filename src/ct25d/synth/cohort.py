@@ -1,0 +1,847 @@
+"""Generate a deterministic synthetic head-CT cohort as real DICOM in the RSNA or CQ500 layout.
+
+The demo needs data the ingest reads exactly like the real archives, with the real archives'
+quirks and defects, plus ground truth the real archives do not have (voxel masks, the list of
+inputs that must be rejected). Study k depends only on (seed, k): it is the same whatever the
+cohort size. Studies are generated one at a time (optionally in worker processes), so memory is
+bounded by one study; the whole cohort is written into a temporary sibling folder and renamed at
+the end, so an interrupted run never looks complete.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import math
+import multiprocessing
+import os
+import sys
+from collections.abc import Mapping
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ct25d.atomic import atomic_path, write_parquet
+from ct25d.errors import ConfigError
+from ct25d.labels import CQ500_FIELDS, CQ500_READERS, CQ500_TO_RSNA, RSNA_LABELS, SUBTYPES
+from ct25d.provenance import stamp
+from ct25d.synth.dicom_writer import SeriesHeader, SeriesWriter, SliceGeometry, write_slice
+from ct25d.synth.phantom import (
+    BIT,
+    LESION_KINDS,
+    Anatomy,
+    Lesion,
+    PlaneStack,
+    acquire,
+    keep_contiguous,
+    random_anatomy,
+    random_lesions,
+    render_planes,
+    slab_average,
+)
+
+LAYOUTS = ("rsna", "cq500")
+RSNA_FOLDER = "stage_2_train"
+# Deliberately broken inputs, cycled in this order as `broken_studies` grows.
+BROKEN_KINDS: dict[str, tuple[str, ...]] = {
+    "rsna": ("truncated_pixel_data", "no_pixel_data", "not_ct", "inconsistent_spacing", "single_slice"),
+    "cq500": (
+        "truncated_pixel_data",
+        "no_pixel_data",
+        "not_ct",
+        "inconsistent_spacing",
+        "single_slice",
+        "mixed_series_folder",
+    ),
+}
+_VENDORS = (
+    ("GE MEDICAL SYSTEMS", "LightSpeed VCT", "STANDARD", "BONE"),
+    ("SIEMENS", "SOMATOM Definition AS", "H40s", "H70h"),
+    ("Philips", "Brilliance 64", "UB", "YC"),
+    ("TOSHIBA", "Aquilion ONE", "FC21", "FC30"),
+)
+_DEFAULT_FRACTIONS = {
+    "hemorrhage_fraction": 0.5,
+    "ischemic_fraction": 0.15,
+    "compressed_fraction": 0.2,
+    "wrapped_fraction": 0.1,
+    "tilt_fraction": 0.1,
+}
+_SUB_PLANE_MM = 1.7  # sub-plane spacing used to simulate slab thickness
+
+
+@dataclass(frozen=True)
+class CohortSpec:
+    """Everything one study needs; picklable so studies can run in worker processes."""
+
+    out_dir: str
+    layout: str
+    seed: int
+    site: str
+    site_params: Mapping[str, float]
+    fractions: Mapping[str, float]
+    broken: Mapping[int, str] = field(default_factory=dict)
+
+
+@dataclass
+class CohortSummary:
+    """What `generate_cohort` wrote."""
+
+    out_dir: Path
+    layout: str
+    n_studies: int
+    n_files: int
+    n_broken: int
+
+
+@dataclass
+class _StudyResult:
+    study: dict[str, Any]
+    slices: list[dict[str, Any]]
+    rejections: list[dict[str, Any]]
+    csv_images: list[tuple[str, tuple[int, ...]]]  # rsna: (ID_<hex>, 6 labels)
+    reads: dict[str, Any] | None
+    n_files: int
+
+
+# --------------------------------------------------------------------------------------- public
+
+
+def generate_cohort(
+    out_dir: str | os.PathLike[str],
+    layout: str,
+    dataset_synthetic: Mapping[str, Any],
+    synthetic: Mapping[str, Any],
+    *,
+    workers: int | None = None,
+    progress: bool = True,
+) -> CohortSummary:
+    """Write a synthetic cohort to `out_dir` (replaced atomically) in the `layout` of a real archive.
+
+    `dataset_synthetic` is a dataset's `synthetic:` block (`n_studies`, `seed`, `site`);
+    `synthetic` is the global `synthetic:` block (`sites`, the fractions, `broken_studies`).
+    `workers`: processes generating studies (None: the CPUs this process may use). The output
+    does not depend on `workers`.
+    """
+    if layout not in LAYOUTS:
+        raise ConfigError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    n_studies = int(dataset_synthetic["n_studies"])
+    seed = int(dataset_synthetic["seed"])
+    site = str(dataset_synthetic["site"])
+    sites = synthetic.get("sites") or {}
+    if site not in sites:
+        raise ConfigError(f"synthetic.sites has no site {site!r} (known: {sorted(sites)})")
+    site_params = {"hu_offset": 0.0, "blur_mm": 0.5, **sites[site]}
+    fractions = {k: float(synthetic.get(k, v)) for k, v in _DEFAULT_FRACTIONS.items()}
+    n_broken = min(int(synthetic.get("broken_studies", 0)), n_studies)
+    broken = broken_assignment(layout, n_studies, n_broken)
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = max(1, min(int(workers), n_studies))
+    settings = {
+        "layout": layout,
+        "dataset": dict(dataset_synthetic),
+        "synthetic": {k: synthetic[k] for k in sorted(synthetic)},
+    }
+
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        (tmp / "truth").mkdir()
+        if layout == "rsna":
+            (tmp / RSNA_FOLDER).mkdir()
+        import zarr
+
+        zarr.open_group(str(tmp / "truth" / "masks.zarr"), mode="w", zarr_format=3)
+        spec = CohortSpec(str(tmp), layout, seed, site, site_params, fractions, broken)
+        results = _run_studies(spec, n_studies, workers, progress)
+        _write_tables(tmp, spec, results, settings)
+        n_files = sum(r.n_files for r in results)
+    return CohortSummary(out_dir, layout, n_studies, n_files, n_broken)
+
+
+def broken_assignment(layout: str, n_studies: int, n_broken: int) -> dict[int, str]:
+    """Which study indices are broken and how: spread evenly, kinds cycled in BROKEN_KINDS order."""
+    kinds = BROKEN_KINDS[layout]
+    out: dict[int, str] = {}
+    for j in range(min(n_broken, n_studies)):
+        out[int((j + 0.5) * n_studies / n_broken)] = kinds[j % len(kinds)]
+    return out
+
+
+def patient_index(seed: int, k: int) -> int:
+    """Patient of study k: about 1 study in 8 belongs to the same patient as the study before."""
+    while k > 0 and np.random.default_rng([seed, k, 1]).random() < 0.12:
+        k -= 1
+    return k
+
+
+def derived_uid(*parts: object) -> str:
+    """Deterministic DICOM UID `2.25.<128-bit int>` from a hash of `parts` (UUID-style root, no registry)."""
+    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+    return f"2.25.{int.from_bytes(digest[:16], 'big')}"
+
+
+def rsna_image_id(seed: int, study: int, file_index: int) -> str:
+    """`ID_<9 hex>`: a keyed bijection of (study, file) on 36 bits, so IDs never collide."""
+    if not 0 <= file_index < 1024:
+        raise ValueError("file_index must be < 1024")
+    mask = (1 << 36) - 1
+    key = int.from_bytes(hashlib.sha256(f"ct25d-rsna-{seed}".encode()).digest()[:5], "big") & mask
+    x = ((study << 10) | file_index) & mask
+    for mult in (0x9E3779B1, 0x85EBCA6B, 0xC2B2AE35):
+        x = ((x ^ key) * mult) & mask
+        x ^= x >> 17
+    return f"ID_{x:09x}"
+
+
+# ------------------------------------------------------------------------------- orchestration
+
+
+def _run_studies(spec: CohortSpec, n: int, workers: int, progress: bool) -> list[_StudyResult]:
+    from tqdm import tqdm
+
+    bar = tqdm(total=n, desc=f"synth {spec.layout}", unit="study", file=sys.stderr, disable=not progress)
+    results: list[_StudyResult] = []
+    try:
+        if workers == 1:
+            for k in range(n):
+                results.append(generate_study(spec, k))
+                bar.update()
+            return results
+        # fork: no re-import of __main__ (works from scripts without a main guard); zarr resets
+        # its event loop after fork. Elsewhere fall back to spawn.
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        ctx = multiprocessing.get_context(method)
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            pending: list[Future[_StudyResult]] = []
+            nxt = 0
+            while nxt < n or pending:
+                while nxt < n and len(pending) < 2 * workers:  # bounded window: memory ~ 2x workers studies
+                    pending.append(pool.submit(generate_study, spec, nxt))
+                    nxt += 1
+                results.append(pending.pop(0).result())
+                bar.update()
+        return results
+    finally:
+        bar.close()
+
+
+def _write_tables(tmp: Path, spec: CohortSpec, results: list[_StudyResult], settings: dict) -> None:
+    meta = stamp("synth", settings)
+    truth = tmp / "truth"
+    write_parquet(truth / "studies.parquet", pd.DataFrame([r.study for r in results]), meta)
+    write_parquet(truth / "slices.parquet", pd.DataFrame([s for r in results for s in r.slices]), meta)
+    rej_cols = ["study_uid", "series_uid", "sop_uid", "scope", "reason_kind", "path"]
+    rej = pd.DataFrame([x for r in results for x in r.rejections], columns=rej_cols)
+    rej.to_csv(truth / "expected_rejections.csv", index=False, lineterminator="\n")
+    if spec.layout == "rsna":
+        _write_rsna_csv(tmp / f"{RSNA_FOLDER}.csv", [im for r in results for im in r.csv_images], spec.seed)
+    else:
+        reads = pd.DataFrame([r.reads for r in results])
+        reads.to_csv(tmp / "reads.csv", index=False, lineterminator="\n")
+
+
+def _write_rsna_csv(path: Path, images: list[tuple[str, tuple[int, ...]]], seed: int) -> None:
+    """Rows grouped by image, images shuffled, a few exact duplicate blocks (as in the real file)."""
+    rng = np.random.default_rng([seed, 7, 7])
+    order = list(rng.permutation(len(images)))
+    n_dup = min(len(images), max(2, len(images) // 200))
+    dups = rng.choice(len(images), size=n_dup, replace=False) if images else []
+    for d in dups:
+        order.insert(int(rng.integers(0, len(order) + 1)), int(d))
+    lines = ["ID,Label"]
+    for i in order:
+        image_id, labels = images[i]
+        lines += [f"{image_id}_{name},{v}" for name, v in zip(RSNA_LABELS, labels, strict=True)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+# --------------------------------------------------------------------------------- one study
+
+
+@dataclass
+class _Series:
+    """One rendered series before it is written."""
+
+    description: str
+    folder: str
+    header: SeriesHeader
+    hu: np.ndarray  # (Z, Y, X) after acquisition effects, sorted inferior -> superior
+    bits: np.ndarray
+    positions: np.ndarray  # (Z, 3) ImagePositionPatient
+    row_dir: np.ndarray
+    col_dir: np.ndarray
+    spacing: float
+    reversed_numbering: bool
+    plain: bool = False
+
+
+def generate_study(spec: CohortSpec, k: int) -> _StudyResult:
+    """Render and write study k; returns its truth rows. Depends only on (seed, layout, site, k)."""
+    seed, layout = spec.seed, spec.layout
+    p = patient_index(seed, k)
+    prng = np.random.default_rng([seed, p, 2])
+    srng = np.random.default_rng([seed, k, 3])
+    anat = random_anatomy(prng, srng)
+    fr = spec.fractions
+    hemorrhage = bool(srng.random() < fr["hemorrhage_fraction"])
+    ischemic = bool(srng.random() < fr["ischemic_fraction"])
+    lesions = random_lesions(srng, anat, hemorrhage, ischemic)
+
+    uid = _uid_factory(layout, seed, k)
+    study_uid = uid("study")
+    base = _base_header(spec, k, p, prng, srng, study_uid, uid)
+    site = spec.site_params
+    thickness = float(site["thickness_mm"])
+    matrix = int(site["matrix"])
+    spacing = float(site["fov_mm"]) / matrix
+
+    # Acquisition geometry: tilt about x, slab centres stepping along the normal.
+    tilted = srng.random() < fr["tilt_fraction"]
+    tilt = float(srng.uniform(10.0, 25.0) * srng.choice([-1.0, 1.0])) if tilted else 0.0
+    t = math.radians(tilt)
+    row_dir = np.array([1.0, 0.0, 0.0])
+    col_dir = np.array([0.0, math.cos(t), -math.sin(t)])
+    n_slices = round(float(srng.uniform(140.0, 175.0)) / thickness)
+    z_top = anat.center[2] + anat.semi_axes[2] + float(srng.uniform(-2.0, 6.0))
+
+    thin = site.get("thin_thickness_mm")
+    ratio = round(thickness / thin) if thin else 0
+    use_thin = layout == "cq500" and bool(thin) and ratio >= 2 and abs(ratio * thin - thickness) < 1e-6
+
+    series: list[_Series] = []
+    series_no = iter(range(2, 100))
+    if use_thin:
+        fine_hu, fine_bits, fine_pos = _render_stack(
+            anat, lesions, n_slices * ratio, float(thin), z_top, row_dir, col_dir, spacing, matrix, 1, False
+        )
+        plain_hu, plain_bits = slab_average(fine_hu, fine_bits, ratio)
+        plain_pos = fine_pos[::ratio] + (ratio - 1) / 2 * (fine_pos[1] - fine_pos[0])
+        thin_name = str(srng.choice(["CT PLAIN THIN", "CT Thin Plain", f"CT {thin:g}mm"]))
+        series.append(
+            _make_series(
+                spec,
+                k,
+                0,
+                base,
+                uid,
+                thin_name,
+                float(thin),
+                fine_hu,
+                fine_bits,
+                fine_pos,
+                row_dir,
+                col_dir,
+                spacing,
+                tilt,
+                next(series_no),
+                kernel_idx=2,
+            )
+        )
+        del fine_hu, fine_bits
+    else:
+        n_sub = max(1, round(thickness / _SUB_PLANE_MM))
+        plain_hu, plain_bits, plain_pos = _render_stack(
+            anat, lesions, n_slices, thickness, z_top, row_dir, col_dir, spacing, matrix, n_sub, False
+        )
+    plain_name = (
+        "" if layout == "rsna" else str(srng.choice(["CT Plain", "CT 5mm", "CT 55mm Plain", "CT Plain 5mm"]))
+    )
+    plain = _make_series(
+        spec,
+        k,
+        1,
+        base,
+        uid,
+        plain_name or "CT HEAD",
+        thickness,
+        plain_hu,
+        plain_bits,
+        plain_pos,
+        row_dir,
+        col_dir,
+        spacing,
+        tilt,
+        next(series_no),
+        kernel_idx=2,
+    )
+    plain.plain = True
+    if layout == "rsna":
+        plain.folder = RSNA_FOLDER
+    series.append(plain)
+    has_contrast = False
+    if layout == "cq500":
+        if srng.random() < 0.35:
+            has_contrast = True
+            n_sub = max(1, round(thickness / _SUB_PLANE_MM))
+            c_hu, c_bits, c_pos = _render_stack(
+                anat, lesions, n_slices, thickness, z_top, row_dir, col_dir, spacing, matrix, n_sub, True
+            )
+            s = _make_series(
+                spec,
+                k,
+                2,
+                base,
+                uid,
+                "CT POST CONTRAST",
+                thickness,
+                c_hu,
+                c_bits,
+                c_pos,
+                row_dir,
+                col_dir,
+                spacing,
+                tilt,
+                next(series_no),
+                kernel_idx=2,
+                contrast_agent="IOHEXOL 350",
+            )
+        else:
+            s = _make_series(
+                spec,
+                k,
+                2,
+                base,
+                uid,
+                "CT BONE",
+                thickness,
+                plain_hu,
+                plain_bits,
+                plain_pos,
+                row_dir,
+                col_dir,
+                spacing,
+                tilt,
+                next(series_no),
+                kernel_idx=3,
+            )
+        series.append(s)
+
+    return _write_study(spec, k, p, study_uid, series, plain, lesions, has_contrast, uid, next(series_no))
+
+
+def _uid_factory(layout: str, seed: int, k: int):
+    def uid(*parts: object) -> str:
+        return derived_uid("ct25d-synth", layout, seed, k, *parts)
+
+    return uid
+
+
+def _base_header(
+    spec: CohortSpec,
+    k: int,
+    p: int,
+    prng: np.random.Generator,
+    srng: np.random.Generator,
+    study_uid: str,
+    uid: Any,
+) -> SeriesHeader:
+    vendor = _VENDORS[_site_index(spec.site) % len(_VENDORS)]
+    birth = _dt.date(1930, 1, 1) + _dt.timedelta(days=int(prng.integers(0, 70 * 365)))
+    study_date = _dt.date(2010, 1, 1) + _dt.timedelta(days=int(srng.integers(0, 10 * 365)))
+    secs = int(srng.integers(0, 86400))
+    return SeriesHeader(
+        study_uid=study_uid,
+        series_uid="",
+        frame_uid=uid("frame"),
+        patient_id=f"SYN{spec.seed}P{p:05d}",
+        patient_name=f"SYNTH^PATIENT{p:04d}",
+        patient_birth_date=birth.strftime("%Y%m%d"),
+        patient_sex=str(prng.choice(["M", "F"])),
+        study_date=study_date.strftime("%Y%m%d"),
+        study_time=f"{secs // 3600:02d}{secs // 60 % 60:02d}{secs % 60:02d}",
+        accession=f"ACC{spec.seed}{k:06d}",
+        study_id=str(k + 1),
+        study_description=str(srng.choice(["CT HEAD WO CONTRAST", "CT BRAIN", "HEAD ROUTINE"])),
+        series_description="",
+        series_number=0,
+        manufacturer=vendor[0],
+        model=vendor[1],
+        institution=f"SYNTH HOSPITAL {spec.site}",
+        kernel=vendor[2],
+        kvp=120.0,
+        slice_thickness=0.0,
+    )
+
+
+def _site_index(site: str) -> int:
+    if len(site) == 1 and site.isalpha():
+        return ord(site.upper()) - ord("A")
+    return int.from_bytes(hashlib.sha256(site.encode()).digest()[:4], "big")
+
+
+def _render_stack(
+    anat: Anatomy,
+    lesions: list[Lesion],
+    n: int,
+    thickness: float,
+    z_top: float,
+    row_dir: np.ndarray,
+    col_dir: np.ndarray,
+    spacing: float,
+    matrix: int,
+    n_sub: int,
+    contrast: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Noise-free slabs (Z, Y, X) sorted inferior -> superior and their ImagePositionPatient (Z, 3).
+
+    ImagePositionPatient steps purely along z (table motion); with tilt the step is
+    thickness / cos(tilt) so that slabs are `thickness` apart along the slice normal.
+    """
+    normal = np.cross(row_dir, col_dir)
+    dz = thickness / normal[2]
+    half = (matrix / 2 - 0.5) * spacing
+    centers_z = z_top - dz * np.arange(n)[::-1]
+    positions = np.stack([np.array([0.0, 0.0, z]) - half * row_dir - half * col_dir for z in centers_z])
+    offsets = (np.arange(n_sub) - (n_sub - 1) / 2) * (thickness / n_sub)
+    origins = (positions[:, None, :] + offsets[None, :, None] * normal[None, None, :]).reshape(-1, 3)
+    planes = PlaneStack(origins, row_dir, col_dir, spacing, matrix, matrix)
+    hu, bits = render_planes(anat, lesions, planes, contrast=contrast)
+    hu, bits = slab_average(hu, bits, n_sub)
+    return hu, bits, positions
+
+
+def _make_series(
+    spec: CohortSpec,
+    k: int,
+    idx: int,
+    base: SeriesHeader,
+    uid: Any,
+    description: str,
+    thickness: float,
+    clean_hu: np.ndarray,
+    bits: np.ndarray,
+    positions: np.ndarray,
+    row_dir: np.ndarray,
+    col_dir: np.ndarray,
+    spacing: float,
+    tilt: float,
+    series_number: int,
+    *,
+    kernel_idx: int,
+    contrast_agent: str = "",
+) -> _Series:
+    """Apply the site's acquisition effects and pick this series' header variety."""
+    rng = np.random.default_rng([spec.seed, k, 5, idx])
+    fr = spec.fractions
+    site = spec.site_params
+    bone = kernel_idx == 3
+    hu = acquire(
+        clean_hu,
+        rng,
+        spacing=spacing,
+        noise_hu=float(site["noise_hu"]) * (2.5 if bone else 1.0),
+        blur_mm=float(site.get("blur_mm", 0.5)) * (0.5 if bone else 1.0),
+        hu_offset=float(site.get("hu_offset", 0.0)),
+        sharpen=bone,
+    )
+    u_wrap, u_store, u_comp, u_ts, u_win, u_rev = rng.random(6)
+    if u_wrap < fr["wrapped_fraction"]:
+        storage = "wrap"
+    else:
+        storage = "u1024" if u_store < 0.5 else ("u1000" if u_store < 0.7 else "s0")
+    ts = ("rle" if u_ts < 0.5 else "j2k") if u_comp < fr["compressed_fraction"] else "explicit"
+    if bone:
+        wc, ww = ((600.0,), (2800.0,)) if u_win < 0.5 else ((600.0, 40.0), (2800.0, 80.0))
+    else:
+        wc, ww = ((40.0,), (80.0,)) if u_win < 0.6 else ((40.0, 400.0), (80.0, 2000.0))
+    vendor = _VENDORS[_site_index(spec.site) % len(_VENDORS)]
+    header = replace(
+        base,
+        series_uid=uid("series", idx),
+        series_description=description,
+        series_number=series_number,
+        kernel=vendor[kernel_idx],
+        slice_thickness=thickness,
+        tilt_deg=tilt,
+        storage=storage,
+        transfer_syntax=ts,
+        window_center=wc,
+        window_width=ww,
+        contrast_agent=contrast_agent,
+    )
+    return _Series(
+        description,
+        description,
+        header,
+        hu,
+        keep_contiguous(bits),
+        positions,
+        row_dir,
+        col_dir,
+        spacing,
+        bool(u_rev < 0.3),
+    )
+
+
+def _labels(bits: np.ndarray) -> np.ndarray:
+    """Per-slice (Z, 7) 0/1: the five subtypes, any, ischemic."""
+    present = np.stack(
+        [((bits & BIT[kind]) > 0).reshape(bits.shape[0], -1).any(axis=1) for kind in LESION_KINDS], axis=1
+    )
+    sub = present[:, : len(SUBTYPES)]
+    return np.concatenate([sub, sub.any(axis=1, keepdims=True), present[:, -1:]], axis=1).astype(np.int8)
+
+
+def _write_study(
+    spec: CohortSpec,
+    k: int,
+    p: int,
+    study_uid: str,
+    series: list[_Series],
+    plain: _Series,
+    lesions: list[Lesion],
+    has_contrast: bool,
+    uid: Any,
+    extra_series_number: int,
+) -> _StudyResult:
+    out = Path(spec.out_dir)
+    layout = spec.layout
+    kind = spec.broken.get(k, "")
+    study_folder = f"CQ500CT{k} CQ500CT{k}" if layout == "cq500" else RSNA_FOLDER
+    rows: list[dict[str, Any]] = []
+    rejections: list[dict[str, Any]] = []
+    csv_images: list[tuple[str, tuple[int, ...]]] = []
+    file_counter = iter(range(1024))
+    n_files = 0
+
+    def sop_for(s: _Series, j: int) -> str:
+        if layout == "rsna":
+            return rsna_image_id(spec.seed, k, next(file_counter))
+        return uid("sop", s.header.series_uid, j)
+
+    def folder_path(name: str) -> Path:
+        if layout == "rsna":
+            return out / RSNA_FOLDER
+        d = out / study_folder / "Unknown Study" / name
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def write(s: _Series, keep: list[int], folder: str, *, record: bool, start: int = 0) -> list[str]:
+        """Write slices `keep` (sorted indices) of series s; returns their file paths."""
+        nonlocal n_files
+        paths = []
+        d = folder_path(folder)
+        n = len(keep)
+        writer = SeriesWriter(s.header, s.row_dir, s.col_dir, s.spacing, *s.hu.shape[1:])
+        for rank, j in enumerate(keep):
+            inst = n - rank if s.reversed_numbering else rank + 1
+            sop = sop_for(s, j)
+            name = f"{sop}.dcm" if layout == "rsna" else f"CT{start + inst - 1:06d}.dcm"
+            path = d / name
+            writer.write(path, s.hu[j], sop, inst, s.positions[j])
+            n_files += 1
+            rel = path.relative_to(out).as_posix()
+            paths.append(rel)
+            if record:
+                lab = _labels(s.bits[j : j + 1])[0]
+                normal = np.cross(s.row_dir, s.col_dir)
+                rows.append(
+                    {
+                        "study_uid": study_uid,
+                        "series_uid": s.header.series_uid,
+                        "sop_uid": sop,
+                        "path": rel,
+                        "series_description": s.description,
+                        "plain": s.plain,
+                        "z_index": rank,
+                        "position_mm": round(float(np.dot(s.positions[j], normal)), 4),
+                        **dict(zip((*RSNA_LABELS, "ischemic"), (int(v) for v in lab), strict=True)),
+                    }
+                )
+                if layout == "rsna":
+                    csv_images.append((sop, tuple(int(v) for v in lab[:6])))
+        return paths
+
+    def reject(s_uid: str, sop: str, scope: str, rel: str) -> None:
+        rejections.append(
+            {
+                "study_uid": study_uid,
+                "series_uid": s_uid,
+                "sop_uid": sop,
+                "scope": scope,
+                "reason_kind": kind,
+                "path": rel,
+            }
+        )
+
+    n = plain.hu.shape[0]
+    plain_keep = list(range(n))
+    if layout == "rsna" and kind == "inconsistent_spacing":
+        plain_keep = [j for j in plain_keep if j not in (n // 3, (2 * n) // 3)]
+    elif layout == "rsna" and kind == "single_slice":
+        plain_keep = [n // 2]
+    for s in series:
+        keep = plain_keep if s is plain else list(range(s.hu.shape[0]))
+        write(s, keep, s.folder, record=True)
+    if layout == "rsna" and kind in ("inconsistent_spacing", "single_slice"):
+        reject(plain.header.series_uid, "", "series", RSNA_FOLDER)
+
+    # Extra defective files / series, written beside the valid ones.
+    extra_uid = uid("series", "extra")
+    if kind in ("truncated_pixel_data", "no_pixel_data", "not_ct"):
+        defect = {"truncated_pixel_data": "truncated", "no_pixel_data": "no_pixels", "not_ct": ""}[kind]
+        j = n - 1
+        pos = np.array(plain.positions[j]) + (plain.positions[j] - plain.positions[j - 1] if n > 1 else 0)
+        header = replace(plain.header, transfer_syntax="explicit")
+        hu = plain.hu[j]
+        if kind == "not_ct":
+            mr = layout == "rsna"
+            header = replace(
+                header,
+                series_uid=extra_uid,
+                series_number=extra_series_number,
+                modality="MR" if mr else "OT",
+                series_description="T2 AXIAL" if mr else "Dose Report",
+                storage="s0",
+            )
+            pos = np.array(plain.positions[n // 2])
+            hu = np.clip(plain.hu[n // 2] * 10.0 + 1000.0, 0, 3000) if mr else np.zeros_like(hu)
+        sop = rsna_image_id(spec.seed, k, next(file_counter)) if layout == "rsna" else uid("sop", "extra")
+        d = folder_path(plain.folder)
+        name = f"{sop}.dcm" if layout == "rsna" else f"CT{n:06d}.dcm"
+        write_slice(
+            d / name,
+            header,
+            SliceGeometry(pos, plain.row_dir, plain.col_dir, plain.spacing),
+            hu,
+            sop,
+            n + 1,
+            defect=defect,
+        )
+        n_files += 1
+        rel = (d / name).relative_to(out).as_posix()
+        reject(header.series_uid, sop, "file", rel)
+        if layout == "rsna":
+            csv_images.append((sop, (0,) * 6))
+    elif layout == "cq500" and kind in ("inconsistent_spacing", "single_slice", "mixed_series_folder"):
+        used = {s.folder for s in series}
+        folder = next(f for f in ("CT 5mm", "CT Plain", "CT 4.8mm") if f not in used)
+        clone = replace(
+            plain,
+            description=folder,
+            folder=folder,
+            header=replace(
+                plain.header,
+                series_uid=extra_uid,
+                series_description=folder,
+                series_number=extra_series_number,
+            ),
+            plain=False,
+        )
+        if kind == "inconsistent_spacing":
+            paths = write(
+                clone, [j for j in range(n) if j not in (n // 3, (2 * n) // 3)], folder, record=False
+            )
+            reject(extra_uid, "", "series", str(Path(paths[0]).parent.as_posix()))
+        elif kind == "single_slice":
+            paths = write(clone, [n // 2], folder, record=False)
+            reject(extra_uid, "", "series", str(Path(paths[0]).parent.as_posix()))
+        else:  # a second series' files in the same folder
+            write(clone, list(range(n)), folder, record=True)
+            intruder_uid = uid("series", "intruder")
+            intruder = replace(
+                clone,
+                header=replace(clone.header, series_uid=intruder_uid, series_number=extra_series_number + 1),
+                reversed_numbering=False,
+            )
+            picks = sorted({1, 2, min(n - 1, 6)})
+            paths = write(intruder, picks, folder, record=False, start=n)
+            kind_rel = str(Path(paths[0]).parent.as_posix())
+            reject(intruder_uid, "", "series", kind_rel)
+
+    # Ground-truth mask of the plain series (sorted grid of the slices written).
+    import zarr
+
+    mask = plain.bits[plain_keep]
+    group = zarr.open_group(str(out / "truth" / "masks.zarr"), mode="r+")
+    arr = group.create_array(study_uid, shape=mask.shape, dtype="uint8", chunks=mask.shape)
+    arr[...] = mask
+    arr.attrs.update(
+        {"study_uid": study_uid, "series_uid": plain.header.series_uid, "bits": list(LESION_KINDS)}
+    )
+
+    lab = _labels(mask).max(axis=0)
+    labels = dict(zip((*RSNA_LABELS, "ischemic"), (int(v) for v in lab), strict=True))
+    reads, majority_error = (None, "")
+    if layout == "cq500":
+        reads, majority_error = _reads(spec.seed, k, labels, lesions)
+    patient_id = f"SYN{spec.seed}P{p:05d}"
+    study = {
+        "study_uid": study_uid,
+        "study_index": k,
+        "patient_id": patient_id,
+        "patient_index": p,
+        "name": f"CQ500-CT-{k}" if layout == "cq500" else "",
+        "folder": study_folder,
+        "series_uid": plain.header.series_uid,
+        "series_description": plain.description if layout == "cq500" else "",
+        "site": spec.site,
+        "n_slices": len(plain_keep),
+        "thickness_mm": float(plain.header.slice_thickness),
+        "tilt_deg": float(plain.header.tilt_deg),
+        "storage": plain.header.storage,
+        "transfer_syntax": plain.header.transfer_syntax,
+        "reversed_numbering": plain.reversed_numbering,
+        "has_contrast_series": has_contrast,
+        **labels,
+        "broken": kind,
+        "reads_majority_error": majority_error,
+    }
+    return _StudyResult(study, rows, rejections, csv_images, reads, n_files)
+
+
+def _reads(seed: int, k: int, labels: dict[str, int], lesions: list[Lesion]) -> tuple[dict[str, Any], str]:
+    """Three readers' CQ500 reads from the truth, with disagreement.
+
+    Returns (reads.csv row, comma-joined RSNA labels on which the majority vote is wrong).
+    """
+    rng = np.random.default_rng([seed, k, 6])
+    rsna_of = CQ500_TO_RSNA
+    truth = {f: 0 for f in CQ500_FIELDS}
+    for fld, rsna in rsna_of.items():
+        truth[fld] = labels[rsna]
+    present = [les for les in lesions if les.kind in SUBTYPES and labels[les.kind]]
+    truth["BleedLocation-Left"] = int(any(les.side in (1, 2) for les in present))
+    truth["BleedLocation-Right"] = int(any(les.side in (-1, 2) for les in present))
+    edh = [les for les in present if les.kind == "epidural"]
+    fracture = int(bool(edh) and rng.random() < 0.7)
+    truth["Fracture"] = truth["CalvarialFracture"] = fracture
+    big = any(
+        (les.kind == "epidural" and les.thickness > 12)
+        or (les.kind == "subdural" and les.thickness > 8)
+        or (les.kind == "intraparenchymal" and les.radius > 14)
+        for les in present
+    )
+    truth["MassEffect"] = int(big)
+    truth["MidlineShift"] = int(big and rng.random() < 0.6)
+    subtype_fields = [f for f in rsna_of if f != "ICH"]
+    reads = {r: dict(truth) for r in CQ500_READERS}
+    flip_fields = [f for f in CQ500_FIELDS if f != "ICH"]
+    for r in CQ500_READERS:
+        if rng.random() < 0.12:
+            f = flip_fields[int(rng.integers(len(flip_fields)))]
+            reads[r][f] = 1 - reads[r][f]
+    positives = [f for f in subtype_fields if truth[f]]
+    if positives and rng.random() < 0.06:  # a small lesion missed by two readers
+        f = positives[int(rng.integers(len(positives)))]
+        for r in rng.choice(list(CQ500_READERS), size=2, replace=False):
+            reads[str(r)][f] = 0
+    for r in CQ500_READERS:
+        reads[r]["ICH"] = int(any(reads[r][f] for f in subtype_fields))
+    wrong = []
+    for fld, rsna in rsna_of.items():
+        majority = int(sum(reads[r][fld] for r in CQ500_READERS) >= 2)
+        if majority != truth[fld]:
+            wrong.append(rsna)
+    category = "B1" if rng.random() < 0.45 else "B2"
+    row: dict[str, Any] = {"name": f"CQ500-CT-{k}", "Category": category}
+    for r in CQ500_READERS:
+        for f in CQ500_FIELDS:
+            row[f"{r}:{f}"] = reads[r][f]
+    return row, ",".join(wrong)
