@@ -1,35 +1,15 @@
-"""The `ct25d` command line: one subcommand per workflow step, so a step runs the same by hand,
-in a test and inside a Snakemake rule. Settings arrive as JSON (the rule's `params`, which are
-also what Snakemake compares to decide reruns)."""
+"""Subcommands of the ingest stage: synth, scan, ingest, ingest-report."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
-from typing import Any
 
-from ct25d.errors import ConfigError, Ct25dError
+from ct25d.cli.common import json_object, require
 
 log = logging.getLogger("ct25d")
-
-
-def _json(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from exc
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("settings must be a JSON object")
-    return value
-
-
-def _require(settings: dict[str, Any], key: str, section: str) -> Any:
-    if key not in settings:
-        raise ConfigError(f"missing config key {section}.{key}")
-    return settings[key]
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
@@ -52,9 +32,9 @@ def cmd_scan(args: argparse.Namespace) -> None:
 
     s = args.settings
     settings = ScanSettings(
-        preferred_thickness_mm=float(_require(s, "preferred_thickness_mm", "ingest")),
-        exclude_series=str(_require(s, "exclude_series", "ingest")),
-        pseudonym_salt=str(_require(s, "pseudonym_salt", "ingest")),
+        preferred_thickness_mm=float(require(s, "preferred_thickness_mm", "ingest")),
+        exclude_series=str(require(s, "exclude_series", "ingest")),
+        pseudonym_salt=str(require(s, "pseudonym_salt", "ingest")),
     )
     result = scan_archive(args.root, args.layout, args.labels, args.shards, settings, args.workers)
     meta = stamp("scan", {"layout": args.layout, "shards": args.shards, **s})
@@ -88,7 +68,7 @@ def cmd_ingest(args: argparse.Namespace) -> None:
     files = pd.read_parquet(scan / "files.parquet")
     series = pd.read_parquet(scan / "series.parquet")
     rules = GeometryRules(
-        float(_require(s, "spacing_tolerance", "ingest")), float(_require(s, "max_tilt_deg", "ingest"))
+        float(require(s, "spacing_tolerance", "ingest")), float(require(s, "max_tilt_deg", "ingest"))
     )
     meta = stamp("ingest", {"shard": args.shard, **s})
     prefix = Path(args.out_prefix)
@@ -100,8 +80,8 @@ def cmd_ingest(args: argparse.Namespace) -> None:
         f"{prefix}.zarr",
         meta,
         rules,
-        int(_require(s, "chunk_slices", "ingest")),
-        int(_require(s, "compression_level", "ingest")),
+        int(require(s, "chunk_slices", "ingest")),
+        int(require(s, "compression_level", "ingest")),
         args.workers,
     )
     write_parquet(f"{prefix}.volumes.parquet", volumes, meta)
@@ -130,16 +110,14 @@ def cmd_ingest_report(args: argparse.Namespace) -> None:
     log.info("%s", json.dumps(counts))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ct25d", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add this stage's subcommands."""
 
     p = sub.add_parser("synth", help="generate a synthetic head-CT cohort as real DICOM in an archive layout")
     p.add_argument("--layout", choices=["rsna", "cq500"], required=True)
     p.add_argument("--out", required=True, help="folder to create (replaced atomically)")
-    p.add_argument("--dataset", type=_json, required=True, help="the dataset's `synthetic` config (JSON)")
-    p.add_argument("--synthetic", type=_json, required=True, help="the global `synthetic` config (JSON)")
+    p.add_argument("--dataset", type=json_object, required=True, help="datasets.<name>.synthetic (JSON)")
+    p.add_argument("--synthetic", type=json_object, required=True, help="config `synthetic` (JSON)")
     p.add_argument("--workers", type=int, default=1)
     p.set_defaults(func=cmd_synth)
 
@@ -148,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", choices=["rsna", "cq500"], required=True)
     p.add_argument("--labels", required=True, help="stage_2_train.csv (rsna) or reads.csv (cq500)")
     p.add_argument("--shards", type=int, required=True)
-    p.add_argument("--settings", type=_json, required=True, help="config `ingest` (JSON)")
+    p.add_argument("--settings", type=json_object, required=True, help="config `ingest` (JSON)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=cmd_scan)
@@ -157,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", required=True)
     p.add_argument("--scan", required=True, help="folder written by `ct25d scan`")
     p.add_argument("--shard", type=int, required=True)
-    p.add_argument("--settings", type=_json, required=True, help="config `ingest` (JSON)")
+    p.add_argument("--settings", type=json_object, required=True, help="config `ingest` (JSON)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument(
         "--out-prefix", required=True, help="writes PREFIX.zarr, .volumes/.slices.parquet, .rejections.csv"
@@ -169,22 +147,3 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shards", nargs="+", required=True, help="shard output prefixes")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_ingest_report)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    try:
-        args.func(args)
-    except Ct25dError as exc:
-        log.error("%s", exc)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

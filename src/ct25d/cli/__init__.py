@@ -1,0 +1,43 @@
+"""The `ct25d` command line: one subcommand per workflow step, so a step runs the same by hand,
+in a test and inside a Snakemake rule. Settings arrive as JSON (the rule's `params`, which are
+also what Snakemake compares to decide reruns). Each stage's subcommands live in their own module
+with a `register(subparsers)` function."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ct25d.cli import ingest
+from ct25d.errors import Ct25dError
+
+log = logging.getLogger("ct25d")
+STAGES = (ingest,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ct25d", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for stage in STAGES:
+        stage.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        args.func(args)
+    except Ct25dError as exc:
+        log.error("%s", exc)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
