@@ -58,8 +58,8 @@ def shard_ids(dataset):
 
 
 # Which config keys reach which rule: a change reruns that rule and everything downstream only.
-SCAN_KEYS = ("preferred_thickness_mm", "exclude_series", "pseudonym_salt")
-CONVERT_KEYS = ("spacing_tolerance", "max_tilt_deg", "chunk_slices", "compression_level")
+SCAN_KEYS = ("preferred_thickness_mm", "exclude_series", "pseudonym_salt", "spacing_tolerance", "max_tilt_deg")
+CONVERT_KEYS = ("chunk_slices", "compression_level")
 
 
 def ingest_settings(keys):

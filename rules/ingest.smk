@@ -8,7 +8,7 @@ rule scan:
         files=f"{RESULTS}/{{dataset}}/scan/files.parquet",
         series=f"{RESULTS}/{{dataset}}/scan/series.parquet",
         studies=f"{RESULTS}/{{dataset}}/scan/studies.parquet",
-        unreadable=f"{RESULTS}/{{dataset}}/scan/unreadable.csv",
+        rejected_files=f"{RESULTS}/{{dataset}}/scan/rejected_files.csv",
         settings=f"{RESULTS}/{{dataset}}/scan/settings.json",
     params:
         root=lambda wc: dicom_root(wc.dataset),

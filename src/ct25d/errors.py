@@ -18,3 +18,7 @@ class SeriesError(Ct25dError):
         self.reason = reason
         self.path = path
         super().__init__(f"{path}: {reason}" if path else reason)
+
+
+class SliceError(SeriesError):
+    """One file of a series cannot be decoded; the rest of the series may still form a volume."""

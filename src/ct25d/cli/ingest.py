@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from ct25d.cli.common import json_object, require
+from ct25d.dicom.series import GeometryRules
 
 log = logging.getLogger("ct25d")
 
@@ -25,6 +26,14 @@ def cmd_synth(args: argparse.Namespace) -> None:
     )
 
 
+def geometry_rules(settings: dict) -> GeometryRules:
+    """The series acceptance tolerances from config `ingest`."""
+    return GeometryRules(
+        spacing_tolerance=float(require(settings, "spacing_tolerance", "ingest")),
+        max_tilt_deg=float(require(settings, "max_tilt_deg", "ingest")),
+    )
+
+
 def cmd_scan(args: argparse.Namespace) -> None:
     from ct25d.atomic import write_csv, write_json, write_parquet
     from ct25d.dicom.scan import ScanSettings, scan_archive
@@ -35,6 +44,7 @@ def cmd_scan(args: argparse.Namespace) -> None:
         preferred_thickness_mm=float(require(s, "preferred_thickness_mm", "ingest")),
         exclude_series=str(require(s, "exclude_series", "ingest")),
         pseudonym_salt=str(require(s, "pseudonym_salt", "ingest")),
+        geometry=geometry_rules(s),
     )
     result = scan_archive(args.root, args.layout, args.labels, args.shards, settings, args.workers)
     meta = stamp("scan", {"layout": args.layout, "shards": args.shards, **s})
@@ -42,10 +52,10 @@ def cmd_scan(args: argparse.Namespace) -> None:
     write_parquet(out / "files.parquet", result.files, meta)
     write_parquet(out / "series.parquet", result.series, meta)
     write_parquet(out / "studies.parquet", result.studies, meta)
-    write_csv(out / "unreadable.csv", result.rejected)
+    write_csv(out / "rejected_files.csv", result.rejected)
     write_json(out / "settings.json", meta)
     log.info(
-        "scanned %d files (%d unreadable), %d series, %d studies",
+        "scanned %d files (%d rejected), %d series, %d studies",
         len(result.files) + len(result.rejected),
         len(result.rejected),
         len(result.series),
@@ -57,7 +67,6 @@ def cmd_ingest(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from ct25d.atomic import write_csv, write_parquet
-    from ct25d.dicom.series import GeometryRules
     from ct25d.provenance import stamp
     from ct25d.volumes.ingest import ingest_shard
 
@@ -67,9 +76,8 @@ def cmd_ingest(args: argparse.Namespace) -> None:
     studies = studies[studies["shard"] == args.shard]
     files = pd.read_parquet(scan / "files.parquet")
     series = pd.read_parquet(scan / "series.parquet")
-    rules = GeometryRules(
-        float(require(s, "spacing_tolerance", "ingest")), float(require(s, "max_tilt_deg", "ingest"))
-    )
+    # Same tolerances the scan used to rank the series (a change to them reruns the scan first).
+    rules = geometry_rules(json.loads((scan / "settings.json").read_text())["settings"])
     meta = stamp("ingest", {"shard": args.shard, **s})
     prefix = Path(args.out_prefix)
     volumes, slices, rejections = ingest_shard(

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import pydicom
 from pydicom.errors import InvalidDicomError
 
@@ -54,6 +56,17 @@ class SliceHeader:
     slice_thickness: float
     transfer_syntax: str
     has_pixels: bool
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any], root: Path | None = None) -> SliceHeader:
+        """Rebuild a header from a `files.parquet` row (paths there are relative to the archive root)."""
+        values = {f.name: row.get(f.name) for f in fields(cls)}
+        values["path"] = str(root / row["path"]) if root is not None else row["path"]
+        values["sop_uid"] = row.get("slice_id", "")
+        for key in ("position", "orientation", "pixel_spacing"):
+            value = values[key]
+            values[key] = None if value is None or (np.ndim(value) == 0 and pd.isna(value)) else tuple(value)
+        return cls(**values)
 
     def as_row(self) -> dict[str, Any]:
         row = asdict(self)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pydicom
 
-from ct25d.errors import SeriesError
+from ct25d.errors import SliceError
 
 HU_MIN, HU_MAX = -32768, 32767
 
@@ -24,9 +24,9 @@ def to_hu(ds: pydicom.Dataset, path: str) -> np.ndarray:
     try:
         stored = ds.pixel_array
     except Exception as exc:  # decoders raise assorted types on short or corrupt pixel data
-        raise SeriesError(f"cannot decode pixel data ({type(exc).__name__}: {exc})", path) from exc
+        raise SliceError(f"cannot decode pixel data ({type(exc).__name__}: {exc})", path) from exc
     if stored.ndim != 2:
-        raise SeriesError(f"expected one 2-D frame, got pixel array of shape {stored.shape}", path)
+        raise SliceError(f"expected one 2-D frame, got pixel array of shape {stored.shape}", path)
     slope = float(ds.get("RescaleSlope", 1) or 1)
     intercept = float(ds.get("RescaleIntercept", 0) or 0)
     values = stored.astype(np.int32)
@@ -49,7 +49,7 @@ def read_hu(path: str) -> tuple[np.ndarray, pydicom.Dataset]:
     try:
         ds = pydicom.dcmread(path)
     except Exception as exc:
-        raise SeriesError(f"unreadable DICOM file ({type(exc).__name__}: {exc})", path) from exc
+        raise SliceError(f"unreadable DICOM file ({type(exc).__name__}: {exc})", path) from exc
     if "PixelData" not in ds:
-        raise SeriesError("no pixel data", path)
+        raise SliceError("no pixel data", path)
     return to_hu(ds, path), ds

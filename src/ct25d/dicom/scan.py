@@ -23,6 +23,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from ct25d.dicom.headers import SliceHeader, pseudonym, read_header
+from ct25d.dicom.series import GeometryRules, sort_series
 from ct25d.errors import Ct25dError, SeriesError
 from ct25d.labels import RSNA_LABELS, cq500_study_name, read_cq500_reads, read_rsna_labels
 
@@ -38,6 +39,7 @@ class ScanSettings:
     preferred_thickness_mm: float
     exclude_series: str
     pseudonym_salt: str
+    geometry: GeometryRules
 
 
 @dataclass
@@ -45,7 +47,7 @@ class ScanResult:
     files: pd.DataFrame  # one row per readable file
     series: pd.DataFrame  # one row per series (unit of choice), with rank or the reason it is not a candidate
     studies: pd.DataFrame  # one row per study: labels and shard
-    rejected: pd.DataFrame  # one row per file that could not be read at all
+    rejected: pd.DataFrame  # one row per file dropped before grouping (unreadable header, no pixels)
 
 
 def list_files(root: Path, layout: str) -> list[Path]:
@@ -98,6 +100,19 @@ def shard_of(study_id: str, shards: int) -> int:
     return int(hashlib.sha256(study_id.encode()).hexdigest(), 16) % shards
 
 
+def geometry_problem(group: pd.DataFrame, rules: GeometryRules) -> tuple[str, str]:
+    """(reason, file) why a series' headers cannot form a correct volume, ("", "") if they can.
+
+    Checked at scan time from headers alone, so a broken alternative series is reported even when
+    the study never needs it.
+    """
+    try:
+        sort_series([SliceHeader.from_row(row) for row in group.to_dict("records")], rules)
+    except SeriesError as exc:
+        return exc.reason, exc.path or ""
+    return "", ""
+
+
 def rank_series(files: pd.DataFrame, settings: ScanSettings) -> pd.DataFrame:
     """One row per series unit with `rank` (0 = first choice) or `excluded` naming why not."""
     exclude = re.compile(settings.exclude_series) if settings.exclude_series else None
@@ -106,7 +121,7 @@ def rank_series(files: pd.DataFrame, settings: ScanSettings) -> pd.DataFrame:
         descriptions = sorted(set(group["series_description"]))
         modalities = sorted(set(group["modality"]))
         thickness = float(np.median(group["slice_thickness"]))
-        reason = ""
+        reason, path = "", min(group["path"])
         if modalities != ["CT"]:
             reason = f"modality {'/'.join(m or '(none)' for m in modalities)} is not CT"
         elif exclude and any(exclude.search(d) for d in descriptions):
@@ -115,12 +130,16 @@ def rank_series(files: pd.DataFrame, settings: ScanSettings) -> pd.DataFrame:
             reason = "contrast agent recorded (ContrastBolusAgent)"
         elif group["image_type"].str.upper().str.contains("LOCALIZER").any():
             reason = "localizer images"
+        else:
+            reason, problem_file = geometry_problem(group, settings.geometry)
+            path = problem_file or path
         rows.append(
             {
                 "study_id": study_id,
                 "unit": unit,
                 "series_id": group["series_id"].iloc[0],
                 "series_description": descriptions[0],
+                "path": path,  # the offending file, or the first file
                 "n_files": len(group),
                 "slice_thickness": thickness,
                 "excluded": reason,
@@ -185,7 +204,9 @@ def scan_archive(
     good: list[dict] = []
     bad: list[dict] = []
     for item in read_headers(paths, settings.pseudonym_salt, workers):
-        if isinstance(item, SliceHeader):
+        if isinstance(item, SliceHeader) and not item.has_pixels:
+            bad.append({"path": item.path, "reason": "no pixel data"})
+        elif isinstance(item, SliceHeader):
             good.append(item.as_row())
         else:
             bad.append({"path": item[0], "reason": item[1]})

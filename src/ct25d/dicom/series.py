@@ -17,7 +17,7 @@ import numpy as np
 
 from ct25d.dicom.headers import SliceHeader
 from ct25d.dicom.pixels import read_hu
-from ct25d.errors import SeriesError
+from ct25d.errors import SeriesError, SliceError
 
 POSITION_EPS_MM = 1e-3
 ORIENTATION_EPS = 1e-4
@@ -147,15 +147,35 @@ def sort_series(headers: Sequence[SliceHeader], rules: GeometryRules) -> SortedS
     )
 
 
-def load_volume(series: SortedSeries) -> Volume:
-    """Decode every slice of a sorted series into one (Z, Y, X) int16 HU array."""
+def _decode(series: SortedSeries) -> Volume:
     first = series.headers[0]
     hu = np.empty((len(series.headers), first.rows, first.columns), dtype=np.int16)
     for z, header in enumerate(series.headers):
         pixels, _ = read_hu(header.path)
         if pixels.shape != hu.shape[1:]:
-            raise SeriesError(
+            raise SliceError(
                 f"pixel array {pixels.shape} does not match Rows/Columns {hu.shape[1:]}", header.path
             )
         hu[z] = pixels
     return Volume(hu=hu, series=series)
+
+
+def load_volume(series: SortedSeries, rules: GeometryRules) -> tuple[Volume, list[SliceError]]:
+    """Decode a sorted series into one (Z, Y, X) int16 HU array.
+
+    A file whose pixels cannot be decoded is dropped (and returned, so the caller reports it) and
+    the remaining slices are checked again: a dropped end slice leaves a shorter but correct volume,
+    a dropped inner slice leaves a gap, which rejects the series.
+    """
+    dropped: list[SliceError] = []
+    while True:
+        try:
+            return _decode(series), dropped
+        except SliceError as exc:
+            dropped.append(exc)
+        remaining = [h for h in series.headers if h.path != dropped[-1].path]
+        try:
+            series = sort_series(remaining, rules)
+        except SeriesError as exc:
+            note = f"after dropping {len(dropped)} undecodable slice(s): {exc.reason}"
+            raise SeriesError(note, exc.path) from exc

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
@@ -22,8 +21,6 @@ from ct25d.dicom.series import GeometryRules, Volume, load_volume, sort_series
 from ct25d.errors import SeriesError
 from ct25d.labels import RSNA_LABELS
 from ct25d.volumes.store import hu_store_writer
-
-_HEADER_FIELDS = [f.name for f in fields(SliceHeader)]
 
 
 @dataclass
@@ -38,30 +35,28 @@ class StudyOutcome:
     volume: Volume | None
     unit: str | None
     rank: int | None
-    failures: list[tuple[str, str, str]]  # (unit, path, reason)
-
-
-def _header(row: dict[str, Any], root: Path) -> SliceHeader:
-    values = {k: row[k] for k in _HEADER_FIELDS if k in row}
-    values["path"] = str(root / row["path"])
-    values.setdefault("sop_uid", row.get("slice_id", ""))
-    for key in ("position", "orientation", "pixel_spacing"):
-        value = values[key]
-        values[key] = None if value is None or (np.ndim(value) == 0 and pd.isna(value)) else tuple(value)
-    return SliceHeader(**values)
+    failures: list[tuple[str, str, str]]  # (unit, path, reason) of series that failed
+    dropped: list[tuple[str, str, str]]  # (unit, path, reason) of files dropped from the converted series
 
 
 def convert_study(job: StudyJob, root: Path, rules: GeometryRules) -> StudyOutcome:
     """Try the study's candidate series in rank order; the first that converts wins."""
     failures: list[tuple[str, str, str]] = []
+
+    def where(exc: SeriesError) -> str:
+        return str(Path(exc.path).relative_to(root)) if exc.path else ""
+
     for rank, (unit, rows) in enumerate(job.candidates):
         try:
-            series = sort_series([_header(r, root) for r in rows], rules)
-            return StudyOutcome(job.study_id, load_volume(series), unit, rank, failures)
+            series = sort_series([SliceHeader.from_row(r, root) for r in rows], rules)
+            volume, dropped = load_volume(series, rules)
         except SeriesError as exc:
-            path = str(Path(exc.path).relative_to(root)) if exc.path else ""
-            failures.append((unit, path, exc.reason))
-    return StudyOutcome(job.study_id, None, None, None, failures)
+            failures.append((unit, where(exc), exc.reason))
+            continue
+        return StudyOutcome(
+            job.study_id, volume, unit, rank, failures, [(unit, where(e), e.reason) for e in dropped]
+        )
+    return StudyOutcome(job.study_id, None, None, None, failures, [])
 
 
 def study_jobs(files: pd.DataFrame, series: pd.DataFrame, study_ids: list[str]) -> Iterator[StudyJob]:
@@ -86,6 +81,10 @@ def _rejection_rows(outcome: StudyOutcome) -> list[dict[str, Any]]:
         {"level": "series", "study_id": outcome.study_id, "unit": unit, "path": path, "reason": reason}
         for unit, path, reason in outcome.failures
     ]
+    rows += [
+        {"level": "file", "study_id": outcome.study_id, "unit": unit, "path": path, "reason": reason}
+        for unit, path, reason in outcome.dropped
+    ]
     if outcome.volume is None:
         why = "; ".join(r for _, _, r in outcome.failures) or "no candidate series (see series.parquet)"
         rows.append({"level": "study", "study_id": outcome.study_id, "unit": "", "path": "",
@@ -97,7 +96,7 @@ def excluded_rows(series: pd.DataFrame, study_ids: list[str]) -> list[dict[str, 
     """Series that were never candidates (not CT, contrast, scouts...): reported, not silently dropped."""
     excluded = series[(series["rank"] < 0) & series["study_id"].isin(study_ids)]
     return [
-        {"level": "excluded", "study_id": r.study_id, "unit": r.unit, "path": "", "reason": r.excluded}
+        dict(level="excluded", study_id=r.study_id, unit=r.unit, path=r.path, reason=r.excluded)
         for r in excluded.itertuples()
     ]
 

@@ -14,15 +14,16 @@ from ct25d.labels import RSNA_LABELS
 def reconcile(scan_dir: Path, volumes: pd.DataFrame, rejections: pd.DataFrame) -> dict[str, Any]:
     """Counts per level; raise if inputs != converted + rejected at the file or study level."""
     files = pd.read_parquet(scan_dir / "files.parquet", columns=["path"])
-    unreadable = pd.read_csv(scan_dir / "unreadable.csv")
+    rejected_files = pd.read_csv(scan_dir / "rejected_files.csv")
     studies = pd.read_parquet(scan_dir / "studies.parquet", columns=["study_id"])
     series = pd.read_parquet(scan_dir / "series.parquet", columns=["study_id", "rank"])
     study_rejected = rejections[rejections["level"] == "study"]
     levels = rejections["level"].value_counts()
     counts = {
-        "files_found": len(files) + len(unreadable),
-        "files_readable": len(files),
-        "files_unreadable": len(unreadable),
+        "files_found": len(files) + len(rejected_files),
+        "files_grouped": len(files),
+        "files_rejected_at_scan": len(rejected_files),
+        "files_dropped_at_ingest": int(levels.get("file", 0)),
         "studies_found": len(studies),
         "studies_converted": len(volumes),
         "studies_rejected": len(study_rejected),
@@ -62,9 +63,9 @@ def gather(
     manifest = volumes.merge(studies.drop(columns=["patient_id"]), on="study_id", how="left")
     manifest = manifest.sort_values("study_id").reset_index(drop=True)
     slices = slices.sort_values(["study_id", "z"]).reset_index(drop=True)
-    unreadable = pd.read_csv(scan_dir / "unreadable.csv", dtype=str, keep_default_na=False)
-    unreadable = unreadable.assign(level="file", study_id="", unit="")
-    rejections = pd.concat([unreadable, shard_rejections], ignore_index=True)
+    scan_rejected = pd.read_csv(scan_dir / "rejected_files.csv", dtype=str, keep_default_na=False)
+    scan_rejected = scan_rejected.assign(level="file", study_id="", unit="")
+    rejections = pd.concat([scan_rejected, shard_rejections], ignore_index=True)
     rejections = rejections[["level", "study_id", "unit", "path", "reason"]]
     counts["label_positive_studies"] = {
         label: int(manifest[label].fillna(0).astype(int).sum()) for label in RSNA_LABELS if label in manifest
