@@ -56,6 +56,14 @@ class SliceHeader:
     slice_thickness: float
     transfer_syntax: str
     has_pixels: bool
+    # How to turn stored values into HU, and where native (uncompressed) pixels lie in the file, so
+    # ingest can read them without parsing the file a second time. pixel_offset -1: use a decoder.
+    bits_allocated: int = 16
+    bits_stored: int = 16
+    pixel_representation: int = 0
+    rescale_slope: float = 1.0
+    rescale_intercept: float = 0.0
+    pixel_offset: int = -1
 
     @classmethod
     def from_row(cls, row: dict[str, Any], root: Path | None = None) -> SliceHeader:
@@ -93,6 +101,24 @@ def _int(ds: pydicom.Dataset, keyword: str, default: int = 0) -> int:
         return default
 
 
+NATIVE_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}  # implicit / explicit VR little endian
+
+
+def _native_offset(ds: pydicom.Dataset, transfer_syntax: str) -> int:
+    """File offset of uncompressed 16-bit single-channel pixel data, or -1 when a decoder is needed."""
+    if "PixelData" not in ds or transfer_syntax not in NATIVE_SYNTAXES:
+        return -1
+    raw = ds.get_item("PixelData", keep_deferred=True)
+    if (
+        _int(ds, "BitsAllocated") != 16
+        or _int(ds, "SamplesPerPixel", 1) != 1
+        or _int(ds, "NumberOfFrames", 1) != 1
+    ):
+        return -1
+    offset = getattr(raw, "value_tell", None)
+    return int(offset) if offset is not None and raw.length != 0xFFFFFFFF else -1
+
+
 def read_header(path: str | Path, salt: str) -> SliceHeader:
     """Read one file's header without loading pixel data; raise SeriesError naming the file.
 
@@ -109,6 +135,7 @@ def read_header(path: str | Path, salt: str) -> SliceHeader:
     if missing:
         raise SeriesError(f"missing required tag(s) {', '.join(missing)}", path)
     study_uid = str(ds.StudyInstanceUID)
+    transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
     position = _floats(ds, "ImagePositionPatient", 3)
     spacing = _floats(ds, "PixelSpacing", 2)
     return SliceHeader(
@@ -129,6 +156,12 @@ def read_header(path: str | Path, salt: str) -> SliceHeader:
         orientation=_floats(ds, "ImageOrientationPatient", 6),
         pixel_spacing=spacing,  # type: ignore[arg-type]
         slice_thickness=float(ds.get("SliceThickness", 0) or 0),
-        transfer_syntax=str(ds.file_meta.get("TransferSyntaxUID", "")),
+        transfer_syntax=transfer_syntax,
         has_pixels="PixelData" in ds,
+        bits_allocated=_int(ds, "BitsAllocated", 16),
+        bits_stored=_int(ds, "BitsStored", 16),
+        pixel_representation=_int(ds, "PixelRepresentation"),
+        rescale_slope=float(ds.get("RescaleSlope", 1) or 1),
+        rescale_intercept=float(ds.get("RescaleIntercept", 0) or 0),
+        pixel_offset=_native_offset(ds, transfer_syntax),
     )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+
 import numpy as np
 import pydicom
 
@@ -10,46 +13,80 @@ from ct25d.errors import SliceError
 HU_MIN, HU_MAX = -32768, 32767
 
 
-def is_wrapped_12bit(ds: pydicom.Dataset) -> bool:
-    """The RSNA 2019 quirk: 12-bit unsigned storage of HU that wrapped at 4096, intercept ~0."""
-    return (
-        int(ds.get("BitsStored", 16)) == 12
-        and int(ds.get("PixelRepresentation", 0)) == 0
-        and float(ds.get("RescaleIntercept", -1024)) > -100
-    )
+@dataclass(frozen=True)
+class Rescale:
+    """What turns one file's stored values into HU."""
+
+    slope: float = 1.0
+    intercept: float = 0.0
+    bits_stored: int = 16
+    pixel_representation: int = 0
+
+    @property
+    def wrapped_12bit(self) -> bool:
+        """The RSNA 2019 quirk: 12-bit unsigned storage of HU that wrapped at 4096, intercept ~0."""
+        return self.bits_stored == 12 and self.pixel_representation == 0 and self.intercept > -100
+
+    @classmethod
+    def of(cls, ds: pydicom.Dataset) -> Rescale:
+        return cls(
+            slope=float(ds.get("RescaleSlope", 1) or 1),
+            intercept=float(ds.get("RescaleIntercept", 0) or 0),
+            bits_stored=int(ds.get("BitsStored", 16)),
+            pixel_representation=int(ds.get("PixelRepresentation", 0)),
+        )
 
 
-def to_hu(ds: pydicom.Dataset, path: str) -> np.ndarray:
-    """Decode one slice (compressed syntaxes too) to int16 HU; raise SeriesError naming the file."""
-    try:
-        stored = ds.pixel_array
-    except Exception as exc:  # decoders raise assorted types on short or corrupt pixel data
-        raise SliceError(f"cannot decode pixel data ({type(exc).__name__}: {exc})", path) from exc
-    if stored.ndim != 2:
-        raise SliceError(f"expected one 2-D frame, got pixel array of shape {stored.shape}", path)
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
-    values = stored.astype(np.int32)
-    if int(ds.get("PixelRepresentation", 0)) == 0:
-        values &= (1 << int(ds.get("BitsStored", 16))) - 1  # bits above HighBit are not pixel data
-    if is_wrapped_12bit(ds):
+def stored_to_hu(stored: np.ndarray, rescale: Rescale, out: np.ndarray) -> None:
+    """Write HU (int16) for `stored` into `out`, clipped to the int16 range.
+
+    The common case (slope 1, integer intercept, values that cannot overflow) adds in place with
+    no temporaries: it is the hot loop of ingest.
+    """
+    slope, intercept = rescale.slope, rescale.intercept
+    unsigned = rescale.pixel_representation == 0
+    if (unsigned and rescale.bits_stored < 16) or rescale.wrapped_12bit:
+        stored = stored & np.array((1 << rescale.bits_stored) - 1, dtype=stored.dtype)  # bits above HighBit
+    if rescale.wrapped_12bit:
         # Known repair for the wrapped files: shift by +1000, wrap values >= 4096, intercept -1000.
-        values += 1000
+        values = stored.astype(np.int32) + 1000
         values[values >= 4096] -= 4096
-        intercept = -1000.0
+        stored, intercept = values, -1000.0
     if slope == 1.0 and intercept.is_integer():
-        hu = values + int(intercept)
-    else:
-        hu = np.rint(values * slope + intercept)
-    return np.clip(hu, HU_MIN, HU_MAX).astype(np.int16)
+        low, high = int(stored.min()) + int(intercept), int(stored.max()) + int(intercept)
+        if low >= HU_MIN and high <= HU_MAX:
+            np.add(stored, np.int32(intercept), out=out, casting="unsafe")  # buffered, no temporary
+            return
+    hu = np.rint(stored.astype(np.float64) * slope + intercept)
+    out[...] = np.clip(hu, HU_MIN, HU_MAX)
 
 
-def read_hu(path: str) -> tuple[np.ndarray, pydicom.Dataset]:
-    """Read one file fully and return (HU slice, dataset)."""
+def read_hu(path: str, out: np.ndarray) -> None:
+    """Decode one file (any transfer syntax pydicom's decoders handle) into `out` as HU."""
     try:
         ds = pydicom.dcmread(path)
     except Exception as exc:
         raise SliceError(f"unreadable DICOM file ({type(exc).__name__}: {exc})", path) from exc
     if "PixelData" not in ds:
         raise SliceError("no pixel data", path)
-    return to_hu(ds, path), ds
+    try:
+        stored = ds.pixel_array
+    except Exception as exc:  # decoders raise assorted types on short or corrupt pixel data
+        raise SliceError(f"cannot decode pixel data ({type(exc).__name__}: {exc})", path) from exc
+    if stored.shape != out.shape:
+        raise SliceError(f"pixel array {stored.shape} does not match Rows/Columns {out.shape}", path)
+    stored_to_hu(stored, Rescale.of(ds), out)
+
+
+def read_hu_native(path: str, offset: int, rescale: Rescale, out: np.ndarray) -> None:
+    """Read uncompressed little-endian 16-bit pixels straight from `offset` into `out` as HU.
+
+    pydicom would re-parse the whole header for this; the scan already recorded where the bytes lie.
+    """
+    dtype = np.dtype("<i2" if rescale.pixel_representation else "<u2")
+    expected = out.size * dtype.itemsize
+    available = os.path.getsize(path) - offset
+    if available < expected:
+        raise SliceError(f"cannot decode pixel data: truncated ({available} of {expected} bytes)", path)
+    stored = np.fromfile(path, dtype=dtype, count=out.size, offset=offset).reshape(out.shape)
+    stored_to_hu(stored, rescale, out)

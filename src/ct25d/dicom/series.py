@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ct25d.dicom.headers import SliceHeader
-from ct25d.dicom.pixels import read_hu
+from ct25d.dicom.pixels import Rescale, read_hu, read_hu_native
 from ct25d.errors import SeriesError, SliceError
 
 POSITION_EPS_MM = 1e-3
@@ -150,13 +150,12 @@ def sort_series(headers: Sequence[SliceHeader], rules: GeometryRules) -> SortedS
 def _decode(series: SortedSeries) -> Volume:
     first = series.headers[0]
     hu = np.empty((len(series.headers), first.rows, first.columns), dtype=np.int16)
-    for z, header in enumerate(series.headers):
-        pixels, _ = read_hu(header.path)
-        if pixels.shape != hu.shape[1:]:
-            raise SliceError(
-                f"pixel array {pixels.shape} does not match Rows/Columns {hu.shape[1:]}", header.path
-            )
-        hu[z] = pixels
+    for z, h in enumerate(series.headers):
+        if h.pixel_offset >= 0:
+            rescale = Rescale(h.rescale_slope, h.rescale_intercept, h.bits_stored, h.pixel_representation)
+            read_hu_native(h.path, h.pixel_offset, rescale, hu[z])
+        else:
+            read_hu(h.path, hu[z])
     return Volume(hu=hu, series=series)
 
 

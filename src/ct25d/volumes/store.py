@@ -1,7 +1,8 @@
 """Shard stores of int16 HU volumes in zarr v3.
 
-One store per shard, one array per study (Z, Y, X) with geometry in its attributes; zstd
-compression. A store is written under a temporary name by one process and renamed when complete.
+One store per shard, one array per study (Z, Y, X) with geometry in its attributes; Blosc-zstd
+compression with byte shuffle. A store is written under a temporary name by one process and
+renamed when complete.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BytesCodec, ZstdCodec
+from zarr.codecs import BloscCodec, BytesCodec
 
 from ct25d.atomic import atomic_path
 
@@ -37,7 +38,9 @@ class HUStoreWriter:
             dtype=hu.dtype,
             chunks=chunks,
             serializer=BytesCodec(),
-            compressors=ZstdCodec(level=self._level),
+            # Byte-shuffled Blosc-zstd: on int16 CT it is ~5x faster than plain zstd level 3 and
+            # smaller (benchmarks/ingest.py), which keeps ingest I/O-bound rather than codec-bound.
+            compressors=BloscCodec(cname="zstd", clevel=self._level, shuffle="shuffle", typesize=2),
             fill_value=-1024,
             attributes=attrs,
         )
@@ -47,7 +50,7 @@ class HUStoreWriter:
 
 @contextlib.contextmanager
 def hu_store_writer(
-    path: str | Path, provenance: dict[str, Any], chunk_slices: int = 8, level: int = 3
+    path: str | Path, provenance: dict[str, Any], chunk_slices: int = 8, level: int = 1
 ) -> Iterator[HUStoreWriter]:
     """Open a new shard store at `path` (atomically replaced on success)."""
     with atomic_path(path) as tmp:
