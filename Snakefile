@@ -17,9 +17,11 @@ configfile: "config/config.yaml"
 include: "rules/common.smk"
 include: "rules/synth.smk"
 include: "rules/ingest.smk"
+include: "rules/preprocess.smk"
 
 
 rule all:
     default_target: True
     input:
         rules.ingest.input,
+        rules.preprocess.input,

@@ -64,3 +64,21 @@ CONVERT_KEYS = ("chunk_slices", "compression_level")
 
 def ingest_settings(keys):
     return as_json({k: config["ingest"][k] for k in keys})
+
+
+def site_of(dataset):
+    entry = DATASETS[dataset]
+    return entry.get("site") or entry.get("synthetic", {}).get("site") or dataset
+
+
+def preprocess_settings(keys):
+    return as_json({k: config["preprocess"][k] for k in keys})
+
+
+def per_dataset(template, **kw):
+    """`NAME=PATH` arguments for the per-dataset inputs of the cross-dataset rules."""
+    return [f"{d}={template.format(dataset=d, **kw)}" for d in DATASETS]
+
+
+def per_shard(template):
+    return [f"{d}={template.format(dataset=d, shard=k)}" for d in DATASETS for k in shard_ids(d)]

@@ -1,0 +1,110 @@
+# HU volumes -> resampled volumes -> cropped, windowed pseudo-RGB slice stores; splits; slice index; QC.
+
+
+rule resample_shard:
+    input:
+        rules.ingest_shard.output.store,
+    output:
+        directory(f"{RESULTS}/{{dataset}}/resampled/shard-{{shard}}.zarr"),
+    params:
+        settings=preprocess_settings(("in_plane_mm", "slice_mm", "interpolator")),
+        chunk_slices=config["ingest"]["chunk_slices"],
+        level=config["ingest"]["compression_level"],
+    log:
+        f"{RESULTS}/logs/resample_shard/{{dataset}}-{{shard}}.log",
+    conda:
+        "../envs/ct25d.yaml"
+    shell:
+        "ct25d resample --in-store {input} --out-store {output} --settings {params.settings:q} "
+        "--chunk-slices {params.chunk_slices} --compression-level {params.level} > {log} 2>&1"
+
+
+rule slice_shard:
+    input:
+        rules.resample_shard.output,
+    output:
+        store=directory(f"{RESULTS}/{{dataset}}/slices/shard-{{shard}}.zarr"),
+        table=f"{RESULTS}/{{dataset}}/slices/shard-{{shard}}.parquet",
+    params:
+        settings=preprocess_settings(("crop", "threshold_hu", "opening_mm", "margin_mm", "size", "windows")),
+    log:
+        f"{RESULTS}/logs/slice_shard/{{dataset}}-{{shard}}.log",
+    conda:
+        "../envs/ct25d.yaml"
+    shell:
+        "ct25d slices --in-store {input} --out-store {output.store} --out-index {output.table} "
+        "--settings {params.settings:q} > {log} 2>&1"
+
+
+rule splits:
+    input:
+        expand(rules.ingest_report.output.manifest, dataset=DATASETS),
+    output:
+        f"{RESULTS}/splits/folds.parquet",
+    params:
+        manifests=per_dataset(rules.ingest_report.output.manifest),
+        roles=[f"{d}={DATASETS[d]['role']}" for d in DATASETS],
+        settings=as_json(config["splits"]),
+    log:
+        f"{RESULTS}/logs/splits/splits.log",
+    conda:
+        "../envs/ct25d.yaml"
+    shell:
+        "ct25d splits --manifests {params.manifests} --roles {params.roles} --settings {params.settings:q} "
+        "--out {output} > {log} 2>&1"
+
+
+rule index:
+    input:
+        manifests=expand(rules.ingest_report.output.manifest, dataset=DATASETS),
+        labels=expand(rules.ingest_report.output.slices, dataset=DATASETS),
+        tables=[f"{RESULTS}/{d}/slices/shard-{k}.parquet" for d in DATASETS for k in shard_ids(d)],
+        splits=rules.splits.output,
+    output:
+        slices=f"{RESULTS}/index/slices.parquet",
+        studies=f"{RESULTS}/index/studies.parquet",
+    params:
+        manifests=per_dataset(rules.ingest_report.output.manifest),
+        labels=per_dataset(rules.ingest_report.output.slices),
+        tables=per_shard(rules.slice_shard.output.table),
+        roles=[f"{d}={DATASETS[d]['role']}" for d in DATASETS],
+        sites=[f"{d}={site_of(d)}" for d in DATASETS],
+    log:
+        f"{RESULTS}/logs/index/index.log",
+    conda:
+        "../envs/ct25d.yaml"
+    shell:
+        "ct25d index --manifests {params.manifests} --slice-labels {params.labels} "
+        "--slice-tables {params.tables} --roles {params.roles} --sites {params.sites} "
+        "--splits {input.splits} --out-slices {output.slices} --out-studies {output.studies} > {log} 2>&1"
+
+
+rule qc:
+    input:
+        slices=rules.index.output.slices,
+        studies=rules.index.output.studies,
+    output:
+        montages=report(
+            directory(f"{RESULTS}/qc/montages"),
+            patterns=["{name}.png"],
+            category="Preprocessing",
+            subcategory="Montages",
+        ),
+        summary_csv=report(f"{RESULTS}/qc/summary.csv", category="Preprocessing", subcategory="Dataset summary"),
+        summary_png=report(f"{RESULTS}/qc/summary.png", category="Preprocessing", subcategory="Dataset summary"),
+    params:
+        settings=as_json(config["qc"]),
+        out=f"{RESULTS}/qc",
+    log:
+        f"{RESULTS}/logs/qc/qc.log",
+    conda:
+        "../envs/ct25d.yaml"
+    shell:
+        "ct25d qc --slice-index {input.slices} --studies {input.studies} --settings {params.settings:q} "
+        "--out {params.out} > {log} 2>&1"
+
+
+rule preprocess:
+    input:
+        rules.index.output,
+        rules.qc.output,

@@ -1,0 +1,103 @@
+"""Subcommands of Stage 1: train-slices, embed, eval-stage1.
+
+`train-slices` and `embed` hold a device lease (`lease_device`) for their whole run, so concurrent
+GPU jobs never share a device. All take the config block `stage1` as `--settings` JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from ct25d.cli.common import json_object
+
+log = logging.getLogger("ct25d")
+
+
+def cmd_train_slices(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from ct25d.training.devices import lease_device
+    from ct25d.training.stage1 import Stage1Settings, train_stage1
+
+    settings = Stage1Settings.from_dict(args.settings)
+    index = pd.read_parquet(args.index)
+    with lease_device(prefer=settings.device) as device:
+        log.info("train-slices fold %d on %s", args.fold, device)
+        result = train_stage1(index, args.fold, settings, args.out, device)
+    log.info("best checkpoint %s after %d epochs", result.best, len(result.history))
+
+
+def cmd_embed(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from ct25d.training.devices import lease_device
+    from ct25d.training.embed import extract_embeddings
+    from ct25d.training.stage1 import Stage1Settings
+
+    settings = Stage1Settings.from_dict(args.settings)
+    index = pd.read_parquet(args.index)
+    with lease_device(prefer=settings.device) as device:
+        log.info("embed %d slices on %s", len(index), device)
+        extract_embeddings(
+            index,
+            args.checkpoint,
+            args.out,
+            device,
+            tta_flip=settings.tta_flip,
+            batch_size=settings.embed_batch_size,
+            num_workers=settings.num_workers,
+        )
+
+
+def cmd_eval_stage1(args: argparse.Namespace) -> None:
+    import numpy as np
+    import pandas as pd
+
+    from ct25d.atomic import atomic_path, write_csv, write_json
+    from ct25d.evaluation.stage1 import evaluate_stage1, summarise
+    from ct25d.provenance import stamp
+    from ct25d.training.stage1 import Stage1Settings
+
+    settings = Stage1Settings.from_dict(args.settings)
+    index, studies = pd.read_parquet(args.index), pd.read_parquet(args.studies)
+    table, means = evaluate_stage1(index, studies, args.embeddings, args.fold, settings.threshold)
+    out = Path(args.out)
+    write_csv(out / "stage1_eval.csv", table)
+    write_json(
+        out / "stage1_eval.json", {**stamp("eval-stage1", settings.to_dict()), **summarise(table, args.fold)}
+    )
+    with atomic_path(out / "class_means.npz") as tmp, open(tmp, "wb") as f:
+        np.savez(f, **means)
+    for key, value in summarise(table, args.fold)["results"].items():
+        log.info("%s: F1(any) %s, AUC(any) %s", key, value["f1_any"], value["auc_any"])
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add this stage's subcommands."""
+
+    p = sub.add_parser("train-slices", help="train the Stage-1 slice classifier on one fold (resumable)")
+    p.add_argument("--index", required=True, help="slice index parquet")
+    p.add_argument("--fold", type=int, required=True, help="validation fold; the other folds train")
+    p.add_argument("--settings", type=json_object, required=True, help="config `stage1` (JSON)")
+    p.add_argument(
+        "--out", required=True, help="run folder: last.pt, best.pt, metrics.csv, learning_curve.png"
+    )
+    p.set_defaults(func=cmd_train_slices)
+
+    p = sub.add_parser("embed", help="Stage-1 embeddings and logits of every slice in the index")
+    p.add_argument("--index", required=True, help="slice index parquet")
+    p.add_argument("--checkpoint", required=True, help="best.pt written by train-slices")
+    p.add_argument("--settings", type=json_object, required=True, help="config `stage1` (JSON)")
+    p.add_argument("--out", required=True, help="folder: <shard>.zarr per slice store, rows.parquet")
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("eval-stage1", help="head vs cosine-to-class-mean F1/AUC, slice and volume level")
+    p.add_argument("--index", required=True, help="slice index parquet")
+    p.add_argument("--studies", required=True, help="study table parquet (study-level labels)")
+    p.add_argument("--embeddings", required=True, help="folder written by embed")
+    p.add_argument("--fold", type=int, required=True)
+    p.add_argument("--settings", type=json_object, required=True, help="config `stage1` (JSON)")
+    p.add_argument("--out", required=True, help="folder: stage1_eval.json, stage1_eval.csv, class_means.npz")
+    p.set_defaults(func=cmd_eval_stage1)

@@ -1,0 +1,77 @@
+"""Patient-level cross-validation folds.
+
+Studies of one patient share anatomy and often scanner and disease, so they must never sit on
+both sides of a split. Folds are balanced on the study-level `any` label where the counts allow.
+External datasets get fold -1: they never enter training or model selection.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+
+from ct25d.errors import ConfigError
+
+EXTERNAL_FOLD = -1
+ROLES = ("train", "external")
+SPLIT_COLUMNS = ["dataset", "role", "study_id", "patient_id", "fold"]
+
+
+def assign_folds(studies: pd.DataFrame, folds: int, seed: int) -> pd.DataFrame:
+    """One row per study with its fold.
+
+    `studies` needs columns dataset, role, study_id, patient_id and `any` (0/1; NA counts as 0 for
+    balancing only). The result is sorted by (dataset, study_id) and does not depend on row order.
+    """
+    missing = [c for c in ("dataset", "role", "study_id", "patient_id", "any") if c not in studies.columns]
+    if missing:
+        raise ValueError(f"assign_folds: missing column(s) {missing}")
+    bad = sorted(set(studies["role"]) - set(ROLES))
+    if bad:
+        raise ConfigError(f"datasets.<name>.role: unknown role(s) {bad}; expected one of {list(ROLES)}")
+    if isinstance(folds, bool) or not isinstance(folds, int | np.integer) or folds < 2:
+        raise ConfigError(f"splits.folds: must be an integer >= 2, got {folds!r}")
+    table = studies.sort_values(["dataset", "study_id"], kind="stable").reset_index(drop=True)
+    if table.duplicated(["dataset", "study_id"]).any():
+        dup = table.loc[table.duplicated(["dataset", "study_id"]), "study_id"].iloc[0]
+        raise ValueError(f"assign_folds: study {dup} listed twice")
+    fold = np.full(len(table), EXTERNAL_FOLD, dtype=np.int64)
+    train = (table["role"] == "train").to_numpy()
+    if train.any():
+        fold[train] = _train_folds(table[train], folds, seed)
+    out = table[["dataset", "role", "study_id", "patient_id"]].copy()
+    out["fold"] = fold
+    return out.astype({"dataset": str, "role": str, "study_id": str, "patient_id": str, "fold": "int64"})
+
+
+def _train_folds(train: pd.DataFrame, folds: int, seed: int) -> np.ndarray:
+    # Grouping on patient_id across datasets too: one pseudonym salt makes a patient who appears in
+    # two training archives one group.
+    groups = train["patient_id"].astype(str).to_numpy()
+    n_patients = len(np.unique(groups))
+    if folds > n_patients:
+        raise ConfigError(
+            f"splits.folds: {folds} folds need at least {folds} patients; the training datasets "
+            f"{sorted(set(train['dataset']))} have {n_patients}"
+        )
+    y = train["any"].fillna(0).astype(int).to_numpy()
+    x = np.zeros((len(train), 1))
+    counts = np.unique(y, return_counts=True)[1]
+    if len(counts) > 1 and counts.max() >= folds:
+        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+        with warnings.catch_warnings():  # "least populated class has only n members": balance where possible
+            warnings.simplefilter("ignore", UserWarning)
+            parts = list(splitter.split(x, y, groups))
+    else:
+        rng = np.random.default_rng(seed)
+        # GroupKFold has no seed: relabel groups in a seeded random order to shuffle deterministically.
+        names, inverse = np.unique(groups, return_inverse=True)
+        shuffled = rng.permutation(len(names))[inverse]
+        parts = list(GroupKFold(n_splits=folds).split(x, y, shuffled))
+    fold = np.empty(len(train), dtype=np.int64)
+    for k, (_, test) in enumerate(parts):
+        fold[test] = k
+    return fold

@@ -1,0 +1,1 @@
+"""Pictures and tables a person reads: QC montages and dataset summaries."""

@@ -1,0 +1,63 @@
+"""Patient-level folds: no leakage across folds, external data outside training, determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ct25d.datasets.splits import EXTERNAL_FOLD, assign_folds
+from ct25d.errors import ConfigError
+
+
+def cohort(seed: int = 0, n_patients: int = 30) -> pd.DataFrame:
+    """Train patients with 1-3 studies each (some positive), plus an external dataset."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(n_patients):
+        for s in range(int(rng.integers(1, 4))):
+            rows.append(("rsna", "train", f"st-{p}-{s}", f"pt-{p}", int(rng.random() < 0.4)))
+    for p in range(8):
+        rows.append(("cq500", "external", f"cq-{p}", f"pq-{p}", int(p % 2)))
+    return pd.DataFrame(rows, columns=["dataset", "role", "study_id", "patient_id", "any"])
+
+
+def test_no_patient_on_both_sides_and_external_outside_training() -> None:
+    studies = cohort()
+    folds = assign_folds(studies, 5, seed=1)
+    assert len(folds) == len(studies)
+    assert list(folds.columns) == ["dataset", "role", "study_id", "patient_id", "fold"]
+    train = folds[folds["role"] == "train"]
+    assert train.groupby("patient_id")["fold"].nunique().max() == 1
+    assert sorted(train["fold"].unique()) == [0, 1, 2, 3, 4]
+    assert (folds.loc[folds["role"] == "external", "fold"] == EXTERNAL_FOLD).all()
+    assert not (train["fold"] == EXTERNAL_FOLD).any()
+    positives = train.merge(studies, on=["dataset", "study_id"]).groupby("fold")["any"].sum()
+    assert (positives > 0).all()  # balanced on `any` where the counts allow
+
+
+def test_deterministic_for_a_seed_and_independent_of_row_order() -> None:
+    studies = cohort()
+    a = assign_folds(studies, 4, seed=7)
+    b = assign_folds(studies.sample(frac=1.0, random_state=3), 4, seed=7)
+    pd.testing.assert_frame_equal(a, b)
+    c = assign_folds(studies, 4, seed=8)
+    assert not a["fold"].equals(c["fold"])
+
+
+def test_single_class_still_splits_by_patient() -> None:
+    studies = cohort().assign(any=0)
+    folds = assign_folds(studies, 3, seed=0)
+    train = folds[folds["role"] == "train"]
+    assert train.groupby("patient_id")["fold"].nunique().max() == 1
+    assert sorted(train["fold"].unique()) == [0, 1, 2]
+
+
+def test_more_folds_than_patients_is_an_error() -> None:
+    studies = cohort(n_patients=3)
+    with pytest.raises(ConfigError, match=r"splits\.folds.*4 folds.*3"):
+        assign_folds(studies, 4, seed=0)
+    with pytest.raises(ConfigError, match=r"splits\.folds"):
+        assign_folds(studies, 1, seed=0)
+    with pytest.raises(ConfigError, match="role"):
+        assign_folds(studies.assign(role="validation"), 2, seed=0)
