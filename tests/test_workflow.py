@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -25,7 +26,14 @@ synthetic:
     A: {noise_hu: 4.0, fov_mm: 230.0, matrix: 48, thickness_mm: 5.0}
     B: {noise_hu: 9.0, fov_mm: 250.0, matrix: 48, thickness_mm: 5.0}
   broken_studies: 1
+preprocess: {in_plane_mm: null, size: 32}
+splits: {folds: 2}
+qc: {per_dataset: 1}
 """)
+STROKE_WINDOW = {"name": "stroke", "center": 35, "width": 40}
+SUBDURAL_WINDOW = {"name": "subdural", "center": 75, "width": 215}
+WIDE_WINDOW = {"name": "wide", "center": 150, "width": 500}
+UPSTREAM = ["synth_cohort", "scan", "ingest_shard", "ingest_report", "resample_shard", "slice_shard"]
 
 
 def snakemake(workdir: Path, config: dict, *args: str) -> str:
@@ -71,16 +79,33 @@ def test_second_run_has_nothing_to_do(workdir: Path) -> None:
 
 @pytest.mark.workflow
 @pytest.mark.parametrize(
-    ("section", "key", "value", "expected"),
+    ("section", "key", "value", "first"),
     [
-        ("ingest", "compression_level", 5, {"ingest_shard", "ingest_report", "all"}),
-        ("ingest", "spacing_tolerance", 0.2, {"scan", "ingest_shard", "ingest_report", "all"}),
+        ("ingest", "compression_level", 5, "ingest_shard"),
+        ("ingest", "spacing_tolerance", 0.2, "scan"),
+        ("preprocess", "in_plane_mm", 6.0, "resample_shard"),
+        ("preprocess", "windows", [STROKE_WINDOW, SUBDURAL_WINDOW, WIDE_WINDOW], "slice_shard"),
+        ("splits", "seed", 1, "splits"),
     ],
 )
-def test_a_setting_reruns_only_the_rules_that_read_it(workdir: Path, section, key, value, expected) -> None:
+def test_a_setting_reruns_its_rule_and_nothing_upstream(workdir: Path, section, key, value, first) -> None:
     changed = json.loads(json.dumps(TINY))
     changed.setdefault(section, {})[key] = value
-    assert planned_rules(snakemake(workdir, changed, "-n", "--quiet", "rules")) == expected
+    planned = planned_rules(snakemake(workdir, changed, "-n", "--quiet", "rules"))
+    assert first in planned
+    upstream = UPSTREAM[: UPSTREAM.index(first)] if first in UPSTREAM else UPSTREAM
+    assert not planned & set(upstream), f"{section}.{key} reruns {sorted(planned & set(upstream))}"
+    assert {"index", "all"} <= planned
+
+
+@pytest.mark.workflow
+def test_preprocess_outputs(workdir: Path) -> None:
+    index = pd.read_parquet(workdir / "results" / "index" / "slices.parquet")
+    studies = pd.read_parquet(workdir / "results" / "index" / "studies.parquet")
+    assert set(index["dataset"]) == {"rsna", "cq500"}
+    assert (studies.query("role == 'external'")["fold"] == -1).all()
+    assert len(list((workdir / "results" / "qc" / "montages").glob("*.png"))) == 2
+    assert (workdir / "results" / "qc" / "summary.png").stat().st_size > 10_000
 
 
 @pytest.mark.workflow
