@@ -58,6 +58,8 @@ SYNTH = {
     "broken_studies": 6,
 }
 LABELS7 = [*RSNA_LABELS, "ischemic"]
+# The `rsna` fixture's dataset block; tests regenerate it to check determinism.
+RSNA_DATASET = {"n_studies": 8, "seed": 3, "site": "A"}
 
 
 def _tree_digest(root: Path) -> dict[str, str]:
@@ -71,7 +73,7 @@ def _tree_digest(root: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def rsna(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("rsna") / "cohort"
-    generate_cohort(out, "rsna", {"n_studies": 8, "seed": 3, "site": "A"}, SYNTH, workers=1, progress=False)
+    generate_cohort(out, "rsna", RSNA_DATASET, SYNTH, workers=1, progress=False)
     return out
 
 
@@ -84,7 +86,7 @@ def cq500(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_determinism_across_runs_and_workers(rsna: Path, tmp_path: Path) -> None:
     again = tmp_path / "again"
-    generate_cohort(again, "rsna", {"n_studies": 8, "seed": 3, "site": "A"}, SYNTH, workers=2, progress=False)
+    generate_cohort(again, "rsna", RSNA_DATASET, SYNTH, workers=2, progress=False)
     first, second = _tree_digest(rsna), _tree_digest(again)
     assert len(first) > 200
     assert first == second
@@ -96,7 +98,7 @@ def test_study_independent_of_cohort_size(rsna: Path, tmp_path: Path) -> None:
     generate_cohort(
         small,
         "rsna",
-        {"n_studies": 3, "seed": 3, "site": "A"},
+        {**RSNA_DATASET, "n_studies": 3},
         {**SYNTH, "broken_studies": 0},
         workers=1,
         progress=False,

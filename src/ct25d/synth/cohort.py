@@ -72,6 +72,7 @@ _DEFAULT_FRACTIONS = {
     "tilt_fraction": 0.1,
 }
 _SUB_PLANE_MM = 1.7  # sub-plane spacing used to simulate slab thickness
+_Stack = tuple[np.ndarray, np.ndarray, np.ndarray]  # HU (Z, Y, X), lesion bits, positions (Z, 3)
 
 
 @dataclass(frozen=True)
@@ -316,60 +317,58 @@ def generate_study(spec: CohortSpec, k: int) -> _StudyResult:
 
     series: list[_Series] = []
     series_no = iter(range(2, 100))
-    if use_thin:
-        fine_hu, fine_bits, fine_pos = _render_stack(
-            anat, lesions, n_slices * ratio, float(thin), z_top, row_dir, col_dir, spacing, matrix, 1, False
+    n_sub = max(1, round(thickness / _SUB_PLANE_MM))
+
+    def render(n: int, slab_mm: float, sub_planes: int, contrast: bool) -> _Stack:
+        """This study's anatomy and acquisition geometry at one slab thickness."""
+        return _render_stack(
+            anat, lesions, n, slab_mm, z_top, row_dir, col_dir, spacing, matrix, sub_planes, contrast
         )
+
+    def make_series(
+        idx: int,
+        description: str,
+        slab_mm: float,
+        stack: _Stack,
+        kernel_idx: int = 2,
+        contrast_agent: str = "",
+    ) -> _Series:
+        """One series of this study; series numbers follow the order of the calls."""
+        hu, bits, positions = stack
+        return _make_series(
+            spec,
+            k,
+            idx,
+            base,
+            uid,
+            description,
+            slab_mm,
+            hu,
+            bits,
+            positions,
+            row_dir,
+            col_dir,
+            spacing,
+            tilt,
+            next(series_no),
+            kernel_idx=kernel_idx,
+            contrast_agent=contrast_agent,
+        )
+
+    if use_thin:
+        fine_hu, fine_bits, fine_pos = render(n_slices * ratio, float(thin), 1, False)
         plain_hu, plain_bits = slab_average(fine_hu, fine_bits, ratio)
         plain_pos = fine_pos[::ratio] + (ratio - 1) / 2 * (fine_pos[1] - fine_pos[0])
         thin_name = str(srng.choice(["CT PLAIN THIN", "CT Thin Plain", f"CT {thin:g}mm"]))
-        series.append(
-            _make_series(
-                spec,
-                k,
-                0,
-                base,
-                uid,
-                thin_name,
-                float(thin),
-                fine_hu,
-                fine_bits,
-                fine_pos,
-                row_dir,
-                col_dir,
-                spacing,
-                tilt,
-                next(series_no),
-                kernel_idx=2,
-            )
-        )
+        series.append(make_series(0, thin_name, float(thin), (fine_hu, fine_bits, fine_pos)))
         del fine_hu, fine_bits
+        plain_stack = (plain_hu, plain_bits, plain_pos)
     else:
-        n_sub = max(1, round(thickness / _SUB_PLANE_MM))
-        plain_hu, plain_bits, plain_pos = _render_stack(
-            anat, lesions, n_slices, thickness, z_top, row_dir, col_dir, spacing, matrix, n_sub, False
-        )
+        plain_stack = render(n_slices, thickness, n_sub, False)
     plain_name = (
         "" if layout == "rsna" else str(srng.choice(["CT Plain", "CT 5mm", "CT 55mm Plain", "CT Plain 5mm"]))
     )
-    plain = _make_series(
-        spec,
-        k,
-        1,
-        base,
-        uid,
-        plain_name or "CT HEAD",
-        thickness,
-        plain_hu,
-        plain_bits,
-        plain_pos,
-        row_dir,
-        col_dir,
-        spacing,
-        tilt,
-        next(series_no),
-        kernel_idx=2,
-    )
+    plain = make_series(1, plain_name or "CT HEAD", thickness, plain_stack)
     plain.plain = True
     if layout == "rsna":
         plain.folder = RSNA_FOLDER
@@ -378,48 +377,10 @@ def generate_study(spec: CohortSpec, k: int) -> _StudyResult:
     if layout == "cq500":
         if srng.random() < 0.35:
             has_contrast = True
-            n_sub = max(1, round(thickness / _SUB_PLANE_MM))
-            c_hu, c_bits, c_pos = _render_stack(
-                anat, lesions, n_slices, thickness, z_top, row_dir, col_dir, spacing, matrix, n_sub, True
-            )
-            s = _make_series(
-                spec,
-                k,
-                2,
-                base,
-                uid,
-                "CT POST CONTRAST",
-                thickness,
-                c_hu,
-                c_bits,
-                c_pos,
-                row_dir,
-                col_dir,
-                spacing,
-                tilt,
-                next(series_no),
-                kernel_idx=2,
-                contrast_agent="IOHEXOL 350",
-            )
+            contrast = render(n_slices, thickness, n_sub, True)
+            s = make_series(2, "CT POST CONTRAST", thickness, contrast, contrast_agent="IOHEXOL 350")
         else:
-            s = _make_series(
-                spec,
-                k,
-                2,
-                base,
-                uid,
-                "CT BONE",
-                thickness,
-                plain_hu,
-                plain_bits,
-                plain_pos,
-                row_dir,
-                col_dir,
-                spacing,
-                tilt,
-                next(series_no),
-                kernel_idx=3,
-            )
+            s = make_series(2, "CT BONE", thickness, plain_stack, kernel_idx=3)
         series.append(s)
 
     return _write_study(spec, k, p, study_uid, series, plain, lesions, has_contrast, uid, next(series_no))
@@ -487,7 +448,7 @@ def _render_stack(
     matrix: int,
     n_sub: int,
     contrast: bool,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> _Stack:
     """Noise-free slabs (Z, Y, X) sorted inferior -> superior and their ImagePositionPatient (Z, 3).
 
     ImagePositionPatient steps purely along z (table motion); with tilt the step is

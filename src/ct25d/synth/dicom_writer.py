@@ -86,6 +86,22 @@ def _ds(values: Sequence[float], digits: int) -> list[str]:
     return out
 
 
+def _window_value(values: tuple[float, ...]) -> float | list[str]:
+    """A window setting as DICOM holds it: one number, or a multi-valued DS for several presets."""
+    return _ds(values, 1) if len(values) > 1 else values[0]
+
+
+def _set_position(ds: Dataset, position: Sequence[float]) -> None:
+    """ImagePositionPatient and the SliceLocation (its z) set together, so they always agree."""
+    ds.ImagePositionPatient = _ds(position, 4)
+    ds.SliceLocation = _ds([position[2]], 4)[0]
+
+
+def _pixel_bytes(stored: np.ndarray, rep: int) -> bytes:
+    """PixelData bytes: 16-bit little-endian, signed iff PixelRepresentation is 1."""
+    return np.ascontiguousarray(stored).astype("<u2" if rep == 0 else "<i2").tobytes()
+
+
 def hu_range(storage: str) -> tuple[float, float]:
     """HU values a storage convention can represent (what a round trip clips to)."""
     rep, bits, intercept = STORAGE[storage]
@@ -176,11 +192,10 @@ def build_dataset(
         ds.SeriesNumber = header.series_number
         ds.AcquisitionNumber = 1
         ds.InstanceNumber = instance_number
-        ds.ImagePositionPatient = _ds(geometry.position, 4)
+        _set_position(ds, geometry.position)
         ds.ImageOrientationPatient = _ds([*geometry.row_dir, *geometry.col_dir], 6)
         ds.FrameOfReferenceUID = header.frame_uid
         ds.PositionReferenceIndicator = ""
-        ds.SliceLocation = _ds([geometry.position[2]], 4)[0]
         ds.SamplesPerPixel = 1
         ds.PhotometricInterpretation = "MONOCHROME2"
         ds.Rows = rows
@@ -190,17 +205,13 @@ def build_dataset(
         ds.BitsStored = bits
         ds.HighBit = bits - 1
         ds.PixelRepresentation = rep
-        ds.WindowCenter = (
-            _ds(header.window_center, 1) if len(header.window_center) > 1 else header.window_center[0]
-        )
-        ds.WindowWidth = (
-            _ds(header.window_width, 1) if len(header.window_width) > 1 else header.window_width[0]
-        )
+        ds.WindowCenter = _window_value(header.window_center)
+        ds.WindowWidth = _window_value(header.window_width)
         ds.RescaleIntercept = _ds([intercept], 1)[0]
         ds.RescaleSlope = "1"
         ds.RescaleType = "HU"
         if stored is not None:
-            ds.PixelData = np.ascontiguousarray(stored).astype("<u2" if rep == 0 else "<i2").tobytes()
+            ds.PixelData = _pixel_bytes(stored, rep)
     return ds
 
 
@@ -248,11 +259,10 @@ class SeriesWriter:
             ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
             ds.SOPInstanceUID = sop_uid
             ds.InstanceNumber = instance_number
-            ds.ImagePositionPatient = _ds(position, 4)
-            ds.SliceLocation = _ds([position[2]], 4)[0]
+            _set_position(ds, position)
             if "PixelData" in ds:
                 del ds.PixelData
-            raw = np.ascontiguousarray(stored).astype("<u2" if rep == 0 else "<i2").tobytes()
+            raw = _pixel_bytes(stored, rep)
             if defect == "truncated":
                 raw = raw[: (len(raw) * 3 // 5) & ~1]
             if defect != "no_pixels":
