@@ -1,0 +1,1 @@
+"""Evaluation: metrics and per-stage reports (slice- and volume-level, internal and external)."""

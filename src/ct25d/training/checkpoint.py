@@ -1,0 +1,32 @@
+"""Atomic checkpoint files.
+
+Why atomic: a job killed while writing `last.pt` must leave the previous `last.pt` intact, or the
+restart would find a truncated file and lose the run.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ct25d.atomic import atomic_path
+
+
+def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> None:
+    """`torch.save` to a temporary sibling, then rename onto `path`."""
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by `save_checkpoint` (our own files: full unpickling is allowed,
+    because they carry numpy RNG states and settings dicts)."""
+    return torch.load(Path(path), map_location=map_location, weights_only=False)
+
+
+def unwrap_state_dict(payload: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The model weights of a checkpoint payload, or the payload itself if it is a bare state dict."""
+    return payload.get("model", payload)

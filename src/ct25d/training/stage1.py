@@ -1,0 +1,499 @@
+"""Stage 1 training: a slice classifier on one cross-validation fold, resumable to the bit.
+
+A job may be killed at any step (pre-emption, time limits). `last.pt` is rewritten atomically after
+every epoch and every `checkpoint_every_steps` steps with everything the remaining run depends on:
+weights, optimizer, scheduler, scaler, all RNG states, epoch, position inside the epoch and the
+epoch's running loss. The data order and augmentation are pure functions of (seed, epoch, row), so
+a restarted job ends with the same weights as an uninterrupted one (CPU, fixed seed, any number of
+loader workers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ct25d.atomic import atomic_path, write_csv, write_json
+from ct25d.datasets.slice_dataset import (
+    Augment,
+    EpochBatchSampler,
+    SliceDataset,
+    balancing_weights,
+    multiclass_targets,
+    multilabel_targets,
+    worker_init,
+)
+from ct25d.errors import ConfigError
+from ct25d.evaluation.metrics import auc_or_nan, f1_or_nan
+from ct25d.labels import RSNA_LABELS
+from ct25d.models.stage1 import SliceClassifier
+from ct25d.provenance import stamp
+from ct25d.training.checkpoint import load_checkpoint, save_checkpoint
+from ct25d.training.seed import deterministic_kernels, rng_state, seed_everything, set_rng_state
+
+log = logging.getLogger(__name__)
+
+# Settings that do not change what is learned: a resumed run may change them.
+RUNTIME_KEYS = frozenset(
+    {"device", "num_workers", "checkpoint_every_steps", "eval_batch_size", "tta_flip", "embed_batch_size"}
+)
+
+
+@dataclass(frozen=True)
+class Stage1Settings:
+    """Config block `stage1` (defaults = the CPU demo). Unknown keys are an error."""
+
+    backbone: str = "resnet10t"
+    pretrained: bool | str = False  # or a local weights file
+    image_size: int = 128
+    drop_rate: float = 0.2
+    task: str = "multilabel"  # multilabel: the label columns; multiclass: `label_column`
+    labels: tuple[str, ...] = RSNA_LABELS
+    label_column: str = "label"
+    num_classes: int | None = None  # multiclass: default max(label) + 1
+    class_weights: tuple[float, ...] | None = None  # None: RSNA weights / inverse frequency
+    epochs: int = 4
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    scheduler: str = "cosine"  # cosine (linear warm-up) | onecycle
+    warmup_fraction: float = 0.05
+    augment: dict[str, float] | bool = True
+    balanced_sampling: bool = False
+    samples_per_epoch: int | None = None  # None: one pass over the training rows
+    monitor: str = "val_loss"  # val_loss | val_auc_mean | val_f1_any | val_f1_macro
+    threshold: float = 0.5
+    seed: int = 0
+    deterministic: bool = True
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    channels_last: bool = True  # on CUDA
+    num_workers: int = 2
+    checkpoint_every_steps: int = 200
+    eval_batch_size: int = 64
+    device: str = "auto"
+    tta_flip: bool = True
+    embed_batch_size: int = 64
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_dict(cls, settings: dict[str, Any]) -> Stage1Settings:
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise ConfigError(f"unknown stage1 setting(s) {unknown}; known: {sorted(known)}")
+        values = dict(settings)
+        for key in ("labels", "class_weights"):
+            if values.get(key) is not None:
+                values[key] = tuple(values[key])
+        s = cls(**values)
+        if s.task not in ("multilabel", "multiclass"):
+            raise ConfigError(f"stage1.task: expected multilabel or multiclass, got {s.task!r}")
+        if s.scheduler not in ("cosine", "onecycle"):
+            raise ConfigError(f"stage1.scheduler: expected cosine or onecycle, got {s.scheduler!r}")
+        return s
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out.pop("extra")
+        return out
+
+    def learning_settings(self) -> dict[str, Any]:
+        """The settings a resumed run must share with the run that wrote `last.pt`."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_KEYS}
+
+
+@dataclass
+class TrainResult:
+    best: Path
+    last: Path
+    history: list[dict[str, float]]
+
+
+class Task:
+    """Targets, loss and validation metrics of one task; one object so train and eval agree."""
+
+    def __init__(self, s: Stage1Settings, train: pd.DataFrame) -> None:
+        self.s = s
+        if s.task == "multilabel":
+            self.names = list(s.labels)
+            weights = s.class_weights or [2.0 if name == "any" else 1.0 for name in self.names]
+        else:
+            classes = multiclass_targets(train, s.label_column)
+            n = s.num_classes or int(classes.max()) + 1
+            self.names = [f"class_{k}" for k in range(n)]
+            if s.class_weights is not None:
+                weights = s.class_weights
+            else:
+                counts = np.bincount(classes[classes >= 0], minlength=n).astype(np.float64)
+                weights = counts.sum() / np.maximum(counts, 1) / n
+        if len(weights) != len(self.names):
+            raise ConfigError(f"stage1.class_weights: {len(weights)} weights for {len(self.names)} outputs")
+        self.weights = torch.tensor(list(weights), dtype=torch.float32)
+
+    @property
+    def metric_names(self) -> set[str]:
+        """Columns `metrics` (plus `val_loss`) produces, i.e. what `monitor` may name."""
+        names = {"val_loss", "val_auc_mean", *(f"val_auc_{name}" for name in self.names)}
+        if self.s.task == "multiclass":
+            names.add("val_f1_macro")
+        elif "any" in self.names:
+            names.add("val_f1_any")
+        return names
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.names)
+
+    def targets(self, frame: pd.DataFrame) -> np.ndarray:
+        if self.s.task == "multilabel":
+            return multilabel_targets(frame, self.names)
+        return multiclass_targets(frame, self.s.label_column)
+
+    def sampling_classes(self, targets: np.ndarray) -> np.ndarray:
+        """What class-balanced sampling balances: `any` (or the last label) / the class id."""
+        if self.s.task == "multiclass":
+            return targets
+        column = self.names.index("any") if "any" in self.names else -1
+        return np.nan_to_num(targets[:, column], nan=-1.0)
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Weighted BCE over known labels (RSNA metric weighting) / weighted CE."""
+        logits = logits.float()
+        weights = self.weights.to(logits.device)
+        if self.s.task == "multiclass":
+            return F.cross_entropy(logits, targets, weight=weights, ignore_index=-100)
+        known = ~torch.isnan(targets)
+        bce = F.binary_cross_entropy_with_logits(logits, targets.nan_to_num(0.0), reduction="none")
+        w = weights * known
+        return (bce * w).sum() / w.sum().clamp_min(1e-12)
+
+    def metrics(self, logits: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+        """Validation metrics: per-output AUC, their mean, and F1 of `any` / macro F1."""
+        out: dict[str, float] = {}
+        if self.s.task == "multilabel":
+            prob = 1 / (1 + np.exp(-logits))
+            truth = targets
+        else:
+            prob = np.exp(logits - logits.max(1, keepdims=True))
+            prob /= prob.sum(1, keepdims=True)
+            truth = np.where(targets[:, None] >= 0, np.eye(self.num_outputs)[targets], np.nan)
+        aucs = [auc_or_nan(truth[:, k], prob[:, k]) for k in range(self.num_outputs)]
+        out.update({f"val_auc_{name}": auc for name, auc in zip(self.names, aucs, strict=True)})
+        out["val_auc_mean"] = float(np.nanmean(aucs)) if not np.all(np.isnan(aucs)) else math.nan
+        if self.s.task == "multilabel":
+            if "any" in self.names:
+                k = self.names.index("any")
+                out["val_f1_any"] = f1_or_nan(truth[:, k], prob[:, k] > self.s.threshold)
+        else:
+            pred = np.eye(self.num_outputs)[prob.argmax(1)]
+            f1s = [f1_or_nan(truth[:, k], pred[:, k]) for k in range(self.num_outputs)]
+            out["val_f1_macro"] = float(np.nanmean(f1s))
+        return out
+
+
+def split_fold(index: pd.DataFrame, fold: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, validation) rows: train-role slices of the other folds / of fold `fold`.
+
+    Folds are assigned per patient upstream, so no patient is on both sides.
+    """
+    pool = index[(index["role"] == "train") & (index["fold"] >= 0)]
+    val = pool[pool["fold"] == fold].reset_index(drop=True)
+    train = pool[pool["fold"] != fold].reset_index(drop=True)
+    if val.empty or train.empty:
+        raise ConfigError(f"fold {fold}: {len(train)} training and {len(val)} validation slices; need both")
+    return train, val
+
+
+def build_model(s: Stage1Settings, num_classes: int, pretrained: bool = True) -> SliceClassifier:
+    """The configured classifier; `pretrained=False` skips weight loading (checkpoint restore)."""
+    weights: bool | str = s.pretrained if pretrained else False
+    return SliceClassifier(s.backbone, num_classes, pretrained=weights, drop_rate=s.drop_rate)
+
+
+def make_scheduler(s: Stage1Settings, optimizer: torch.optim.Optimizer, total_steps: int) -> Any:
+    """Per-step LR schedule: cosine decay after a linear warm-up, or one-cycle."""
+    if s.scheduler == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=s.lr, total_steps=max(total_steps, 1))
+    warmup = max(1, int(s.warmup_fraction * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def make_loader(dataset: SliceDataset, s: Stage1Settings, device: str, **kwargs: Any) -> DataLoader:
+    """DataLoader with the GPU conveniences (pinned memory, persistent workers) where they apply.
+
+    The loader's own generator is fixed so creating an iterator never draws from the global RNG
+    (which dropout uses): otherwise a resumed run would shift every later dropout mask.
+    """
+    workers = s.num_workers
+    return DataLoader(
+        dataset,
+        num_workers=workers,
+        pin_memory=device.startswith("cuda"),
+        persistent_workers=workers > 0,
+        worker_init_fn=worker_init if workers > 0 else None,
+        prefetch_factor=4 if workers > 0 else None,
+        generator=torch.Generator().manual_seed(s.seed),
+        **kwargs,
+    )
+
+
+def iter_predictions(
+    model: SliceClassifier,
+    loader: DataLoader,
+    device: str,
+    amp_dtype: torch.dtype | None,
+    tta_flip: bool,
+) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+    """Yield `(rows, logits, embeddings)` per batch, on the CPU, in float32.
+
+    With `tta_flip` the horizontally flipped slice is run too and both outputs are averaged (the
+    head is linear, so averaged logits are the head of the averaged embedding).
+    """
+    model.eval()
+    cuda = device.startswith("cuda")
+    with torch.inference_mode():
+        for images, _, rows in loader:
+            images = images.to(device, non_blocking=True)
+            if cuda:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device_type="cuda" if cuda else "cpu", dtype=amp_dtype,
+                                enabled=amp_dtype is not None):  # fmt: skip
+                logits, embedding = model(images)
+                if tta_flip:
+                    flip_logits, flip_embedding = model(torch.flip(images, dims=[-1]))
+                    logits, embedding = (logits + flip_logits) / 2, (embedding + flip_embedding) / 2
+            yield rows.numpy(), logits.float().cpu(), embedding.float().cpu()
+
+
+def _plot_history(path: Path, history: list[dict[str, float]], monitor: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frame = pd.DataFrame(history)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(frame["epoch"], frame["train_loss"], "o-", label="train loss")
+    ax.plot(frame["epoch"], frame["val_loss"], "o-", label="validation loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    if "val_auc_mean" in frame:
+        twin = ax.twinx()
+        twin.plot(frame["epoch"], frame["val_auc_mean"], "s--", color="tab:green", label="val AUC (mean)")
+        twin.set_ylabel("AUC")
+        twin.legend(loc="upper right")
+    ax.legend(loc="upper left")
+    ax.set_title(f"Stage 1 learning curve (best by {monitor})")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def _improved(value: float, best: float | None, monitor: str) -> bool:
+    if best is None:
+        return True
+    if math.isnan(value):
+        return False
+    if math.isnan(best):
+        return True
+    return value < best if monitor.endswith("loss") else value > best
+
+
+def train_stage1(
+    index: pd.DataFrame,
+    fold: int,
+    settings: dict[str, Any] | Stage1Settings,
+    out_dir: str | os.PathLike[str],
+    device: str = "cpu",
+    on_step: Callable[[int], None] | None = None,
+) -> TrainResult:
+    """Train (or resume training) on fold `fold`; writes `last.pt`, `best.pt`, `metrics.csv`,
+    `learning_curve.png` and `settings.json` under `out_dir`.
+
+    `on_step(global_step)` is called after each optimisation step (and after any checkpoint it
+    triggered); raising from it simulates a killed job.
+    """
+    s = settings if isinstance(settings, Stage1Settings) else Stage1Settings.from_dict(settings)
+    with deterministic_kernels(s.deterministic):
+        return _train(index, fold, s, Path(out_dir), device, on_step)
+
+
+def _train(
+    index: pd.DataFrame,
+    fold: int,
+    s: Stage1Settings,
+    out: Path,
+    device: str,
+    on_step: Callable[[int], None] | None,
+) -> TrainResult:
+    out.mkdir(parents=True, exist_ok=True)
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    cuda = device.startswith("cuda")
+    meta = {**stamp("train-slices", s.learning_settings()), "fold": fold}
+    write_json(out / "settings.json", meta)
+
+    train, val = split_fold(index.reset_index(drop=True), fold)
+    task = Task(s, train)
+    if s.monitor not in task.metric_names:
+        raise ConfigError(f"stage1.monitor: {s.monitor!r} is not one of {sorted(task.metric_names)}")
+    train_targets = task.targets(train)
+    seed_everything(s.seed)
+    model = build_model(s, task.num_outputs).to(device)
+    if cuda and s.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    weights = balancing_weights(task.sampling_classes(train_targets)) if s.balanced_sampling else None
+    sampler = EpochBatchSampler(len(train), s.batch_size, s.seed, weights, s.samples_per_epoch)
+    steps_per_epoch = len(sampler)
+    scheduler = make_scheduler(s, optimizer, s.epochs * steps_per_epoch)
+    amp_dtype = torch.bfloat16 if cuda and s.amp else None
+    # bf16 needs no loss scaling; the scaler is kept (disabled) so fp16 is a one-line change.
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+
+    state: dict[str, Any] = {"epoch": 0, "step": 0, "global_step": 0, "history": [], "best": None,
+                             "loss_sum": 0.0, "count": 0}  # fmt: skip
+    data_key = fingerprint(train, val)
+    payload = load_checkpoint(last_path) if last_path.exists() else None
+    stale = payload and _not_resumable(payload, s, fold, data_key)
+    if stale:
+        log.warning("not resuming from %s (%s): training from scratch", last_path, stale)
+    elif payload:
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        scheduler.load_state_dict(payload["scheduler"])
+        scaler.load_state_dict(payload["scaler"])
+        set_rng_state(payload["rng"])
+        state = payload["state"]
+        log.info("resuming from %s at epoch %d step %d", last_path, state["epoch"], state["step"])
+
+    def checkpoint() -> None:
+        save_checkpoint(last_path, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
+            "state": state, "settings": s.learning_settings(), "fold": fold, "meta": meta,
+            "num_classes": task.num_outputs, "class_names": task.names, "data_key": data_key,
+        })  # fmt: skip
+
+    train_set = SliceDataset(train, train_targets, s.image_size, Augment.from_settings(s.augment), s.seed)
+    val_set = SliceDataset(val, task.targets(val), s.image_size)
+    train_loader = make_loader(train_set, s, device, batch_sampler=sampler)
+    val_loader = make_loader(val_set, s, device, batch_size=s.eval_batch_size, shuffle=False)
+
+    while state["epoch"] < s.epochs:
+        epoch = state["epoch"]
+        sampler.start(epoch, state["step"])
+        model.train()
+        started, seen = time.perf_counter(), 0
+        bar = tqdm(train_loader, total=steps_per_epoch, initial=state["step"], desc=f"epoch {epoch}",
+                   disable=None, leave=False)  # fmt: skip
+        for images, targets, _ in bar:
+            images = images.to(device, non_blocking=True)
+            if cuda and s.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            targets = targets.to(device, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device_type="cuda" if cuda else "cpu", dtype=amp_dtype,
+                                enabled=amp_dtype is not None):  # fmt: skip
+                logits, _ = model(images)
+            loss = task.loss(logits, targets)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            state["loss_sum"] += float(loss.detach()) * len(images)
+            state["count"] += len(images)
+            state["step"] += 1
+            state["global_step"] += 1
+            seen += len(images)
+            bar.set_postfix(loss=f"{state['loss_sum'] / state['count']:.4f}")
+            if s.checkpoint_every_steps and state["global_step"] % s.checkpoint_every_steps == 0:
+                checkpoint()
+            if on_step is not None:
+                on_step(state["global_step"])
+        elapsed = time.perf_counter() - started
+        log.info("epoch %d: %d slices at %.1f slices/s", epoch, seen, seen / max(elapsed, 1e-9))
+
+        row = {
+            "epoch": epoch,
+            "train_loss": state["loss_sum"] / max(state["count"], 1),
+            "lr": scheduler.get_last_lr()[0],
+            **validate(model, val_loader, task, device, amp_dtype),
+        }
+        state["history"].append(row)
+        state.update(epoch=epoch + 1, step=0, loss_sum=0.0, count=0)
+        if _improved(row[s.monitor], state["best"], s.monitor):
+            state["best"] = row[s.monitor]
+            save_checkpoint(best_path, {
+                "model": model.state_dict(), "epoch": epoch, "settings": s.to_dict(), "fold": fold,
+                "meta": meta, "metrics": row, "num_classes": task.num_outputs, "class_names": task.names,
+            })  # fmt: skip
+        checkpoint()
+        _write_history(out, state["history"], s.monitor)
+        log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items()})
+
+    _write_history(out, state["history"], s.monitor)  # also when re-run after completion
+    return TrainResult(best=best_path, last=last_path, history=state["history"])
+
+
+def fingerprint(*frames: pd.DataFrame) -> str:
+    """Hash of the slices (and their labels) a run trains and validates on."""
+    digest = hashlib.sha256()
+    for frame in frames:
+        digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _not_resumable(payload: dict[str, Any], s: Stage1Settings, fold: int, data_key: str) -> str:
+    """Why `last.pt` must not be resumed ("" if it may). Only an interrupted run of the same
+    settings on the same data resumes: Snakemake reruns a finished job only to redo it."""
+    if payload["settings"] != s.learning_settings() or payload["fold"] != fold:
+        return "written with other settings or fold"
+    if payload.get("data_key") != data_key:
+        return "written for other training data"
+    if payload["state"]["epoch"] >= s.epochs:
+        return "that run finished"
+    return ""
+
+
+def _write_history(out: Path, history: list[dict[str, float]], monitor: str) -> None:
+    write_csv(out / "metrics.csv", pd.DataFrame(history))
+    _plot_history(out / "learning_curve.png", history, monitor)
+
+
+@torch.no_grad()
+def validate(
+    model: SliceClassifier, loader: DataLoader, task: Task, device: str, amp_dtype: torch.dtype | None
+) -> dict[str, float]:
+    """Slice-level validation loss and metrics (no augmentation, eval mode)."""
+    model.eval()
+    logits, targets = [], []
+    for rows, batch_logits, _ in iter_predictions(model, loader, device, amp_dtype, tta_flip=False):
+        logits.append(batch_logits.float().numpy())
+        targets.append(loader.dataset.targets[rows])
+    model.train()
+    all_logits, all_targets = np.concatenate(logits), np.concatenate(targets)
+    loss = float(task.loss(torch.from_numpy(all_logits), torch.from_numpy(all_targets)))
+    return {"val_loss": loss, **task.metrics(all_logits, all_targets)}
