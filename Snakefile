@@ -18,6 +18,7 @@ include: "rules/common.smk"
 include: "rules/synth.smk"
 include: "rules/ingest.smk"
 include: "rules/preprocess.smk"
+include: "rules/stage1.smk"
 
 
 rule all:
@@ -25,3 +26,4 @@ rule all:
     input:
         rules.ingest.input,
         rules.preprocess.input,
+        rules.stage1.input,

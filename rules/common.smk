@@ -16,6 +16,8 @@ DICOM_FOLDERS = {"rsna": "stage_2_train", "cq500": "."}
 wildcard_constraints:
     dataset="|".join(DATASETS),
     shard=r"\d+",
+    fold=r"\d+",
+    backbone=r"[^/]+",
 
 
 def as_json(obj):
@@ -82,3 +84,12 @@ def per_dataset(template, **kw):
 
 def per_shard(template):
     return [f"{d}={template.format(dataset=d, shard=k)}" for d in DATASETS for k in shard_ids(d)]
+
+
+def stage1_settings(wildcards):
+    """The `stage1` block as `ct25d` takes it: one backbone, without the run lists."""
+    settings = {k: v for k, v in config["stage1"].items() if k not in ("backbones", "folds")}
+    return as_json({**settings, "backbone": wildcards.backbone})
+
+
+STAGE1_RUNS = [(b, f) for b in config["stage1"]["backbones"] for f in config["stage1"]["folds"]]

@@ -106,3 +106,12 @@ def test_evaluate_head_and_cosine_at_slice_and_volume_level(tmp_path: Path) -> N
 
     with pytest.raises(EmbeddingMismatchError):
         evaluate_stage1(index.assign(z=index["z"] + 100), studies, store, fold=0)
+
+
+def test_a_label_the_method_cannot_score_reports_nan() -> None:
+    from ct25d.evaluation.metrics import binary_report
+
+    truth = np.array([0.0, 1.0, 0.0, np.nan])
+    report = binary_report(truth, np.array([False, False, False, False]), np.array([np.nan] * 4))
+    assert report["n"] == 3 and report["n_pos"] == 1
+    assert np.isnan(report["f1"]) and np.isnan(report["auc"])

@@ -15,13 +15,19 @@ from ct25d.cli.common import json_object
 log = logging.getLogger("ct25d")
 
 
+def with_workers(settings: dict, workers: int | None) -> dict:
+    """`--workers` (a rule's `threads`) overrides `num_workers`, so the loader uses the cores the
+    scheduler granted, and changing it never reruns training."""
+    return settings if workers is None else {**settings, "num_workers": workers}
+
+
 def cmd_train_slices(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from ct25d.training.devices import lease_device
     from ct25d.training.stage1 import Stage1Settings, train_stage1
 
-    settings = Stage1Settings.from_dict(args.settings)
+    settings = Stage1Settings.from_dict(with_workers(args.settings, args.workers))
     index = pd.read_parquet(args.index)
     with lease_device(prefer=settings.device) as device:
         log.info("train-slices fold %d on %s", args.fold, device)
@@ -36,7 +42,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
     from ct25d.training.embed import extract_embeddings
     from ct25d.training.stage1 import Stage1Settings
 
-    settings = Stage1Settings.from_dict(args.settings)
+    settings = Stage1Settings.from_dict(with_workers(args.settings, args.workers))
     index = pd.read_parquet(args.index)
     with lease_device(prefer=settings.device) as device:
         log.info("embed %d slices on %s", len(index), device)
@@ -84,6 +90,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", required=True, help="run folder: last.pt, best.pt, metrics.csv, learning_curve.png"
     )
+    p.add_argument("--workers", type=int, default=None, help="data loader workers (default: settings)")
     p.set_defaults(func=cmd_train_slices)
 
     p = sub.add_parser("embed", help="Stage-1 embeddings and logits of every slice in the index")
@@ -91,6 +98,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, help="best.pt written by train-slices")
     p.add_argument("--settings", type=json_object, required=True, help="config `stage1` (JSON)")
     p.add_argument("--out", required=True, help="folder: <shard>.zarr per slice store, rows.parquet")
+    p.add_argument("--workers", type=int, default=None, help="data loader workers (default: settings)")
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("eval-stage1", help="head vs cosine-to-class-mean F1/AUC, slice and volume level")

@@ -33,14 +33,19 @@ def f1_or_nan(y_true: np.ndarray, pred: np.ndarray) -> float:
 
 
 def binary_report(y_true: np.ndarray, pred: np.ndarray, score: np.ndarray) -> dict[str, float]:
-    """n, n_pos, F1 of `pred` and AUC of `score` for one label."""
+    """n, n_pos, F1 of `pred` and AUC of `score` for one label.
+
+    A method that cannot score a label (NaN scores, e.g. a cosine rule whose training fold had no
+    positive slice of it) gets NaN, not the F1 of predicting nothing.
+    """
     y_true = np.asarray(y_true, dtype=np.float64)
     known = ~np.isnan(y_true)
+    scorable = bool(np.isfinite(np.asarray(score, dtype=np.float64)[known]).all())
     return {
         "n": int(known.sum()),
         "n_pos": int(np.nansum(y_true)),
-        "f1": f1_or_nan(y_true, pred),
-        "auc": auc_or_nan(y_true, score),
+        "f1": f1_or_nan(y_true, pred) if scorable else math.nan,
+        "auc": auc_or_nan(y_true, score) if scorable else math.nan,
     }
 
 

@@ -1,0 +1,71 @@
+# Stage 1: a 2D timm CNN on windowed slices (one job per backbone and fold), embeddings of every
+# slice, and the seed's head-vs-cosine evaluation. GPU jobs ask `gpu=1` and lease their own device.
+
+S1 = f"{RESULTS}/stage1/{{backbone}}/fold{{fold}}"
+
+
+rule train_slices:
+    input:
+        rules.index.output.slices,
+    output:
+        best=f"{S1}/best.pt",
+        metrics=f"{S1}/metrics.csv",
+        curve=report(f"{S1}/learning_curve.png", category="Stage 1", labels={"backbone": "{backbone}", "fold": "{fold}"}),
+    params:
+        settings=stage1_settings,
+        out=S1,
+    log:
+        f"{RESULTS}/logs/train_slices/{{backbone}}-{{fold}}.log",
+    threads: 2
+    resources:
+        gpu=1,
+    conda:
+        "../envs/ct25d.yaml"
+    shell:
+        "ct25d train-slices --index {input} --fold {wildcards.fold} --settings {params.settings:q} "
+        "--workers {threads} --out {params.out} > {log} 2>&1"
+
+
+rule embed:
+    input:
+        index=rules.index.output.slices,
+        checkpoint=rules.train_slices.output.best,
+    output:
+        directory(f"{S1}/embeddings"),
+    params:
+        settings=stage1_settings,
+    log:
+        f"{RESULTS}/logs/embed/{{backbone}}-{{fold}}.log",
+    threads: 2
+    resources:
+        gpu=1,
+    conda:
+        "../envs/ct25d.yaml"
+    shell:
+        "ct25d embed --index {input.index} --checkpoint {input.checkpoint} --settings {params.settings:q} "
+        "--workers {threads} --out {output} > {log} 2>&1"
+
+
+rule eval_stage1:
+    input:
+        index=rules.index.output.slices,
+        studies=rules.index.output.studies,
+        embeddings=rules.embed.output,
+    output:
+        json=f"{S1}/eval/stage1_eval.json",
+        table=report(f"{S1}/eval/stage1_eval.csv", category="Stage 1", labels={"backbone": "{backbone}", "fold": "{fold}", "table": "evaluation"}),
+    params:
+        settings=stage1_settings,
+        out=f"{S1}/eval",
+    log:
+        f"{RESULTS}/logs/eval_stage1/{{backbone}}-{{fold}}.log",
+    conda:
+        "../envs/ct25d.yaml"
+    shell:
+        "ct25d eval-stage1 --index {input.index} --studies {input.studies} --embeddings {input.embeddings} "
+        "--fold {wildcards.fold} --settings {params.settings:q} --out {params.out} > {log} 2>&1"
+
+
+rule stage1:
+    input:
+        [f"{RESULTS}/stage1/{b}/fold{f}/eval/stage1_eval.json" for b, f in STAGE1_RUNS],
