@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ct25d.atomic import atomic_path, write_csv, write_json
+from ct25d.atomic import write_json
 from ct25d.datasets.slice_dataset import (
     Augment,
     EpochBatchSampler,
@@ -44,6 +44,7 @@ from ct25d.labels import RSNA_LABELS
 from ct25d.models.stage1 import SliceClassifier
 from ct25d.provenance import stamp
 from ct25d.training.checkpoint import load_checkpoint, save_checkpoint
+from ct25d.training.history import improved, write_history
 from ct25d.training.seed import deterministic_kernels, rng_state, seed_everything, set_rng_state
 
 log = logging.getLogger(__name__)
@@ -287,41 +288,6 @@ def iter_predictions(
             yield rows.numpy(), logits.float().cpu(), embedding.float().cpu()
 
 
-def _plot_history(path: Path, history: list[dict[str, float]], monitor: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    frame = pd.DataFrame(history)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(frame["epoch"], frame["train_loss"], "o-", label="train loss")
-    ax.plot(frame["epoch"], frame["val_loss"], "o-", label="validation loss")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    if "val_auc_mean" in frame:
-        twin = ax.twinx()
-        twin.plot(frame["epoch"], frame["val_auc_mean"], "s--", color="tab:green", label="val AUC (mean)")
-        twin.set_ylabel("AUC")
-        twin.legend(loc="upper right")
-    ax.legend(loc="upper left")
-    ax.set_title(f"Stage 1 learning curve (best by {monitor})")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-
-
-def _improved(value: float, best: float | None, monitor: str) -> bool:
-    if best is None:
-        return True
-    if math.isnan(value):
-        return False
-    if math.isnan(best):
-        return True
-    return value < best if monitor.endswith("loss") else value > best
-
-
 def train_stage1(
     index: pd.DataFrame,
     fold: int,
@@ -444,17 +410,17 @@ def _train(
         }
         state["history"].append(row)
         state.update(epoch=epoch + 1, step=0, loss_sum=0.0, count=0)
-        if _improved(row[s.monitor], state["best"], s.monitor):
+        if improved(row[s.monitor], state["best"], s.monitor):
             state["best"] = row[s.monitor]
             save_checkpoint(best_path, {
                 "model": model.state_dict(), "epoch": epoch, "settings": s.to_dict(), "fold": fold,
                 "meta": meta, "metrics": row, "num_classes": task.num_outputs, "class_names": task.names,
             })  # fmt: skip
         checkpoint()
-        _write_history(out, state["history"], s.monitor)
+        write_history(out, state["history"], s.monitor, "Stage 1")
         log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items()})
 
-    _write_history(out, state["history"], s.monitor)  # also when re-run after completion
+    write_history(out, state["history"], s.monitor, "Stage 1")  # also when re-run after completion
     return TrainResult(best=best_path, last=last_path, history=state["history"])
 
 
@@ -476,11 +442,6 @@ def _not_resumable(payload: dict[str, Any], s: Stage1Settings, fold: int, data_k
     if payload["state"]["epoch"] >= s.epochs:
         return "that run finished"
     return ""
-
-
-def _write_history(out: Path, history: list[dict[str, float]], monitor: str) -> None:
-    write_csv(out / "metrics.csv", pd.DataFrame(history))
-    _plot_history(out / "learning_curve.png", history, monitor)
 
 
 @torch.no_grad()
