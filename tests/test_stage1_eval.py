@@ -11,7 +11,8 @@ import pytest
 import zarr
 
 from ct25d.evaluation.metrics import ClassMeans, cosine_margin, volume_max
-from ct25d.evaluation.stage1 import EmbeddingMismatchError, evaluate_stage1, summarise
+from ct25d.evaluation.stage1 import EmbeddingMismatchError, evaluate_stage1
+from ct25d.evaluation.tables import summarise
 from ct25d.labels import RSNA_LABELS
 
 

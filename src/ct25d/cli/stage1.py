@@ -62,7 +62,8 @@ def cmd_eval_stage1(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from ct25d.atomic import atomic_path, write_csv, write_json
-    from ct25d.evaluation.stage1 import evaluate_stage1, summarise
+    from ct25d.evaluation.stage1 import evaluate_stage1
+    from ct25d.evaluation.tables import summarise
     from ct25d.provenance import stamp
     from ct25d.training.stage1 import Stage1Settings
 

@@ -21,7 +21,8 @@ import pandas as pd
 
 from ct25d.datasets.slice_dataset import multiclass_targets, multilabel_targets
 from ct25d.errors import Ct25dError
-from ct25d.evaluation.metrics import ClassMeans, binary_report, cosine_margin, volume_max
+from ct25d.evaluation.metrics import ClassMeans, cosine_margin, volume_max
+from ct25d.evaluation.tables import report_rows
 from ct25d.training.embed import read_embeddings
 
 METHODS = ("head", "cosine")
@@ -85,20 +86,6 @@ def _head_scores(
     return prob, np.eye(logits.shape[1], dtype=bool)[prob.argmax(1)]
 
 
-def _report(
-    split: str, dataset: str, level: str, truth: np.ndarray, scores: dict[str, tuple[np.ndarray, np.ndarray]],
-    names: list[str],
-) -> list[dict[str, Any]]:  # fmt: skip
-    out = []
-    for method, (score, pred) in scores.items():
-        for k, name in enumerate(names):
-            stats = binary_report(truth[:, k], pred[:, k], score[:, k])
-            if stats["n"]:
-                out.append({"split": split, "dataset": dataset, "level": level, "method": method,
-                            "label": name, **stats})  # fmt: skip
-    return out
-
-
 def evaluate_stage1(
     index: pd.DataFrame,
     studies: pd.DataFrame,
@@ -148,12 +135,12 @@ def evaluate_stage1(
             mask = members & (frame["dataset"] == dataset).to_numpy()
             rows, slice_truth = frame.loc[mask], truth[mask]
             scores = {m: (s[mask], p[mask]) for m, (s, p) in per_slice.items()}
-            table += _report(split, dataset, "slice", slice_truth, scores, names)
+            table += report_rows(split, dataset, "slice", slice_truth, scores, names)
             ids = rows["study_id"].to_numpy()
             volume = {m: (volume_max(ids, s), volume_max(ids, p)) for m, (s, p) in scores.items()}
             vol_truth = _study_truth(study_truth, volume["head"][0].index, rows, model, names, slice_truth)
             vol_scores = {m: (s.to_numpy(), p.to_numpy() > 0) for m, (s, p) in volume.items()}
-            table += _report(split, dataset, "volume", vol_truth, vol_scores, names)
+            table += report_rows(split, dataset, "volume", vol_truth, vol_scores, names)
     stats = {
         "positive": positive,
         "negative": negative,
@@ -173,19 +160,3 @@ def _study_truth(
         return from_slices
     table = studies.reindex(ids)[names].astype("Float64").to_numpy(dtype=np.float64, na_value=np.nan)
     return np.where(np.isnan(table), from_slices, table)
-
-
-def summarise(table: pd.DataFrame, fold: int) -> dict[str, Any]:
-    """JSON summary: F1/AUC of `any` (or the macro mean over classes) per split, dataset, level, method."""
-    out: dict[str, Any] = {"fold": fold, "results": {}}
-    for (split, dataset, level, method), group in table.groupby(["split", "dataset", "level", "method"]):
-        row = group[group["label"] == "any"]
-        key = f"{split}/{dataset}/{level}/{method}"
-        out["results"][key] = {
-            "f1_any": float(row["f1"].iloc[0]) if len(row) else None,
-            "auc_any": float(row["auc"].iloc[0]) if len(row) else None,
-            "f1_macro": float(group["f1"].mean()),
-            "auc_macro": float(group["auc"].mean()),
-            "n": int(group["n"].max()),
-        }
-    return out
