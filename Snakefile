@@ -19,6 +19,7 @@ include: "rules/synth.smk"
 include: "rules/ingest.smk"
 include: "rules/preprocess.smk"
 include: "rules/stage1.smk"
+include: "rules/stage2.smk"
 
 
 rule all:
@@ -27,3 +28,4 @@ rule all:
         rules.ingest.input,
         rules.preprocess.input,
         rules.stage1.input,
+        rules.stage2.input,

@@ -18,6 +18,7 @@ wildcard_constraints:
     shard=r"\d+",
     fold=r"\d+",
     backbone=r"[^/]+",
+    model="|".join(config["stage2"]["models"]),
 
 
 def as_json(obj):
@@ -93,3 +94,14 @@ def stage1_settings(wildcards):
 
 
 STAGE1_RUNS = [(b, f) for b in config["stage1"]["backbones"] for f in config["stage1"]["folds"]]
+
+
+def stage2_settings():
+    return as_json({k: v for k, v in config["stage2"].items() if k != "models"})
+
+
+def stage2_model(wildcards):
+    return as_json(config["stage2"]["models"][wildcards.model])
+
+
+STAGE2_RUNS = [(m, b, f) for m in config["stage2"]["models"] for b, f in STAGE1_RUNS]

@@ -37,7 +37,7 @@ def study_spans(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per study from `rows.parquet` of `ct25d embed`; its rows must be contiguous and in z order."""
     spans = rows.groupby(["dataset", "study_id"], sort=True).agg(
         shard=("shard", "first"), n_shards=("shard", "nunique"), start=("row", "min"),
-        stop=("row", "max"), length=("row", "size"), z_sorted=("z", "is_monotonic_increasing"),
+        stop=("row", "max"), length=("row", "size"), z_sorted=("z", lambda z: z.is_monotonic_increasing),
     ).reset_index()  # fmt: skip
     broken = spans[(spans["n_shards"] > 1) | (spans["stop"] - spans["start"] + 1 != spans["length"])
                    | ~spans["z_sorted"]]  # fmt: skip

@@ -1,0 +1,62 @@
+# Stage 2: sequence models over frozen Stage-1 embeddings (one job per model and Stage-1 run), and
+# the comparison table of every approach.
+
+S2 = f"{RESULTS}/stage2/{{model}}/{{backbone}}/fold{{fold}}"
+
+
+rule train_sequence:
+    input:
+        embeddings=rules.embed.output,
+        studies=rules.index.output.studies,
+    output:
+        best=f"{S2}/best.pt",
+        metrics=f"{S2}/metrics.json",
+        studies=f"{S2}/predictions_studies.parquet",
+        slices=f"{S2}/predictions_slices.parquet",
+        curve=report(f"{S2}/learning_curve.png", category="Stage 2", labels={"model": "{model}", "backbone": "{backbone}", "fold": "{fold}"}),
+    params:
+        model=stage2_model,
+        settings=stage2_settings(),
+        out=S2,
+    log:
+        f"{RESULTS}/logs/train_sequence/{{model}}-{{backbone}}-{{fold}}.log",
+    threads: 1
+    resources:
+        gpu=1,
+    conda:
+        "../envs/ct25d.yaml"
+    shell:
+        "ct25d train-sequence --embeddings {input.embeddings} --studies {input.studies} --fold {wildcards.fold} "
+        "--model {params.model:q} --settings {params.settings:q} --out {params.out} > {log} 2>&1"
+
+
+for _model in config["stage2"]["models"]:
+
+    rule:
+        name:
+            f"stage2_{_model}"
+        input:
+            [f"{RESULTS}/stage2/{_model}/{b}/fold{f}/metrics.json" for b, f in STAGE1_RUNS],
+
+
+rule compare:
+    input:
+        stage1=rules.stage1.input,
+        stage2=[f"{RESULTS}/stage2/{m}/{b}/fold{f}/metrics.json" for m, b, f in STAGE2_RUNS],
+    output:
+        csv=report(f"{RESULTS}/comparison/comparison.csv", category="Comparison"),
+        md=f"{RESULTS}/comparison/comparison.md",
+        png=report(f"{RESULTS}/comparison/comparison.png", category="Comparison"),
+    params:
+        out=f"{RESULTS}/comparison",
+    log:
+        f"{RESULTS}/logs/compare/compare.log",
+    conda:
+        "../envs/ct25d.yaml"
+    shell:
+        "ct25d compare --stage1 {input.stage1} --stage2 {input.stage2} --out {params.out} > {log} 2>&1"
+
+
+rule stage2:
+    input:
+        rules.compare.output,
