@@ -112,3 +112,11 @@ def test_sampler_orders_and_resumes(index: pd.DataFrame) -> None:
     weights = 1.0 / np.bincount(classes)[classes]
     balanced = EpochBatchSampler(len(index), 4, seed=1, weights=weights, num_samples=4000).order(0)
     assert 0.45 < classes[balanced].mean() < 0.55
+
+
+@pytest.mark.parametrize(("n", "sizes"), [(17, [8, 9]), (16, [8, 8]), (18, [8, 8, 2]), (1, [1])])
+def test_a_lone_last_sample_joins_the_previous_batch(n: int, sizes: list[int]) -> None:
+    sampler = EpochBatchSampler(n, 8, seed=0)
+    batches = list(sampler)
+    assert [len(b) for b in batches] == sizes == [len(b) for b in batches[: len(sampler)]]
+    assert sorted(row for batch in batches for _, row in batch) == list(range(n))

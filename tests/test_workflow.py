@@ -29,11 +29,16 @@ synthetic:
 preprocess: {in_plane_mm: null, size: 32}
 splits: {folds: 2}
 qc: {per_dataset: 1}
+stage1: {backbones: [resnet10t], image_size: 32, epochs: 1, batch_size: 16, tta_flip: false}
+stage2: {models: {bilstm: {name: bilstm, hidden: 16}}, epochs: 2}
 """)
 STROKE_WINDOW = {"name": "stroke", "center": 35, "width": 40}
 SUBDURAL_WINDOW = {"name": "subdural", "center": 75, "width": 215}
 WIDE_WINDOW = {"name": "wide", "center": 150, "width": 500}
-UPSTREAM = ["synth_cohort", "scan", "ingest_shard", "ingest_report", "resample_shard", "slice_shard"]
+UPSTREAM = [
+    "synth_cohort", "scan", "ingest_shard", "ingest_report", "resample_shard", "slice_shard", "splits",
+    "index", "qc", "train_slices", "embed", "eval_stage1", "train_sequence",
+]  # fmt: skip
 
 
 def snakemake(workdir: Path, config: dict, *args: str) -> str:
@@ -86,6 +91,8 @@ def test_second_run_has_nothing_to_do(workdir: Path) -> None:
         ("preprocess", "in_plane_mm", 6.0, "resample_shard"),
         ("preprocess", "windows", [STROKE_WINDOW, SUBDURAL_WINDOW, WIDE_WINDOW], "slice_shard"),
         ("splits", "seed", 1, "splits"),
+        ("stage1", "lr", 0.002, "train_slices"),
+        ("stage2", "lr", 0.002, "train_sequence"),
     ],
 )
 def test_a_setting_reruns_its_rule_and_nothing_upstream(workdir: Path, section, key, value, first) -> None:
@@ -95,7 +102,7 @@ def test_a_setting_reruns_its_rule_and_nothing_upstream(workdir: Path, section, 
     assert first in planned
     upstream = UPSTREAM[: UPSTREAM.index(first)] if first in UPSTREAM else UPSTREAM
     assert not planned & set(upstream), f"{section}.{key} reruns {sorted(planned & set(upstream))}"
-    assert {"index", "all"} <= planned
+    assert {"compare", "all"} <= planned
 
 
 @pytest.mark.workflow
@@ -106,6 +113,15 @@ def test_preprocess_outputs(workdir: Path) -> None:
     assert (studies.query("role == 'external'")["fold"] == -1).all()
     assert len(list((workdir / "results" / "qc" / "montages").glob("*.png"))) == 2
     assert (workdir / "results" / "qc" / "summary.png").stat().st_size > 10_000
+
+
+@pytest.mark.workflow
+def test_stage_outputs(workdir: Path) -> None:
+    results = workdir / "results"
+    assert (results / "stage1" / "resnet10t" / "fold0" / "eval" / "stage1_eval.json").is_file()
+    assert (results / "stage2" / "bilstm" / "resnet10t" / "fold0" / "predictions_studies.parquet").is_file()
+    table = pd.read_csv(results / "comparison" / "comparison.csv")
+    assert len(table) == 3  # Stage-1 head, Stage-1 cosine, Stage-2 bilstm
 
 
 @pytest.mark.workflow

@@ -168,14 +168,18 @@ class EpochBatchSampler:
         self.epoch, self.skip = epoch, skip_batches
 
     def __len__(self) -> int:
-        return math.ceil(self.num_samples / self.batch_size)
+        batches = math.ceil(self.num_samples / self.batch_size)
+        # A lone last sample joins the batch before it: batch norm cannot train on a batch of one.
+        return batches - 1 if batches > 1 and self.num_samples % self.batch_size == 1 else batches
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         epoch, skip = self.epoch, self.skip
         self.skip = 0
         order = self.order(epoch)
+        last = len(self) - 1
         for b in range(skip, len(self)):
-            yield [(epoch, int(row)) for row in order[b * self.batch_size : (b + 1) * self.batch_size]]
+            stop = len(order) if b == last else (b + 1) * self.batch_size
+            yield [(epoch, int(row)) for row in order[b * self.batch_size : stop]]
 
 
 def worker_init(_: int) -> None:

@@ -202,7 +202,7 @@ def train_stage2(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total, count = total + float(loss) * len(batch["x"]), count + len(batch["x"])
+            total, count = total + float(loss.detach()) * len(batch["x"]), count + len(batch["x"])
         row = {
             "epoch": epoch,
             "train_loss": total / count,
