@@ -26,7 +26,8 @@ def report_rows(
 
 
 def summarise(table: pd.DataFrame, fold: int) -> dict[str, Any]:
-    """JSON summary: F1/AUC of `any` (or the macro mean over classes) per split, dataset, level, method."""
+    """JSON summary per split, dataset, level, method: F1/AUC of `any`, their macro means over
+    labels, and every label's F1, AUC and counts (NaN becomes null)."""
     out: dict[str, Any] = {"fold": fold, "results": {}}
     for (split, dataset, level, method), group in table.groupby(["split", "dataset", "level", "method"]):
         row = group[group["label"] == "any"]
@@ -37,5 +38,13 @@ def summarise(table: pd.DataFrame, fold: int) -> dict[str, Any]:
             "f1_macro": float(group["f1"].mean()),
             "auc_macro": float(group["auc"].mean()),
             "n": int(group["n"].max()),
+            "per_label": {
+                r.label: {"f1": _number(r.f1), "auc": _number(r.auc), "n": int(r.n), "n_pos": int(r.n_pos)}
+                for r in group.itertuples()
+            },
         }
     return out
+
+
+def _number(value: float) -> float | None:
+    return None if pd.isna(value) else float(value)
