@@ -69,6 +69,7 @@ rule index:
         tables=per_shard(rules.slice_shard.output.table),
         roles=[f"{d}={DATASETS[d]['role']}" for d in DATASETS],
         sites=[f"{d}={site_of(d)}" for d in DATASETS],
+        stroke_types=[f"{d}={DATASETS[d]['stroke_type']}" for d in DATASETS],
     log:
         f"{RESULTS}/logs/index/index.log",
     conda:
@@ -76,6 +77,7 @@ rule index:
     shell:
         "ct25d index --manifests {params.manifests} --slice-labels {params.labels} "
         "--slice-tables {params.tables} --roles {params.roles} --sites {params.sites} "
+        "--stroke-types {params.stroke_types} "
         "--splits {input.splits} --out-slices {output.slices} --out-studies {output.studies} > {log} 2>&1"
 
 

@@ -119,6 +119,7 @@ def cmd_index(args: argparse.Namespace) -> None:
 
     from ct25d.atomic import write_parquet
     from ct25d.datasets.index import DatasetTables, build_index, read_slice_tables, verify_stores
+    from ct25d.datasets.stroke import add_stroke_labels
     from ct25d.provenance import stamp
 
     manifests = _one_per_name(args.manifests, "--manifests")
@@ -147,7 +148,14 @@ def cmd_index(args: argparse.Namespace) -> None:
             )
         )
     slice_index, studies = build_index(datasets, pd.read_parquet(args.splits))
-    meta = stamp("index", {"roles": roles, "sites": {n: sites.get(n, n) for n in names}})
+    stroke_types = _one_per_name(args.stroke_types, "--stroke-types")
+    slice_index, studies = (
+        add_stroke_labels(slice_index, stroke_types),
+        add_stroke_labels(studies, stroke_types),
+    )
+    meta = stamp(
+        "index", {"roles": roles, "sites": {n: sites.get(n, n) for n in names}, "stroke_types": stroke_types}
+    )
     write_parquet(args.out_slices, slice_index, meta)
     write_parquet(args.out_studies, studies, meta)
     log.info("index: %d slices, %d studies in %d datasets", len(slice_index), len(studies), len(names))
@@ -251,6 +259,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=[],
         metavar="NAME=SITE",
         help="acquisition site per dataset (default: the dataset name)",
+    )
+    p.add_argument(
+        "--stroke-types",
+        type=named,
+        nargs="*",
+        default=[],
+        metavar="NAME=RULE",
+        help="stroke-class rule per dataset: from_any (default), control, hemorrhagic or ischemic",
     )
     p.add_argument("--splits", required=True, help="parquet from `ct25d splits`")
     p.add_argument("--out-slices", required=True, help="slice index parquet to write")

@@ -1,0 +1,33 @@
+"""Stroke-type classes for the multi-class task (control / hemorrhagic / ischemic).
+
+No archive labels stroke type directly: RSNA and CQ500 label hemorrhage, ischemic archives (AISD,
+CPAISD) contain only ischemic strokes. So each dataset says how its studies map onto a class
+(config `datasets.<name>.stroke_type`): `from_any` (hemorrhage `any` = 1 -> hemorrhagic, 0 ->
+control, per slice and per study), or one class for every study of the dataset.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from ct25d.errors import ConfigError
+
+STROKE_CLASSES: tuple[str, ...] = ("control", "hemorrhagic", "ischemic")
+RULES: tuple[str, ...] = ("from_any", *STROKE_CLASSES)
+
+
+def stroke_label(frame: pd.DataFrame, rule: str, dataset: str) -> pd.Series:
+    """Class ids (nullable Int64; NA where `any` is unknown) for the rows of one dataset."""
+    if rule not in RULES:
+        raise ConfigError(f"datasets.{dataset}.stroke_type: expected one of {list(RULES)}, got {rule!r}")
+    if rule == "from_any":
+        hemorrhagic, control = STROKE_CLASSES.index("hemorrhagic"), STROKE_CLASSES.index("control")
+        any_ = frame["any"].astype("Int64")
+        return any_.map({1: hemorrhagic, 0: control}, na_action="ignore").astype("Int64")
+    return pd.Series(STROKE_CLASSES.index(rule), index=frame.index, dtype="Int64")
+
+
+def add_stroke_labels(frame: pd.DataFrame, rules: dict[str, str]) -> pd.DataFrame:
+    """`frame` (slice index or study table) with a `label` column of stroke-class ids."""
+    parts = [stroke_label(part, rules.get(name, "from_any"), name) for name, part in frame.groupby("dataset")]
+    return frame.assign(label=pd.concat(parts).reindex(frame.index).astype("Int64"))
