@@ -134,3 +134,17 @@ def test_bad_config_value_is_named(tmp_path: Path) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "spacing_tolerence" in proc.stdout + proc.stderr
+
+
+@pytest.mark.workflow
+def test_real_archive_config_plans_the_whole_dag(cohorts, tmp_path: Path) -> None:
+    """config/datasets/real.yaml, pointed at archives in the real layouts, validates alone
+    (--replace-workflow-config) and plans every stage without generating anything."""
+    real = yaml.safe_load((ROOT / "config" / "datasets" / "real.yaml").read_text())
+    real["datasets"]["rsna"].update(root=str(cohorts["rsna"] / "stage_2_train"),
+                                    labels=str(cohorts["rsna"] / "stage_2_train.csv"))  # fmt: skip
+    real["datasets"]["cq500"].update(root=str(cohorts["cq500"]), labels=str(cohorts["cq500"] / "reads.csv"))
+    output = snakemake(tmp_path, real, "-n", "--quiet", "rules", "--replace-workflow-config")
+    planned = planned_rules(output)
+    assert "synth_cohort" not in planned
+    assert {"scan", "ingest_shard", "train_slices", "train_sequence", "compare"} <= planned
