@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import multiprocessing
 import pickle
+import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -171,3 +173,14 @@ def test_fresh_subprocess(store: tuple[Path, dict[str, np.ndarray]]) -> None:
         [sys.executable, "-c", code], input=pickle.dumps(SliceReader(path)), capture_output=True, check=True
     )
     assert out.stdout == studies["1.2.840.1"][2].tobytes()
+
+
+def test_studies_ignore_foreign_files(store: tuple[Path, dict[str, np.ndarray]], tmp_path: Path) -> None:
+    """Snakemake drops `.snakemake_timestamp` into directory outputs; it is not a study."""
+    path, studies = store
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(path, copy)
+    (copy / ".snakemake_timestamp").touch()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert SliceReader(copy).studies() == sorted(studies)

@@ -63,6 +63,8 @@ def list_files(root: Path, layout: str) -> list[Path]:
     else:
         studies, other = [], []
         for entry in os.scandir(root):
+            if entry.name.startswith("."):
+                continue
             (studies if entry.is_dir() and CQ500_FOLDER.fullmatch(entry.name) else other).append(entry.name)
         if other:
             log.warning("%s: ignoring %d top-level entries that are not CQ500 study folders: %s",

@@ -75,6 +75,7 @@ class SliceStoreWriter:
             tmp = stack.enter_context(atomic_path(self.path))
             self._group = zarr.open_group(tmp, mode="w", zarr_format=3)
             self._group.attrs.update({"provenance": _jsonable(self.provenance)})
+            self._studies: list[str] = []
             self._stack = stack.pop_all()
         return self
 
@@ -84,6 +85,10 @@ class SliceStoreWriter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
+        if exc_type is None and self._group is not None:
+            # The study list lives in the attributes: listing the folder would also meet files
+            # that are not zarr nodes (Snakemake's `.snakemake_timestamp` in directory outputs).
+            self._group.attrs["studies"] = sorted(self._studies)
         stack, self._stack, self._group = self._stack, None, None
         assert stack is not None
         return stack.__exit__(exc_type, exc, tb)
@@ -110,6 +115,7 @@ class SliceStoreWriter:
             attributes=_jsonable(attrs),
         )
         array[...] = slices
+        self._studies.append(study_id)
 
 
 def _zstd_content_size(frame: bytes) -> int | None:
@@ -235,7 +241,7 @@ class SliceReader:
 
     def studies(self) -> list[str]:
         """Study ids in the store, sorted."""
-        return sorted(self._zarr_group().array_keys())
+        return list(self._zarr_group().attrs["studies"])
 
     @property
     def provenance(self) -> dict[str, Any]:
