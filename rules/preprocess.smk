@@ -25,6 +25,7 @@ rule slice_shard:
     output:
         store=directory(f"{RESULTS}/{{dataset}}/slices/shard-{{shard}}.zarr"),
         table=f"{RESULTS}/{{dataset}}/slices/shard-{{shard}}.parquet",
+        rejected=f"{RESULTS}/{{dataset}}/slices/shard-{{shard}}.rejected.csv",
     params:
         settings=preprocess_settings(("crop", "threshold_hu", "opening_mm", "margin_mm", "size", "windows")),
     log:
@@ -33,6 +34,7 @@ rule slice_shard:
         "../envs/ct25d.yaml"
     shell:
         "ct25d slices --in-store {input} --out-store {output.store} --out-index {output.table} "
+        "--out-rejected {output.rejected} "
         "--settings {params.settings:q} > {log} 2>&1"
 
 
@@ -59,14 +61,17 @@ rule index:
         manifests=expand(rules.ingest_report.output.manifest, dataset=DATASETS),
         labels=expand(rules.ingest_report.output.slices, dataset=DATASETS),
         tables=[f"{RESULTS}/{d}/slices/shard-{k}.parquet" for d in DATASETS for k in shard_ids(d)],
+        rejected=[f"{RESULTS}/{d}/slices/shard-{k}.rejected.csv" for d in DATASETS for k in shard_ids(d)],
         splits=rules.splits.output,
     output:
         slices=f"{RESULTS}/index/slices.parquet",
         studies=f"{RESULTS}/index/studies.parquet",
+        rejected=report(f"{RESULTS}/index/rejected.csv", category="Preprocessing", subcategory="Rejections"),
     params:
         manifests=per_dataset(rules.ingest_report.output.manifest),
         labels=per_dataset(rules.ingest_report.output.slices),
         tables=per_shard(rules.slice_shard.output.table),
+        rejected=per_shard(rules.slice_shard.output.rejected),
         roles=[f"{d}={DATASETS[d]['role']}" for d in DATASETS],
         sites=[f"{d}={site_of(d)}" for d in DATASETS],
         stroke_types=[f"{d}={DATASETS[d]['stroke_type']}" for d in DATASETS],
@@ -76,9 +81,11 @@ rule index:
         "../envs/ct25d.yaml"
     shell:
         "ct25d index --manifests {params.manifests} --slice-labels {params.labels} "
-        "--slice-tables {params.tables} --roles {params.roles} --sites {params.sites} "
+        "--slice-tables {params.tables} --slice-rejections {params.rejected} --roles {params.roles} "
+        "--sites {params.sites} "
         "--stroke-types {params.stroke_types} "
-        "--splits {input.splits} --out-slices {output.slices} --out-studies {output.studies} > {log} 2>&1"
+        "--splits {input.splits} --out-slices {output.slices} --out-studies {output.studies} "
+        "--out-rejected {output.rejected} > {log} 2>&1"
 
 
 rule qc:

@@ -50,8 +50,9 @@ def test_stored_slices_equal_windowed_crop_exactly(tmp_path: Path) -> None:
     studies = {"st-a": toy_head(4, 0), "st-b": toy_head(3, 1)}
     write_hu_store(tmp_path / "hu.zarr", studies)
     crop = CropSettings(threshold_hu=-200, opening_mm=2.0, margin_mm=2.0)
-    table = build_slice_shard(tmp_path / "hu.zarr", tmp_path / "sl.zarr", crop, 32, DEFAULT_WINDOWS,
-                              {"stage": "slices"}, progress=False)  # fmt: skip
+    table, rejected = build_slice_shard(tmp_path / "hu.zarr", tmp_path / "sl.zarr", crop, 32, DEFAULT_WINDOWS,
+                                        {"stage": "slices"}, progress=False)  # fmt: skip
+    assert rejected.empty
     assert table.columns.tolist() == ["study_id", "z", "store"]
     assert table.groupby("study_id").size().to_dict() == {"st-a": 4, "st-b": 3}
     reader = SliceReader(tmp_path / "sl.zarr")
@@ -63,8 +64,8 @@ def test_stored_slices_equal_windowed_crop_exactly(tmp_path: Path) -> None:
         assert attrs["crop_box_yx"] == box.as_list()
         assert attrs["spacing_zyx"] == [5.0, *spacing_yx]
         assert box.y1 <= 42  # the table bar is outside the box
-    uncropped = build_slice_shard(tmp_path / "hu.zarr", tmp_path / "raw.zarr", None, 32, DEFAULT_WINDOWS, {},
-                                  progress=False)  # fmt: skip
+    uncropped, _ = build_slice_shard(tmp_path / "hu.zarr", tmp_path / "raw.zarr", None, 32, DEFAULT_WINDOWS,
+                                     {}, progress=False)  # fmt: skip
     fitted, _ = fit_square(studies["st-a"], (1.0, 1.0), 32)
     assert np.array_equal(SliceReader(tmp_path / "raw.zarr").read_study("st-a"), apply_windows(fitted))
     assert len(uncropped) == 7
@@ -135,8 +136,10 @@ def run_cli(*argv: str) -> None:
 
 
 def test_subcommands_chain(tmp_path: Path) -> None:
-    write_hu_store(tmp_path / "hu.zarr", {"st-a": toy_head(3, 0), "st-b": toy_head(3, 1)})
-    manifest, labels = dataset_frames(["st-a", "st-b"], 3)
+    """resample -> slices -> splits -> index; an all-air study is skipped and reported, not fatal."""
+    air = np.full((3, 64, 64), -1024, dtype=np.int16)
+    write_hu_store(tmp_path / "hu.zarr", {"st-a": toy_head(3, 0), "st-b": toy_head(3, 1), "st-c": air})
+    manifest, labels = dataset_frames(["st-a", "st-b", "st-c"], 3)
     manifest.to_parquet(tmp_path / "manifest.parquet")
     labels.to_parquet(tmp_path / "slices.parquet")
     s = {"in_plane_mm": 0.8, "slice_mm": None, "interpolator": "linear"}
@@ -144,13 +147,20 @@ def test_subcommands_chain(tmp_path: Path) -> None:
             "--settings", json.dumps(s))  # fmt: skip
     s = {"crop": True, "threshold_hu": -200, "opening_mm": 2, "margin_mm": 2, "size": 24, "windows": WINDOWS}
     run_cli("slices", "--in-store", f"{tmp_path}/r.zarr", "--out-store", f"{tmp_path}/s.zarr",
-            "--out-index", f"{tmp_path}/s.parquet", "--settings", json.dumps(s))  # fmt: skip
+            "--out-index", f"{tmp_path}/s.parquet", "--out-rejected", f"{tmp_path}/s.rejected.csv",
+            "--settings", json.dumps(s))  # fmt: skip
+    assert pd.read_csv(tmp_path / "s.rejected.csv")["study_id"].tolist() == ["st-c"]
     run_cli("splits", "--manifests", f"ds={tmp_path}/manifest.parquet", "--roles", "ds=train",
             "--settings", '{"folds": 2, "seed": 0}', "--out", f"{tmp_path}/splits.parquet")  # fmt: skip
     run_cli("index", "--manifests", f"ds={tmp_path}/manifest.parquet",
             "--slice-labels", f"ds={tmp_path}/slices.parquet", "--slice-tables", f"ds={tmp_path}/s.parquet",
-            "--roles", "ds=train", "--splits", f"{tmp_path}/splits.parquet", "--out-slices",
-            f"{tmp_path}/index.parquet", "--out-studies", f"{tmp_path}/studies.parquet")  # fmt: skip
+            "--slice-rejections", f"ds={tmp_path}/s.rejected.csv", "--roles", "ds=train",
+            "--splits", f"{tmp_path}/splits.parquet", "--out-slices", f"{tmp_path}/index.parquet",
+            "--out-studies", f"{tmp_path}/studies.parquet",
+            "--out-rejected", f"{tmp_path}/rejected.csv")  # fmt: skip
+    rejected = pd.read_csv(tmp_path / "rejected.csv")
+    assert rejected[["dataset", "study_id"]].values.tolist() == [["ds", "st-c"]]
+    assert "st-c" in rejected["reason"].iloc[0]
     index = pd.read_parquet(tmp_path / "index.parquet")
     assert len(index) == 6 and set(index["fold"]) == {0, 1} and set(index["site"]) == {"ds"}
     assert SliceReader(index["store"].iloc[0]).shape("st-a") == (3, 3, 24, 24)

@@ -71,7 +71,7 @@ def cmd_resample(args: argparse.Namespace) -> None:
 
 
 def cmd_slices(args: argparse.Namespace) -> None:
-    from ct25d.atomic import write_parquet
+    from ct25d.atomic import write_csv, write_parquet
     from ct25d.provenance import stamp
     from ct25d.slices.build import build_slice_shard
 
@@ -81,8 +81,9 @@ def cmd_slices(args: argparse.Namespace) -> None:
     if size < 8:
         raise ConfigError(f"preprocess.size: must be >= 8 pixels, got {size}")
     meta = stamp("slices", s)
-    table = build_slice_shard(args.in_store, args.out_store, crop, size, windows, meta)
+    table, rejected = build_slice_shard(args.in_store, args.out_store, crop, size, windows, meta)
     write_parquet(args.out_index, table, meta)
+    write_csv(args.out_rejected, rejected)
 
 
 def cmd_splits(args: argparse.Namespace) -> None:
@@ -114,10 +115,18 @@ def cmd_splits(args: argparse.Namespace) -> None:
     log.info("folds: %s", folds["fold"].value_counts().sort_index().to_dict())
 
 
+def _read_rejected(paths: list[str]) -> Any:
+    """The studies `ct25d slices` skipped (study_id, reason) in the given shard CSVs."""
+    import pandas as pd
+
+    frames = [pd.read_csv(p, dtype=str, keep_default_na=False) for p in paths]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["study_id", "reason"])
+
+
 def cmd_index(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from ct25d.atomic import write_parquet
+    from ct25d.atomic import write_csv, write_parquet
     from ct25d.datasets.index import DatasetTables, build_index, read_slice_tables, verify_stores
     from ct25d.datasets.stroke import add_stroke_labels
     from ct25d.provenance import stamp
@@ -129,6 +138,9 @@ def cmd_index(args: argparse.Namespace) -> None:
     tables: dict[str, list[str]] = defaultdict(list)
     for name, path in args.slice_tables:
         tables[name].append(path)
+    skipped: dict[str, list[str]] = defaultdict(list)
+    for name, path in args.slice_rejections:
+        skipped[name].append(path)
     names = sorted(manifests)
     for flag, given in (("--slice-labels", labels), ("--roles", roles), ("--slice-tables", tables)):
         if sorted(given) != names:
@@ -145,6 +157,7 @@ def cmd_index(args: argparse.Namespace) -> None:
                 manifest=pd.read_parquet(manifests[name]),
                 slice_labels=pd.read_parquet(labels[name]),
                 slice_tables=slice_table,
+                rejected=_read_rejected(skipped.get(name, [])),
             )
         )
     slice_index, studies = build_index(datasets, pd.read_parquet(args.splits))
@@ -156,6 +169,8 @@ def cmd_index(args: argparse.Namespace) -> None:
     meta = stamp(
         "index", {"roles": roles, "sites": {n: sites.get(n, n) for n in names}, "stroke_types": stroke_types}
     )
+    rejected = pd.concat([d.rejected.assign(dataset=d.name) for d in datasets], ignore_index=True)
+    write_csv(args.out_rejected, rejected[["dataset", "study_id", "reason"]])
     write_parquet(args.out_slices, slice_index, meta)
     write_parquet(args.out_studies, studies, meta)
     log.info("index: %d slices, %d studies in %d datasets", len(slice_index), len(studies), len(names))
@@ -204,6 +219,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--in-store", required=True, help="resampled HU shard store (zarr)")
     p.add_argument("--out-store", required=True, help="slice store (zarr) to create")
     p.add_argument("--out-index", required=True, help="parquet: one row per slice (study_id, z, store)")
+    p.add_argument("--out-rejected", required=True, help="CSV: studies that could not be prepared, and why")
     p.add_argument(
         "--settings",
         type=json_object,
@@ -251,6 +267,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="NAME=PATH",
         help="per-shard tables from `ct25d slices --out-index` (one pair per shard)",
     )
+    p.add_argument(
+        "--slice-rejections",
+        type=named,
+        nargs="*",
+        default=[],
+        metavar="NAME=PATH",
+        help="per-shard CSVs from `ct25d slices --out-rejected` (studies skipped there)",
+    )
     p.add_argument("--roles", type=named, nargs="+", required=True, metavar="NAME=ROLE")
     p.add_argument(
         "--sites",
@@ -271,6 +295,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--splits", required=True, help="parquet from `ct25d splits`")
     p.add_argument("--out-slices", required=True, help="slice index parquet to write")
     p.add_argument("--out-studies", required=True, help="study table parquet to write")
+    p.add_argument("--out-rejected", required=True, help="CSV: studies left out of the index, and why")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("qc", help="QC montages of sampled studies and a dataset summary (CSV + PNG)")

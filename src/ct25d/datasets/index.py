@@ -7,7 +7,7 @@ re-derives them (and no stage can disagree with another about which slice has wh
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -40,10 +40,15 @@ class DatasetTables:
     manifest: pd.DataFrame
     slice_labels: pd.DataFrame
     slice_tables: pd.DataFrame
+    rejected: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["study_id", "reason"]))
 
 
 def _study_table(ds: DatasetTables, folds: pd.DataFrame) -> pd.DataFrame:
-    m = ds.manifest
+    skipped = set(ds.rejected["study_id"])
+    unknown = skipped - set(ds.manifest["study_id"])
+    if unknown:
+        raise IndexMismatchError(f"{ds.name}: skipped stud(ies) not in the manifest, e.g. {min(unknown)}")
+    m = ds.manifest[~ds.manifest["study_id"].isin(skipped)]
     stores = ds.slice_tables.groupby("study_id", sort=False)["store"].agg(["first", "nunique"])
     split = stores[stores["nunique"] > 1]
     if len(split):

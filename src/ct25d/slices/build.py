@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from ct25d.errors import Ct25dError
 from ct25d.slices.store import SliceStoreWriter
 from ct25d.slices.window import Window, apply_windows
 from ct25d.volumes.crop import CropSettings, crop_head, fit_square
@@ -51,19 +52,32 @@ def build_slice_shard(
     windows: Sequence[Window],
     provenance: dict[str, Any],
     progress: bool = True,
-) -> pd.DataFrame:
-    """Write the windowed slices of every study in a HU store; one row per slice (study_id, z, store)."""
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Write the windowed slices of every study in a HU store.
+
+    Returns (one row per slice: study_id, z, store; one row per study that could not be prepared,
+    e.g. an all-air volume: study_id, reason). A bad study is reported and skipped, never fatal.
+    """
     studies = store_studies(resampled_store)
-    frames = []
+    frames, rejected = [], []
     with SliceStoreWriter(out_store, provenance) as writer:
         for study_id in tqdm(studies, desc=f"slices {Path(resampled_store).name}", disable=not progress):
             hu, attrs = read_volume(resampled_store, study_id)
-            fitted, info = prepare_study(hu, attrs, crop, size, study_id)
+            try:
+                fitted, info = prepare_study(hu, attrs, crop, size, study_id)
+            except Ct25dError as exc:
+                log.warning("skipping %s: %s", study_id, exc)
+                rejected.append({"study_id": study_id, "reason": str(exc)})
+                continue
             info["windows"] = [{"name": w.name, "center": w.center, "width": w.width} for w in windows]
             info["source_store"] = str(resampled_store)
             writer.write_study(study_id, apply_windows(fitted, windows), info)
             frames.append(pd.DataFrame({"study_id": study_id, "z": np.arange(len(fitted), dtype=np.int64)}))
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({"study_id": [], "z": []})
     table["store"] = str(out_store)
-    log.info("wrote %d slices of %d studies to %s", len(table), len(studies), out_store)
-    return table.astype({"study_id": str, "z": "int64", "store": str})
+    log.info(
+        "wrote %d slices of %d studies to %s (%d skipped)", len(table), len(frames), out_store, len(rejected)
+    )
+    return table.astype({"study_id": str, "z": "int64", "store": str}), pd.DataFrame(
+        rejected, columns=["study_id", "reason"]
+    )
