@@ -80,6 +80,21 @@ def test_resume_mid_epoch_is_bit_identical(
     )
 
 
+def test_resume_after_snakemake_removed_the_outputs(index: pd.DataFrame, tmp_path: Path) -> None:
+    """Snakemake deletes a killed job's declared outputs (best.pt, metrics.csv, ...); the resumed run
+    still delivers the best epoch's weights, even when that epoch ended before the kill."""
+    settings = {**SETTINGS, "monitor": "val_auc_any"}  # epoch 1 does not beat epoch 0 here
+    train_stage1(index, 0, settings, tmp_path / "full")
+    assert load_checkpoint(tmp_path / "full" / "best.pt")["epoch"] == 0  # the case this test needs
+    with pytest.raises(Killed):
+        train_stage1(index, 0, settings, tmp_path / "run", on_step=kill_at(5))
+    for name in ("best.pt", "metrics.csv", "learning_curve.png"):
+        (tmp_path / "run" / name).unlink(missing_ok=True)  # best.pt only appears when training ends
+    train_stage1(index, 0, settings, tmp_path / "run")
+    assert load_checkpoint(tmp_path / "run" / "best.pt")["epoch"] == 0
+    assert_same_weights(tmp_path / "full" / "best.pt", tmp_path / "run" / "best.pt")
+
+
 def test_a_different_seed_changes_the_weights(
     index: pd.DataFrame, uninterrupted: Path, tmp_path: Path
 ) -> None:

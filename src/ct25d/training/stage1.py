@@ -15,6 +15,7 @@ import hashlib
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ct25d.atomic import write_json
+from ct25d.atomic import atomic_path, write_json
 from ct25d.datasets.slice_dataset import (
     Augment,
     EpochBatchSampler,
@@ -317,6 +318,9 @@ def _train(
 ) -> TrainResult:
     out.mkdir(parents=True, exist_ok=True)
     last_path, best_path = out / "last.pt", out / "best.pt"
+    # The best weights so far live beside last.pt, outside the rule's declared outputs: Snakemake
+    # deletes the outputs of a killed job, and a resumed run must still deliver the best epoch.
+    best_so_far = out / "best-so-far.pt"
     cuda = device.startswith("cuda")
     meta = {**stamp("train-slices", s.learning_settings()), "fold": fold}
     write_json(out / "settings.json", meta)
@@ -412,7 +416,7 @@ def _train(
         state.update(epoch=epoch + 1, step=0, loss_sum=0.0, count=0)
         if improved(row[s.monitor], state["best"], s.monitor):
             state["best"] = row[s.monitor]
-            save_checkpoint(best_path, {
+            save_checkpoint(best_so_far, {
                 "model": model.state_dict(), "epoch": epoch, "settings": s.to_dict(), "fold": fold,
                 "meta": meta, "metrics": row, "num_classes": task.num_outputs, "class_names": task.names,
             })  # fmt: skip
@@ -420,7 +424,9 @@ def _train(
         write_history(out, state["history"], s.monitor, "Stage 1")
         log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items()})
 
-    write_history(out, state["history"], s.monitor, "Stage 1")  # also when re-run after completion
+    write_history(out, state["history"], s.monitor, "Stage 1")
+    with atomic_path(best_path) as tmp:
+        shutil.copyfile(best_so_far, tmp)
     return TrainResult(best=best_path, last=last_path, history=state["history"])
 
 
