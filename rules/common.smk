@@ -65,17 +65,14 @@ SCAN_KEYS = ("preferred_thickness_mm", "exclude_series", "pseudonym_salt", "spac
 CONVERT_KEYS = ("chunk_slices", "compression_level")
 
 
-def ingest_settings(keys):
-    return as_json({k: config["ingest"][k] for k in keys})
+def section_settings(section, keys):
+    """The given keys of one config section, as the JSON a rule's `params` compares."""
+    return as_json({k: config[section][k] for k in keys})
 
 
 def site_of(dataset):
     entry = DATASETS[dataset]
     return entry.get("site") or entry.get("synthetic", {}).get("site") or dataset
-
-
-def preprocess_settings(keys):
-    return as_json({k: config["preprocess"][k] for k in keys})
 
 
 def per_dataset(template, **kw):

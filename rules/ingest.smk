@@ -15,7 +15,7 @@ rule scan:
         labels=lambda wc: label_file(wc.dataset),
         layout=lambda wc: DATASETS[wc.dataset]["layout"],
         shards=lambda wc: DATASETS[wc.dataset]["shards"],
-        settings=ingest_settings(SCAN_KEYS),
+        settings=section_settings("ingest", SCAN_KEYS),
         out=f"{RESULTS}/{{dataset}}/scan",
     log:
         f"{RESULTS}/logs/scan/{{dataset}}.log",
@@ -42,7 +42,7 @@ rule ingest_shard:
     params:
         root=lambda wc: dicom_root(wc.dataset),
         scan=f"{RESULTS}/{{dataset}}/scan",
-        settings=ingest_settings(CONVERT_KEYS),
+        settings=section_settings("ingest", CONVERT_KEYS),
         prefix=f"{RESULTS}/{{dataset}}/hu/shard-{{shard}}",
     log:
         f"{RESULTS}/logs/ingest_shard/{{dataset}}-{{shard}}.log",

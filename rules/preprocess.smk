@@ -7,7 +7,7 @@ rule resample_shard:
     output:
         directory(f"{RESULTS}/{{dataset}}/resampled/shard-{{shard}}.zarr"),
     params:
-        settings=preprocess_settings(("in_plane_mm", "slice_mm", "interpolator")),
+        settings=section_settings("preprocess", ("in_plane_mm", "slice_mm", "interpolator")),
         chunk_slices=config["ingest"]["chunk_slices"],
         level=config["ingest"]["compression_level"],
     log:
@@ -27,7 +27,7 @@ rule slice_shard:
         table=f"{RESULTS}/{{dataset}}/slices/shard-{{shard}}.parquet",
         rejected=f"{RESULTS}/{{dataset}}/slices/shard-{{shard}}.rejected.csv",
     params:
-        settings=preprocess_settings(("crop", "threshold_hu", "opening_mm", "margin_mm", "size", "windows")),
+        settings=section_settings("preprocess", ("crop", "threshold_hu", "opening_mm", "margin_mm", "size", "windows")),
     log:
         f"{RESULTS}/logs/slice_shard/{{dataset}}-{{shard}}.log",
     conda:
