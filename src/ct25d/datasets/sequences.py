@@ -34,8 +34,13 @@ class StudySpan:
 
 
 def study_spans(rows: pd.DataFrame) -> pd.DataFrame:
-    """One row per study from `rows.parquet` of `ct25d embed`; its rows must be contiguous and in z order."""
+    """One row per study from `rows.parquet` of `ct25d embed`; its rows must be contiguous and in z order.
+
+    `position` is where the study's first row stands in `rows` as given.
+    """
+    rows = rows.assign(position=np.arange(len(rows)))
     spans = rows.groupby(["dataset", "study_id"], sort=True).agg(
+        position=("position", "min"),
         shard=("shard", "first"), n_shards=("shard", "nunique"), start=("row", "min"),
         stop=("row", "max"), length=("row", "size"), z_sorted=("z", lambda z: z.is_monotonic_increasing),
     ).reset_index()  # fmt: skip
@@ -45,7 +50,7 @@ def study_spans(rows: pd.DataFrame) -> pd.DataFrame:
         raise Ct25dError(
             f"embedding rows of study {broken['study_id'].iloc[0]} are not one contiguous z-ordered run"
         )
-    return spans[["dataset", "study_id", "shard", "start", "length"]]
+    return spans[["dataset", "study_id", "shard", "start", "length", "position"]]
 
 
 class StudySequences(Dataset):
@@ -63,7 +68,6 @@ class StudySequences(Dataset):
         order = pd.MultiIndex.from_frame(self.spans[["dataset", "study_id"]])
         self.study_targets = multilabel_targets(keyed.loc[order].reset_index(), labels)
         self.slice_targets = multilabel_targets(self.rows, labels)
-        self.row_of = {(r.shard, r.row): i for i, r in enumerate(self.rows[["shard", "row"]].itertuples())}
         self._arrays: dict[str, zarr.Array] = {}
         self._pid = os.getpid()
 
@@ -77,11 +81,15 @@ class StudySequences(Dataset):
             self._arrays[shard] = zarr.open_array(self.dir / f"{shard}.zarr" / "embedding", mode="r")
         return self._arrays[shard]
 
+    def rows_of(self, i: int) -> slice:
+        """Study `i`'s rows in `self.rows` (and in `slice_targets`)."""
+        span = self.spans.iloc[i]
+        return slice(span.position, span.position + span.length)
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
         span = self.spans.iloc[i]
         x = np.asarray(self._array(span.shard)[span.start : span.start + span.length], dtype=np.float32)
-        first = self.row_of[(span.shard, span.start)]
-        y = self.slice_targets[first : first + span.length]
+        y = self.slice_targets[self.rows_of(i)]
         return torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(self.study_targets[i]), i
 
 

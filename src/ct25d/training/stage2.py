@@ -121,9 +121,8 @@ def predict(model: torch.nn.Module, data: StudySequences, subset: np.ndarray, s:
         probs = torch.sigmoid(logits).cpu().numpy()
         study_prob[batch["index"].numpy()] = torch.sigmoid(volume_logits(logits, mask)).cpu().numpy()
         for b, i in enumerate(batch["index"].tolist()):
-            span = data.spans.iloc[i]
-            first = data.row_of[(span.shard, span.start)]
-            slice_prob[first : first + span.length] = probs[b, : span.length]
+            rows = data.rows_of(i)
+            slice_prob[rows] = probs[b, : rows.stop - rows.start]
     model.train()
     return slice_prob, study_prob, total / count if count else float("nan")
 
