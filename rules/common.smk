@@ -62,7 +62,7 @@ def shard_ids(dataset):
 
 # Which config keys reach which rule: a change reruns that rule and everything downstream only.
 SCAN_KEYS = ("preferred_thickness_mm", "exclude_series", "pseudonym_salt", "spacing_tolerance", "max_tilt_deg")
-CONVERT_KEYS = ("chunk_slices", "compression_level")
+CONVERT_KEYS = ("chunk_slices", "compressor", "compression_level")
 
 
 def section_settings(section, keys):

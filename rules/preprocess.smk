@@ -8,15 +8,14 @@ rule resample_shard:
         directory(f"{RESULTS}/{{dataset}}/resampled/shard-{{shard}}.zarr"),
     params:
         settings=section_settings("preprocess", ("in_plane_mm", "slice_mm", "interpolator")),
-        chunk_slices=config["ingest"]["chunk_slices"],
-        level=config["ingest"]["compression_level"],
+        codec=section_settings("ingest", CONVERT_KEYS),
     log:
         f"{RESULTS}/logs/resample_shard/{{dataset}}-{{shard}}.log",
     conda:
         "../envs/ct25d.yaml"
     shell:
         "ct25d resample --in-store {input} --out-store {output} --settings {params.settings:q} "
-        "--chunk-slices {params.chunk_slices} --compression-level {params.level} > {log} 2>&1"
+        "--codec {params.codec:q} > {log} 2>&1"
 
 
 rule slice_shard:

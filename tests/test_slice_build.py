@@ -143,8 +143,10 @@ def test_subcommands_chain(tmp_path: Path) -> None:
     manifest.to_parquet(tmp_path / "manifest.parquet")
     labels.to_parquet(tmp_path / "slices.parquet")
     s = {"in_plane_mm": 0.8, "slice_mm": None, "interpolator": "linear"}
+    codec = {"chunk_slices": 8, "compressor": "zstd", "compression_level": 3}
     run_cli("resample", "--in-store", f"{tmp_path}/hu.zarr", "--out-store", f"{tmp_path}/r.zarr",
-            "--settings", json.dumps(s))  # fmt: skip
+            "--settings", json.dumps(s), "--codec", json.dumps(codec))  # fmt: skip
+    assert '"cname": "zstd"' in (tmp_path / "r.zarr" / "st-a" / "zarr.json").read_text()
     s = {"crop": True, "threshold_hu": -200, "opening_mm": 2, "margin_mm": 2, "size": 24, "windows": WINDOWS}
     run_cli("slices", "--in-store", f"{tmp_path}/r.zarr", "--out-store", f"{tmp_path}/s.zarr",
             "--out-index", f"{tmp_path}/s.parquet", "--out-rejected", f"{tmp_path}/s.rejected.csv",

@@ -69,6 +69,7 @@ def cmd_ingest(args: argparse.Namespace) -> None:
     from ct25d.atomic import write_csv, write_parquet
     from ct25d.provenance import stamp
     from ct25d.volumes.ingest import ingest_shard
+    from ct25d.volumes.store import HUCodec
 
     s = args.settings
     scan = Path(args.scan)
@@ -88,8 +89,7 @@ def cmd_ingest(args: argparse.Namespace) -> None:
         f"{prefix}.zarr",
         meta,
         rules,
-        int(require(s, "chunk_slices", "ingest")),
-        int(require(s, "compression_level", "ingest")),
+        HUCodec.from_settings(s),
         args.workers,
     )
     write_parquet(f"{prefix}.volumes.parquet", volumes, meta)

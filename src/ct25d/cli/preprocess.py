@@ -63,10 +63,12 @@ def windows_from_settings(settings: dict[str, Any]) -> list[Any]:
 def cmd_resample(args: argparse.Namespace) -> None:
     from ct25d.provenance import stamp
     from ct25d.volumes.resample import resample_shard
+    from ct25d.volumes.store import HUCodec
 
     s = args.settings
     meta = stamp("resample", s)
-    table = resample_shard(args.in_store, args.out_store, s, meta, args.chunk_slices, args.compression_level)
+    codec = HUCodec.from_settings(args.codec)
+    table = resample_shard(args.in_store, args.out_store, s, meta, codec)
     log.info("resampled %d studies into %s", len(table), args.out_store)
 
 
@@ -208,10 +210,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="{in_plane_mm, slice_mm, interpolator} from config `preprocess` (JSON)",
     )
     p.add_argument(
-        "--chunk-slices", type=int, default=8, help="zarr chunk depth (config ingest.chunk_slices)"
-    )
-    p.add_argument(
-        "--compression-level", type=int, default=1, help="Blosc-zstd level (config ingest.compression_level)"
+        "--codec",
+        type=json_object,
+        required=True,
+        help="{chunk_slices, compressor, compression_level} from config `ingest` (JSON)",
     )
     p.set_defaults(func=cmd_resample)
 

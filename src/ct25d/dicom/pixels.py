@@ -37,6 +37,19 @@ class Rescale:
         )
 
 
+def _fits_int16(stored: np.ndarray, rescale: Rescale, intercept: int) -> bool:
+    """Whether stored + intercept stays in int16: from the value bounds BitsStored and the dtype
+    allow when they already settle it (no pass over the pixels), else from the actual min and max."""
+    if (stored.dtype.kind == "u" and rescale.bits_stored < 16) or rescale.wrapped_12bit:  # masked above
+        low, high = 0, (1 << rescale.bits_stored) - 1
+    else:
+        info = np.iinfo(stored.dtype)
+        low, high = int(info.min), int(info.max)
+    if low + intercept >= HU_MIN and high + intercept <= HU_MAX:
+        return True
+    return int(stored.min()) + intercept >= HU_MIN and int(stored.max()) + intercept <= HU_MAX
+
+
 def stored_to_hu(stored: np.ndarray, rescale: Rescale, out: np.ndarray) -> None:
     """Write HU (int16) for `stored` into `out`, clipped to the int16 range.
 
@@ -52,11 +65,9 @@ def stored_to_hu(stored: np.ndarray, rescale: Rescale, out: np.ndarray) -> None:
         values = stored.astype(np.int32) + 1000
         values[values >= 4096] -= 4096
         stored, intercept = values, -1000.0
-    if slope == 1.0 and intercept.is_integer():
-        low, high = int(stored.min()) + int(intercept), int(stored.max()) + int(intercept)
-        if low >= HU_MIN and high <= HU_MAX:
-            np.add(stored, np.int32(intercept), out=out, casting="unsafe")  # buffered, no temporary
-            return
+    if slope == 1.0 and intercept.is_integer() and _fits_int16(stored, rescale, int(intercept)):
+        np.add(stored, np.int32(intercept), out=out, casting="unsafe")  # buffered, no temporary
+        return
     hu = np.rint(stored.astype(np.float64) * slope + intercept)
     out[...] = np.clip(hu, HU_MIN, HU_MAX)
 

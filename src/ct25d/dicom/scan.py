@@ -109,7 +109,7 @@ def geometry_problem(group: pd.DataFrame, rules: GeometryRules) -> tuple[str, st
     the study never needs it.
     """
     try:
-        sort_series([SliceHeader.from_row(row) for row in group.to_dict("records")], rules)
+        sort_series(SliceHeader.from_table(group), rules)
     except SeriesError as exc:
         return exc.reason, exc.path or ""
     return "", ""

@@ -20,13 +20,13 @@ from ct25d.dicom.headers import SliceHeader
 from ct25d.dicom.series import GeometryRules, Volume, load_volume, sort_series
 from ct25d.errors import SeriesError
 from ct25d.labels import RSNA_LABELS
-from ct25d.volumes.store import hu_store_writer
+from ct25d.volumes.store import HUCodec, hu_store_writer
 
 
 @dataclass
 class StudyJob:
     study_id: str
-    candidates: list[tuple[str, list[dict[str, Any]]]]  # (series unit, file rows) in rank order
+    candidates: list[tuple[str, list[SliceHeader]]]  # (series unit, its files' headers) in rank order
 
 
 @dataclass
@@ -46,9 +46,9 @@ def convert_study(job: StudyJob, root: Path, rules: GeometryRules) -> StudyOutco
     def where(exc: SeriesError) -> str:
         return str(Path(exc.path).relative_to(root)) if exc.path else ""
 
-    for rank, (unit, rows) in enumerate(job.candidates):
+    for rank, (unit, headers) in enumerate(job.candidates):
         try:
-            series = sort_series([SliceHeader.from_row(r, root) for r in rows], rules)
+            series = sort_series(headers, rules)
             volume, dropped = load_volume(series, rules)
         except SeriesError as exc:
             failures.append((unit, where(exc), exc.reason))
@@ -59,9 +59,12 @@ def convert_study(job: StudyJob, root: Path, rules: GeometryRules) -> StudyOutco
     return StudyOutcome(job.study_id, None, None, None, failures, [])
 
 
-def study_jobs(files: pd.DataFrame, series: pd.DataFrame, study_ids: list[str]) -> Iterator[StudyJob]:
+def study_jobs(
+    files: pd.DataFrame, series: pd.DataFrame, study_ids: list[str], root: Path
+) -> Iterator[StudyJob]:
     """Jobs for the given studies with their candidate series in rank order."""
-    by_unit = {key: g.to_dict("records") for key, g in files.groupby(["study_id", "unit"], sort=False)}
+    groups = files.groupby(["study_id", "unit"], sort=False)
+    by_unit = {key: SliceHeader.from_table(group, root) for key, group in groups}
     candidates = series[series["rank"] >= 0].sort_values(["study_id", "rank"])
     per_study = candidates.groupby("study_id")["unit"].apply(list).to_dict()
     for study_id in study_ids:
@@ -123,8 +126,7 @@ def ingest_shard(
     store_path: str | Path,
     provenance: dict[str, Any],
     rules: GeometryRules,
-    chunk_slices: int,
-    level: int,
+    codec: HUCodec,
     workers: int = 1,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Convert the given studies into `store_path`; return (volumes, slices, rejections) tables."""
@@ -136,9 +138,9 @@ def ingest_shard(
     volumes: list[dict[str, Any]] = []
     slices: list[pd.DataFrame] = []
     rejections = excluded_rows(series, study_ids)
-    with hu_store_writer(store_path, provenance, chunk_slices, level) as store:
+    with hu_store_writer(store_path, provenance, codec) as store:
         pool = ProcessPoolExecutor(workers) if workers > 1 else None
-        jobs = study_jobs(files, series, study_ids)
+        jobs = study_jobs(files, series, study_ids, root)
         outcomes = pool.map(convert, jobs) if pool else map(convert, jobs)
         try:
             for outcome in tqdm(outcomes, total=len(study_ids), desc="ingest", unit="study", mininterval=2.0):

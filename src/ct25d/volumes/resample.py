@@ -18,7 +18,7 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from ct25d.errors import ConfigError
-from ct25d.volumes.store import hu_store_writer, read_volume, store_studies
+from ct25d.volumes.store import DEFAULT_CODEC, HUCodec, hu_store_writer, read_volume, store_studies
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +143,7 @@ def resample_shard(
     out_store: str | Path,
     settings: dict[str, Any],
     provenance: dict[str, Any],
-    chunk_slices: int = 8,
-    level: int = 1,
+    codec: HUCodec = DEFAULT_CODEC,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Resample every study of a HU shard store into a new store, one study in memory at a time.
@@ -158,7 +157,7 @@ def resample_shard(
     sitk_interpolator(settings["interpolator"])  # fail before opening any store
     rows = []
     studies = store_studies(in_store)
-    with hu_store_writer(out_store, provenance, chunk_slices, level) as writer:
+    with hu_store_writer(out_store, provenance, codec) as writer:
         for study_id in tqdm(studies, desc=f"resample {Path(in_store).name}", disable=not progress):
             hu, attrs = read_volume(in_store, study_id)
             out, new_attrs = resample_volume(
