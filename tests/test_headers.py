@@ -1,6 +1,7 @@
-"""`read_header` decodes raw element bytes itself (for speed); pydicom's own value conversion is the
-reference it must agree with, on every file of both synthetic layouts and on encodings the
-synthetic writer does not produce (implicit VR, big endian, a non-ASCII character set)."""
+"""`read_header` parses DICOM bytes and decodes values itself (for speed); pydicom is the reference
+it must agree with, on every file of both synthetic layouts and on encodings the synthetic writer
+does not produce (implicit VR, big endian, a non-ASCII character set, undefined-length sequences,
+long headers, no preamble)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from ct25d.dicom.headers import read_header
+from ct25d.dicom.elements import HEAD_BYTES, RawHeader, from_dataset, parse_file
+from ct25d.dicom.headers import WANTED, read_header
 from ct25d.dicom.pixels import Rescale, read_hu, read_hu_native
 from ct25d.errors import SeriesError, SliceError
 
@@ -136,3 +140,62 @@ def test_malformed_rescale_value_names_the_file_and_tag(cohorts: dict[str, Path]
     with pytest.raises(SeriesError, match="RescaleSlope") as caught:
         read_header(out, SALT)
     assert caught.value.path == str(out)
+
+
+def raw_by_pydicom(path: Path) -> RawHeader:
+    return from_dataset(pydicom.dcmread(path, defer_size=1024), WANTED)
+
+
+@pytest.mark.parametrize("layout", ["rsna", "cq500"])
+def test_byte_parser_reads_what_pydicom_reads(cohorts: dict[str, Path], layout: str) -> None:
+    """Every file the parser follows gives pydicom's raw elements and pixel position; a file it
+    does not follow (here: the truncated and garbled inputs) is left to pydicom."""
+    parsed = 0
+    for path in sorted(cohorts[layout].rglob("*.dcm")):
+        raw = parse_file(str(path), WANTED)
+        if raw is None:
+            with pytest.raises(SeriesError, match="DICOM"):
+                read_header(path, SALT)
+            continue
+        assert raw == raw_by_pydicom(path), path
+        parsed += 1
+    assert parsed > 0.9 * len(list(cohorts[layout].rglob("*.dcm")))
+
+
+def test_byte_parser_skips_sequences_and_reads_long_headers(cohorts: dict[str, Path], tmp_path: Path) -> None:
+    """Undefined-length sequences and items (nested) and a header longer than the first read."""
+    ds = pydicom.dcmread(one_plain_file(cohorts))
+    inner = Dataset()
+    inner.CodeValue = "T-A0100"
+    item = Dataset()
+    item.ReferencedSOPInstanceUID = "1.2.3.4"
+    item.PurposeOfReferenceCodeSequence = Sequence([inner])
+    ds.ReferencedImageSequence = Sequence([item, Dataset()])
+    ds.add_new(0x00291010, "OB", bytes(3 * HEAD_BYTES))  # a vendor's private block before the pixels
+    ds["ReferencedImageSequence"].is_undefined_length = True
+    item.is_undefined_length_sequence_item = True
+    ds["ReferencedImageSequence"].value[0]["PurposeOfReferenceCodeSequence"].is_undefined_length = True
+    for syntax, implicit in ((ExplicitVRLittleEndian, False), (ImplicitVRLittleEndian, True)):
+        ds.file_meta.TransferSyntaxUID = syntax
+        out = tmp_path / f"sequences-{implicit}.dcm"
+        ds.save_as(out, implicit_vr=implicit, little_endian=True)
+        assert b"\xff\xff\xff\xff" in out.read_bytes()[:1000]  # really undefined lengths
+        raw = parse_file(str(out), WANTED)
+        assert raw is not None and raw.pixel_data is not None
+        assert raw == raw_by_pydicom(out)
+        assert raw.pixel_data[0] > HEAD_BYTES
+
+
+def test_files_the_parser_does_not_follow_go_to_pydicom(cohorts: dict[str, Path], tmp_path: Path) -> None:
+    source = one_plain_file(cohorts)
+    no_preamble = tmp_path / "no-preamble.dcm"
+    no_preamble.write_bytes(source.read_bytes()[132:])
+    assert parse_file(str(no_preamble), WANTED) is None
+    with pytest.raises(SeriesError, match="not a DICOM file"):
+        read_header(no_preamble, SALT)
+    cut = tmp_path / "cut-header.dcm"
+    cut.write_bytes(source.read_bytes()[:700])
+    assert parse_file(str(cut), WANTED) is None
+    with pytest.raises(SeriesError) as caught:  # pydicom reads what is there; the rest is missing
+        read_header(cut, SALT)
+    assert caught.value.path == str(cut)

@@ -17,9 +17,9 @@ import pandas as pd
 import pydicom
 from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.datadict import tag_for_keyword
-from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
 
+from ct25d.dicom.elements import UNDEFINED, RawHeader, from_dataset, parse_file
 from ct25d.errors import SeriesError
 
 # Archives carry values that break the standard (RSNA's SOP UIDs are `ID_<hex>`); reading must
@@ -107,10 +107,11 @@ _KEYWORDS = (
     "RescaleSlope", "RescaleIntercept", "SpecificCharacterSet",
 )  # fmt: skip
 TAGS = {keyword: tag_for_keyword(keyword) for keyword in _KEYWORDS}
+WANTED = frozenset(TAGS.values())
 
 
 class RawValues:
-    """Values of a freshly read dataset, decoded straight from the elements' raw bytes.
+    """Values decoded straight from the elements' raw bytes.
 
     Written by hand because pydicom's per-element conversion (a DataElement per access, with
     validation and VR and charset handling) costs ~14 us per tag, which was 60% of the header scan.
@@ -119,13 +120,12 @@ class RawValues:
     pydicom's own charset decoder.
     """
 
-    def __init__(self, ds: pydicom.Dataset) -> None:
-        self._ds = ds
-        self._byteorder = "little" if ds.original_encoding[1] else "big"
+    def __init__(self, header: RawHeader) -> None:
+        self._elements = header.elements
+        self._byteorder = "little" if header.little_endian else "big"
 
     def _raw(self, keyword: str) -> bytes:
-        item = self._ds.get_item(TAGS[keyword])
-        return item.value if isinstance(item, RawDataElement) and item.value else b""
+        return self._elements.get(TAGS[keyword], b"")
 
     def strings(self, keyword: str) -> list[str]:
         raw = self._raw(keyword)
@@ -171,9 +171,9 @@ class RawValues:
         return int.from_bytes(raw[:2], self._byteorder) if len(raw) >= 2 else default
 
 
-def _native_offset(ds: pydicom.Dataset, values: RawValues, transfer_syntax: str) -> int:
+def _native_offset(header: RawHeader, values: RawValues) -> int:
     """File offset of uncompressed 16-bit single-channel pixel data, or -1 when a decoder is needed."""
-    if "PixelData" not in ds or transfer_syntax not in NATIVE_SYNTAXES:
+    if header.pixel_data is None or header.transfer_syntax not in NATIVE_SYNTAXES:
         return -1
     if (
         values.ushort("BitsAllocated") != 16
@@ -181,36 +181,37 @@ def _native_offset(ds: pydicom.Dataset, values: RawValues, transfer_syntax: str)
         or values.integer("NumberOfFrames", 1) != 1
     ):
         return -1
-    raw = ds.get_item("PixelData", keep_deferred=True)
-    offset = getattr(raw, "value_tell", None)
-    return int(offset) if offset is not None and raw.length != 0xFFFFFFFF else -1
+    offset, length = header.pixel_data
+    return offset if length != UNDEFINED else -1
 
 
 def read_header(path: str | Path, salt: str) -> SliceHeader:
     """Read one file's header without loading pixel data; raise SeriesError naming the file.
 
-    `defer_size` keeps PixelData on disk but still records whether the element exists.
+    The fast byte parser reads what it follows; pydicom reads the rest (`defer_size` keeps
+    PixelData on disk but still records whether the element exists and where it lies).
     """
     path = str(path)
+    raw = parse_file(path, WANTED)
+    if raw is None:
+        try:
+            raw = from_dataset(pydicom.dcmread(path, defer_size=1024), WANTED)
+        except InvalidDicomError as exc:
+            raise SeriesError(f"not a DICOM file ({exc})", path) from exc
+        except Exception as exc:  # pydicom raises many types on a truncated or garbled header
+            raise SeriesError(f"unreadable DICOM header ({type(exc).__name__}: {exc})", path) from exc
     try:
-        ds = pydicom.dcmread(path, defer_size=1024)
-    except InvalidDicomError as exc:
-        raise SeriesError(f"not a DICOM file ({exc})", path) from exc
-    except Exception as exc:  # pydicom raises many types on a truncated or garbled header
-        raise SeriesError(f"unreadable DICOM header ({type(exc).__name__}: {exc})", path) from exc
-    try:
-        return _header(ds, path, salt)
+        return _header(raw, path, salt)
     except (ValueError, UnicodeDecodeError, LookupError) as exc:
         raise SeriesError(f"malformed header value ({exc})", path) from exc
 
 
-def _header(ds: pydicom.Dataset, path: str, salt: str) -> SliceHeader:
-    values = RawValues(ds)
+def _header(raw: RawHeader, path: str, salt: str) -> SliceHeader:
+    values = RawValues(raw)
     missing = [keyword for keyword in GROUPING_TAGS if not values.text(keyword)]
     if missing:
         raise SeriesError(f"missing required tag(s) {', '.join(missing)}", path)
     study_uid = values.text("StudyInstanceUID")
-    transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
     return SliceHeader(
         path=path,
         study_id=pseudonym(study_uid, salt, "st-"),
@@ -229,12 +230,12 @@ def _header(ds: pydicom.Dataset, path: str, salt: str) -> SliceHeader:
         orientation=values.floats("ImageOrientationPatient", 6),
         pixel_spacing=values.floats("PixelSpacing", 2),  # type: ignore[arg-type]
         slice_thickness=values.number("SliceThickness", 0.0),
-        transfer_syntax=transfer_syntax,
-        has_pixels="PixelData" in ds,
+        transfer_syntax=raw.transfer_syntax,
+        has_pixels=raw.pixel_data is not None,
         bits_allocated=values.ushort("BitsAllocated", 16),
         bits_stored=values.ushort("BitsStored", 16),
         pixel_representation=values.ushort("PixelRepresentation"),
         rescale_slope=values.number("RescaleSlope", 1.0),
         rescale_intercept=values.number("RescaleIntercept", 0.0),
-        pixel_offset=_native_offset(ds, values, transfer_syntax),
+        pixel_offset=_native_offset(raw, values),
     )
