@@ -35,3 +35,20 @@ def test_matches_float_arithmetic(name: str, dtype: type, low: int, high: int, r
     out = np.empty(stored.shape, np.int16)
     stored_to_hu(stored, rescale, out)
     np.testing.assert_array_equal(out, reference(stored, rescale))
+
+
+@pytest.mark.parametrize(("name", "dtype", "low", "high", "rescale"), CASES, ids=[c[0] for c in CASES])
+def test_in_place_on_the_output_buffer(name: str, dtype: type, low: int, high: int, rescale: Rescale) -> None:
+    """The native reader puts the file's bytes in `out` and converts them there."""
+    rng = np.random.default_rng(1)
+    stored = rng.integers(low, high, size=(32, 32), endpoint=True).astype(dtype)
+    out = stored.view(np.int16).copy()
+    stored_to_hu(out.view(dtype), rescale, out)
+    np.testing.assert_array_equal(out, reference(stored, rescale))
+
+
+def test_input_is_left_untouched() -> None:
+    stored = np.arange(60000, 60000 + 1024, dtype=np.uint16).reshape(32, 32)
+    before = stored.copy()
+    stored_to_hu(stored, Rescale(1.0, -1024.0, 12, 0), np.empty((32, 32), np.int16))
+    np.testing.assert_array_equal(stored, before)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ct25d.errors import Ct25dError
@@ -107,10 +108,10 @@ def read_cq500_reads(path: str | Path) -> pd.DataFrame:
     out["category"] = raw["Category"].astype(str) if "Category" in raw.columns else ""
     agree = []
     for field, rsna in CQ500_TO_RSNA.items():
-        votes = raw[[f"{r}:{field}" for r in CQ500_READERS]].astype(int)
+        votes = raw[[f"{r}:{field}" for r in CQ500_READERS]].to_numpy(dtype=int)
         out[rsna] = (votes.sum(axis=1) >= 2).astype("int8")
-        agree.append(votes.nunique(axis=1) == 1)
-    out["reader_agreement"] = pd.concat(agree, axis=1).mean(axis=1).astype("float32")
+        agree.append(votes.min(axis=1) == votes.max(axis=1))
+    out["reader_agreement"] = np.mean(agree, axis=0).astype("float32")
     if out["name"].duplicated().any():
         raise LabelError(f"{path}: duplicate study name {out.loc[out['name'].duplicated(), 'name'].iloc[0]}")
     return out[["name", "category", *RSNA_LABELS, "reader_agreement"]]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,37 +36,44 @@ class Rescale:
         )
 
 
-def _fits_int16(stored: np.ndarray, rescale: Rescale, intercept: int) -> bool:
-    """Whether stored + intercept stays in int16: from the value bounds BitsStored and the dtype
-    allow when they already settle it (no pass over the pixels), else from the actual min and max."""
-    if (stored.dtype.kind == "u" and rescale.bits_stored < 16) or rescale.wrapped_12bit:  # masked above
+def _bounds(stored: np.ndarray, rescale: Rescale, intercept: int) -> tuple[int, int]:
+    """Bounds of the stored values: those BitsStored and the dtype allow when they already keep
+    stored + intercept inside int16 (no pass over the pixels), else the actual min and max."""
+    if (stored.dtype.kind == "u" and rescale.bits_stored < 16) or rescale.wrapped_12bit:  # masked
         low, high = 0, (1 << rescale.bits_stored) - 1
     else:
         info = np.iinfo(stored.dtype)
         low, high = int(info.min), int(info.max)
     if low + intercept >= HU_MIN and high + intercept <= HU_MAX:
-        return True
-    return int(stored.min()) + intercept >= HU_MIN and int(stored.max()) + intercept <= HU_MAX
+        return low, high
+    return int(stored.min()), int(stored.max())
 
 
 def stored_to_hu(stored: np.ndarray, rescale: Rescale, out: np.ndarray) -> None:
-    """Write HU (int16) for `stored` into `out`, clipped to the int16 range.
+    """Write HU (int16) for `stored` into `out`, clipped to the int16 range; `stored` may be `out`'s
+    own memory viewed as the stored dtype (it is then converted in place) and is otherwise left as is.
 
-    The common case (slope 1, integer intercept, values that cannot overflow) adds in place with
+    The common case (slope 1, integer intercept, values that cannot overflow) is one int16 add with
     no temporaries: it is the hot loop of ingest.
     """
     slope, intercept = rescale.slope, rescale.intercept
-    unsigned = rescale.pixel_representation == 0
-    if (unsigned and rescale.bits_stored < 16) or rescale.wrapped_12bit:
-        stored = stored & np.array((1 << rescale.bits_stored) - 1, dtype=stored.dtype)  # bits above HighBit
+    if (rescale.pixel_representation == 0 and rescale.bits_stored < 16) or rescale.wrapped_12bit:
+        mask = stored.dtype.type((1 << rescale.bits_stored) - 1)  # bits above HighBit are not pixel
+        into = out.view(stored.dtype) if stored.dtype.itemsize == out.dtype.itemsize else None
+        stored = np.bitwise_and(stored, mask, out=into)
     if rescale.wrapped_12bit:
         # Known repair for the wrapped files: shift by +1000, wrap values >= 4096, intercept -1000.
         values = stored.astype(np.int32) + 1000
         values[values >= 4096] -= 4096
         stored, intercept = values, -1000.0
-    if slope == 1.0 and intercept.is_integer() and _fits_int16(stored, rescale, int(intercept)):
-        np.add(stored, np.int32(intercept), out=out, casting="unsafe")  # buffered, no temporary
-        return
+    if slope == 1.0 and intercept.is_integer() and HU_MIN <= intercept <= HU_MAX:
+        low, high = _bounds(stored, rescale, int(intercept))
+        if low + intercept >= HU_MIN and high + intercept <= HU_MAX:
+            if stored.dtype.itemsize == 2 and low >= HU_MIN and high <= HU_MAX:
+                np.add(stored.view(np.int16), np.int16(intercept), out=out)  # same values as int16
+            else:
+                np.add(stored, np.int32(intercept), out=out, casting="unsafe")
+            return
     hu = np.rint(stored.astype(np.float64) * slope + intercept)
     out[...] = np.clip(hu, HU_MIN, HU_MAX)
 
@@ -94,10 +100,10 @@ def read_hu_native(path: str, offset: int, rescale: Rescale, out: np.ndarray) ->
 
     pydicom would re-parse the whole header for this; the scan already recorded where the bytes lie.
     """
-    dtype = np.dtype("<i2" if rescale.pixel_representation else "<u2")
-    expected = out.size * dtype.itemsize
-    available = os.path.getsize(path) - offset
-    if available < expected:
-        raise SliceError(f"cannot decode pixel data: truncated ({available} of {expected} bytes)", path)
-    stored = np.fromfile(path, dtype=dtype, count=out.size, offset=offset).reshape(out.shape)
-    stored_to_hu(stored, rescale, out)
+    expected = out.nbytes
+    with open(path, "rb") as file:
+        file.seek(offset)
+        got = file.readinto(memoryview(out).cast("B"))  # straight into the volume: no temporary
+    if got < expected:
+        raise SliceError(f"cannot decode pixel data: truncated ({got} of {expected} bytes)", path)
+    stored_to_hu(out.view("<i2" if rescale.pixel_representation else "<u2"), rescale, out)

@@ -79,6 +79,15 @@ def list_files(root: Path, layout: str) -> list[Path]:
     return sorted(p for p in found if p.suffix.lower() not in NOT_DICOM_SUFFIXES)
 
 
+def relative_paths(paths: pd.Series, root: Path) -> pd.Series:
+    """Paths below `root` (as `list_files` made them) relative to it, by string: Path objects cost
+    more than reading the header."""
+    prefix = os.path.join(str(root), "")
+    if not paths.str.startswith(prefix).all():
+        raise Ct25dError(f"a scanned path is not below the DICOM root {root}")
+    return paths.str.slice(len(prefix))
+
+
 def _read_one(path: Path, salt: str) -> SliceHeader | tuple[str, str]:
     try:
         return read_header(path, salt)
@@ -102,35 +111,44 @@ def shard_of(study_id: str, shards: int) -> int:
     return int(hashlib.sha256(study_id.encode()).hexdigest(), 16) % shards
 
 
-def geometry_problem(group: pd.DataFrame, rules: GeometryRules) -> tuple[str, str]:
+def geometry_problem(group: list[SliceHeader], rules: GeometryRules) -> tuple[str, str]:
     """(reason, file) why a series' headers cannot form a correct volume, ("", "") if they can.
 
     Checked at scan time from headers alone, so a broken alternative series is reported even when
     the study never needs it.
     """
     try:
-        sort_series(SliceHeader.from_table(group), rules)
+        sort_series(group, rules)
     except SeriesError as exc:
         return exc.reason, exc.path or ""
     return "", ""
+
+
+def grouped_headers(
+    files: pd.DataFrame, root: Path | None = None
+) -> dict[tuple[str, str], list[SliceHeader]]:
+    """The files' headers per (study_id, unit), sorted by key; headers are built once for the table."""
+    headers = SliceHeader.from_table(files, root)
+    groups = files.groupby(["study_id", "unit"], sort=True).indices
+    return {key: [headers[i] for i in index] for key, index in groups.items()}
 
 
 def rank_series(files: pd.DataFrame, settings: ScanSettings) -> pd.DataFrame:
     """One row per series unit with `rank` (0 = first choice) or `excluded` naming why not."""
     exclude = re.compile(settings.exclude_series) if settings.exclude_series else None
     rows = []
-    for (study_id, unit), group in files.groupby(["study_id", "unit"], sort=True):
-        descriptions = sorted(set(group["series_description"]))
-        modalities = sorted(set(group["modality"]))
-        thickness = float(np.median(group["slice_thickness"]))
-        reason, path = "", min(group["path"])
+    for (study_id, unit), group in grouped_headers(files).items():
+        descriptions = sorted({h.series_description for h in group})
+        modalities = sorted({h.modality for h in group})
+        thickness = float(np.median([h.slice_thickness for h in group]))
+        reason, path = "", min(h.path for h in group)
         if modalities != ["CT"]:
             reason = f"modality {'/'.join(m or '(none)' for m in modalities)} is not CT"
         elif exclude and any(exclude.search(d) for d in descriptions):
             reason = f"series description {descriptions[0]!r} matches exclude_series"
-        elif (group["contrast_agent"] != "").any():
+        elif any(h.contrast_agent for h in group):
             reason = "contrast agent recorded (ContrastBolusAgent)"
-        elif group["image_type"].str.upper().str.contains("LOCALIZER").any():
+        elif any("LOCALIZER" in h.image_type.upper() for h in group):
             reason = "localizer images"
         else:
             reason, problem_file = geometry_problem(group, settings.geometry)
@@ -139,7 +157,7 @@ def rank_series(files: pd.DataFrame, settings: ScanSettings) -> pd.DataFrame:
             {
                 "study_id": study_id,
                 "unit": unit,
-                "series_id": group["series_id"].iloc[0],
+                "series_id": group[0].series_id,
                 "series_description": descriptions[0],
                 "path": path,  # the offending file, or the first file
                 "n_files": len(group),
@@ -164,7 +182,7 @@ def series_units(files: pd.DataFrame, layout: str) -> pd.Series:
     """
     if layout == "rsna":
         return files["series_id"]
-    folder = files["path"].map(lambda p: str(Path(p).parent))
+    folder = files["path"].map(os.path.dirname)
     mixed = files.groupby(folder)["series_id"].transform("nunique") > 1
     return folder.where(~mixed, folder + " [" + files["series_id"] + "]")
 
@@ -178,7 +196,7 @@ def _attach_rsna_labels(files: pd.DataFrame, labels_path: Path) -> tuple[pd.Data
 
 def _attach_cq500_labels(files: pd.DataFrame, labels_path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     reads = read_cq500_reads(labels_path)
-    files = files.assign(name=files["path"].map(lambda p: cq500_study_name(Path(p).parts[0])))
+    files = files.assign(name=files["path"].map(lambda p: cq500_study_name(p.split(os.sep, 1)[0])))
     names = files.groupby("study_id")["name"].agg(lambda s: sorted(set(s)))
     clash = names[names.map(len) > 1]
     if len(clash):
@@ -215,10 +233,10 @@ def scan_archive(
     files = pd.DataFrame(good)
     if files.empty:
         raise Ct25dError(f"none of the {len(paths)} files under {root} is a readable DICOM file")
-    files["path"] = files["path"].map(lambda p: str(Path(p).relative_to(root)))
+    files["path"] = relative_paths(files["path"], root)
     if layout == "cq500":
         # A CQ500 study is its folder; the StudyInstanceUID must not split or merge folders.
-        top = files["path"].map(lambda p: Path(p).parts[0])
+        top = files["path"].map(lambda p: p.split(os.sep, 1)[0])
         files["study_id"] = top.map(lambda t: pseudonym(t, settings.pseudonym_salt, "st-"))
     files["unit"] = series_units(files, layout)
     attach = _attach_rsna_labels if layout == "rsna" else _attach_cq500_labels
@@ -231,6 +249,6 @@ def scan_archive(
     studies["has_labels"] = studies["any"].notna()
     rejected = pd.DataFrame(bad, columns=["path", "reason"])
     if len(rejected):
-        rejected["path"] = rejected["path"].map(lambda p: str(Path(p).relative_to(root)))
+        rejected["path"] = relative_paths(rejected["path"], root)
     files = files.drop(columns=["sop_uid", "name"], errors="ignore")
     return ScanResult(files=files, series=series, studies=studies, rejected=rejected)

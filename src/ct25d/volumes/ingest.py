@@ -17,6 +17,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from ct25d.dicom.headers import SliceHeader
+from ct25d.dicom.scan import grouped_headers
 from ct25d.dicom.series import GeometryRules, Volume, load_volume, sort_series
 from ct25d.errors import SeriesError
 from ct25d.labels import RSNA_LABELS
@@ -63,8 +64,7 @@ def study_jobs(
     files: pd.DataFrame, series: pd.DataFrame, study_ids: list[str], root: Path
 ) -> Iterator[StudyJob]:
     """Jobs for the given studies with their candidate series in rank order."""
-    groups = files.groupby(["study_id", "unit"], sort=False)
-    by_unit = {key: SliceHeader.from_table(group, root) for key, group in groups}
+    by_unit = grouped_headers(files, root)
     candidates = series[series["rank"] >= 0].sort_values(["study_id", "rank"])
     per_study = candidates.groupby("study_id")["unit"].apply(list).to_dict()
     for study_id in study_ids:
