@@ -22,7 +22,7 @@ def config() -> dict:
 def test_demo_config_is_valid_and_defaults_fill(config: dict) -> None:
     del config["ingest"]["chunk_slices"]
     validate(config, SCHEMA)
-    assert config["ingest"]["chunk_slices"] == 32
+    assert config["ingest"]["chunk_slices"] == 64
 
 
 @pytest.mark.parametrize(

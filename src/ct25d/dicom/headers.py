@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,7 @@ class SliceHeader:
         n = len(table)
         columns = {name: table[name].tolist() if name in table else [None] * n for name in FIELD_NAMES}
         if root is not None:
-            columns["path"] = [str(root / p) for p in columns["path"]]
+            columns["path"] = [os.path.join(root, p) for p in columns["path"]]
         columns["sop_uid"] = table["slice_id"].tolist() if "slice_id" in table else [""] * n
         for key in ("position", "orientation", "pixel_spacing"):
             columns[key] = [_vector(v) for v in columns[key]]

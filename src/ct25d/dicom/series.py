@@ -151,9 +151,28 @@ def sort_series(headers: Sequence[SliceHeader], rules: GeometryRules) -> SortedS
     )
 
 
-def _decode(series: SortedSeries) -> Volume:
+class ScratchVolume:
+    """A reusable int16 buffer for decoding one volume after another.
+
+    A fresh 100 MB array costs ~13 ms of page faults on first touch, a third of decoding it; a
+    caller that is done with each volume before decoding the next (ingest writes it to the store
+    first) reuses the memory instead.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = np.empty(0, dtype=np.int16)
+
+    def take(self, shape: tuple[int, int, int]) -> np.ndarray:
+        size = shape[0] * shape[1] * shape[2]
+        if self._buffer.size < size:
+            self._buffer = np.empty(size, dtype=np.int16)
+        return self._buffer[:size].reshape(shape)
+
+
+def _decode(series: SortedSeries, scratch: ScratchVolume | None) -> Volume:
     first = series.headers[0]
-    hu = np.empty((len(series.headers), first.rows, first.columns), dtype=np.int16)
+    shape = (len(series.headers), first.rows, first.columns)
+    hu = scratch.take(shape) if scratch else np.empty(shape, dtype=np.int16)
     for z, h in enumerate(series.headers):
         if h.pixel_offset >= 0:
             rescale = Rescale(h.rescale_slope, h.rescale_intercept, h.bits_stored, h.pixel_representation)
@@ -163,8 +182,10 @@ def _decode(series: SortedSeries) -> Volume:
     return Volume(hu=hu, series=series)
 
 
-def load_volume(series: SortedSeries, rules: GeometryRules) -> tuple[Volume, list[SliceError]]:
-    """Decode a sorted series into one (Z, Y, X) int16 HU array.
+def load_volume(
+    series: SortedSeries, rules: GeometryRules, scratch: ScratchVolume | None = None
+) -> tuple[Volume, list[SliceError]]:
+    """Decode a sorted series into one (Z, Y, X) int16 HU array (in `scratch`'s memory if given).
 
     A file whose pixels cannot be decoded is dropped (and returned, so the caller reports it) and
     the remaining slices are checked again: a dropped end slice leaves a shorter but correct volume,
@@ -173,7 +194,7 @@ def load_volume(series: SortedSeries, rules: GeometryRules) -> tuple[Volume, lis
     dropped: list[SliceError] = []
     while True:
         try:
-            return _decode(series), dropped
+            return _decode(series, scratch), dropped
         except SliceError as exc:
             dropped.append(exc)
         remaining = [h for h in series.headers if h.path != dropped[-1].path]

@@ -6,6 +6,7 @@ must never have two writers). Every study ends converted or rejected with its re
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -13,12 +14,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
 from ct25d.dicom.headers import SliceHeader
 from ct25d.dicom.scan import grouped_headers
-from ct25d.dicom.series import GeometryRules, Volume, load_volume, sort_series
+from ct25d.dicom.series import GeometryRules, ScratchVolume, SortedSeries, Volume, load_volume, sort_series
 from ct25d.errors import SeriesError
 from ct25d.labels import RSNA_LABELS
 from ct25d.volumes.store import HUCodec, hu_store_writer
@@ -40,8 +42,13 @@ class StudyOutcome:
     dropped: list[tuple[str, str, str]]  # (unit, path, reason) of files dropped from the converted series
 
 
-def convert_study(job: StudyJob, root: Path, rules: GeometryRules) -> StudyOutcome:
-    """Try the study's candidate series in rank order; the first that converts wins."""
+def convert_study(
+    job: StudyJob, root: Path, rules: GeometryRules, scratch: ScratchVolume | None = None
+) -> StudyOutcome:
+    """Try the study's candidate series in rank order; the first that converts wins.
+
+    With `scratch` the volume lives in its buffer, valid until the next call.
+    """
     failures: list[tuple[str, str, str]] = []
 
     def where(exc: SeriesError) -> str:
@@ -50,7 +57,7 @@ def convert_study(job: StudyJob, root: Path, rules: GeometryRules) -> StudyOutco
     for rank, (unit, headers) in enumerate(job.candidates):
         try:
             series = sort_series(headers, rules)
-            volume, dropped = load_volume(series, rules)
+            volume, dropped = load_volume(series, rules, scratch)
         except SeriesError as exc:
             failures.append((unit, where(exc), exc.reason))
             continue
@@ -132,16 +139,17 @@ def ingest_shard(
     """Convert the given studies into `store_path`; return (volumes, slices, rejections) tables."""
     root = Path(root)
     study_ids = sorted(studies["study_id"])
-    convert = partial(convert_study, root=root, rules=rules)
-    by_path = files.set_index("path")
     patients = studies.set_index("study_id")["patient_id"].to_dict()
     volumes: list[dict[str, Any]] = []
-    slices: list[pd.DataFrame] = []
+    slices = SliceRows(files, root)
     rejections = excluded_rows(series, study_ids)
     with hu_store_writer(store_path, provenance, codec) as store:
         pool = ProcessPoolExecutor(workers) if workers > 1 else None
         jobs = study_jobs(files, series, study_ids, root)
-        outcomes = pool.map(convert, jobs) if pool else map(convert, jobs)
+        if pool:
+            outcomes = pool.map(partial(convert_study, root=root, rules=rules), jobs)
+        else:  # lazily, one study at a time: each volume is written before the next reuses the scratch
+            outcomes = map(partial(convert_study, root=root, rules=rules, scratch=ScratchVolume()), jobs)
         try:
             for outcome in tqdm(outcomes, total=len(study_ids), desc="ingest", unit="study", mininterval=2.0):
                 rejections.extend(_rejection_rows(outcome))
@@ -154,20 +162,46 @@ def ingest_shard(
                 }
                 store.write(outcome.study_id, outcome.volume.hu, attrs)
                 volumes.append(row)
-                paths = [str(Path(h.path).relative_to(root)) for h in outcome.volume.series.headers]
-                table = by_path.loc[paths, ["slice_id", *RSNA_LABELS]].reset_index(drop=True)
-                table.insert(0, "study_id", outcome.study_id)
-                table.insert(1, "z", range(len(paths)))
-                table.insert(3, "position_mm", outcome.volume.series.positions_mm)
-                slices.append(table)
+                slices.add(outcome.study_id, outcome.volume.series)
         finally:
             if pool:
                 pool.shutdown(cancel_futures=True)
-    columns = ["study_id", "z", "slice_id", "position_mm", *RSNA_LABELS]
-    slice_table = pd.concat(slices, ignore_index=True) if slices else pd.DataFrame(columns=columns)
-    slice_table = slice_table.astype({label: "Int8" for label in RSNA_LABELS})
     return (
         pd.DataFrame(volumes, columns=VOLUME_COLUMNS),
-        slice_table,
+        slices.table(),
         pd.DataFrame(rejections, columns=REJECTION_COLUMNS),
     )
+
+
+class SliceRows:
+    """The slice table of the converted studies, gathered as row numbers into `files` and built
+    with one pandas selection at the end (per-study DataFrame operations cost more than decoding)."""
+
+    def __init__(self, files: pd.DataFrame, root: Path) -> None:
+        self._files = files
+        self._row_of = pd.Index(files["path"])
+        self._prefix = os.path.join(root, "")  # headers' paths are os.path.join(root, relative path)
+        self._rows: list[np.ndarray] = []
+        self._columns: dict[str, list[Any]] = {"study_id": [], "z": [], "position_mm": []}
+
+    def add(self, study_id: str, series: SortedSeries) -> None:
+        paths = [h.path[len(self._prefix) :] for h in series.headers]
+        self._rows.append(self._row_of.get_indexer(paths))
+        self._columns["study_id"] += [study_id] * len(paths)
+        self._columns["z"] += range(len(paths))
+        self._columns["position_mm"] += list(series.positions_mm)
+
+    def table(self) -> pd.DataFrame:
+        rows = np.concatenate(self._rows) if self._rows else np.empty(0, dtype=int)
+        picked = self._files.iloc[rows]
+        table = pd.DataFrame(
+            {
+                "study_id": self._columns["study_id"],
+                "z": pd.Series(self._columns["z"], dtype="int64"),
+                "slice_id": picked["slice_id"].to_numpy(),
+                "position_mm": pd.Series(self._columns["position_mm"], dtype="float64"),
+            }
+        )
+        for label in RSNA_LABELS:
+            table[label] = picked[label].astype("Int8").to_numpy()
+        return table
