@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import NoReturn
 
 import pydicom
 from pydicom.dataelem import RawDataElement
@@ -25,8 +26,11 @@ UNDEFINED = 0xFFFFFFFF
 ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 IMPLICIT_LE = "1.2.840.10008.1.2"
 NOT_LITTLE_ENDIAN = {"1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}  # big endian, deflated
-# Explicit VRs with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2).
+# Explicit VRs with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2) and the others.
 LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+SHORT_VRS = {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"PN",
+             b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"}  # fmt: skip
+HEADER_SIZE = {**{vr: 8 for vr in SHORT_VRS}, **{vr: 12 for vr in LONG_VRS}}
 HEAD_BYTES = 16384  # one read covers a typical CT header; longer ones are read whole
 _TAG_LENGTH = struct.Struct("<HHI")  # implicit VR element header; also every item header
 _TAG_VR_SHORT = struct.Struct("<HH2sH")
@@ -94,8 +98,8 @@ def _parse(data: bytes, wanted: frozenset[int], at_eof: bool) -> RawHeader:
         raise _Unfollowed
     reader = _Reader(data, at_eof)
     elements: dict[int, bytes] = {}
-    syntax, pos, in_meta, implicit = "", 132, True, False
-    while pos < len(data):
+    syntax, pos, in_meta, implicit, end = "", 132, True, False, len(data)
+    while pos < end:
         if in_meta and data[pos : pos + 2] != b"\x02\x00":
             # The file meta group (always explicit VR LE) has ended: the dataset's encoding begins.
             if not syntax or syntax in NOT_LITTLE_ENDIAN:
@@ -107,12 +111,13 @@ def _parse(data: bytes, wanted: frozenset[int], at_eof: bool) -> RawHeader:
         if length == UNDEFINED:
             pos = reader.skip_sequence(pos, implicit)
             continue
-        value = reader.take(pos, length)
         if tag == TRANSFER_SYNTAX:
-            syntax = value.rstrip(b"\0 ").decode("ascii")
+            syntax = reader.take(pos, length).rstrip(b"\0 ").decode("ascii")
         elif tag in wanted:
-            elements[tag] = value
+            elements[tag] = reader.take(pos, length)
         pos += length
+    if pos > end:
+        reader.short()  # the last element runs past the bytes read
     if not at_eof:
         raise _NeedMore
     if in_meta:
@@ -126,9 +131,12 @@ class _Reader:
     def __init__(self, data: bytes, at_eof: bool) -> None:
         self.data, self.at_eof = data, at_eof
 
+    def short(self) -> NoReturn:
+        raise _Unfollowed if self.at_eof else _NeedMore  # at EOF: a truncated header
+
     def need(self, end: int) -> None:
         if end > len(self.data):
-            raise _Unfollowed if self.at_eof else _NeedMore  # at EOF: a truncated header
+            self.short()
 
     def take(self, pos: int, length: int) -> bytes:
         self.need(pos + length)
@@ -136,17 +144,19 @@ class _Reader:
 
     def element(self, pos: int, implicit: bool) -> tuple[int, int, int]:
         """(tag, length, value position) of the element whose header starts at `pos`."""
-        self.need(pos + 8)
-        if implicit:
-            group, elem, length = _TAG_LENGTH.unpack_from(self.data, pos)
-            return group << 16 | elem, length, pos + 8
-        group, elem, vr, length = _TAG_VR_SHORT.unpack_from(self.data, pos)
-        if not (vr.isalpha() and vr.isupper()):
-            raise _Unfollowed  # not explicit VR after all
-        if vr in LONG_VRS:
-            self.need(pos + 12)
-            return group << 16 | elem, _LONG_LENGTH.unpack_from(self.data, pos + 8)[0], pos + 12
-        return group << 16 | elem, length, pos + 8
+        try:
+            if implicit:
+                group, elem, length = _TAG_LENGTH.unpack_from(self.data, pos)
+                return group << 16 | elem, length, pos + 8
+            group, elem, vr, length = _TAG_VR_SHORT.unpack_from(self.data, pos)
+            size = HEADER_SIZE.get(vr)
+            if size is None:
+                raise _Unfollowed  # not explicit VR after all
+            if size == 12:
+                length = _LONG_LENGTH.unpack_from(self.data, pos + 8)[0]
+            return group << 16 | elem, length, pos + size
+        except struct.error:  # fewer bytes left than an element header
+            self.short()
 
     def skip_sequence(self, pos: int, implicit: bool) -> int:
         """Position after an undefined-length sequence whose first item starts at `pos`."""
