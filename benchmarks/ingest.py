@@ -349,12 +349,13 @@ def codec_floor(store: Path, chunk_slices: int) -> list[dict[str, Any]]:
     other codecs would cost (single-threaded, same core, best of 2)."""
     from numcodecs import LZ4, Blosc, Zstd
 
-    from ct25d.volumes.store import read_volume, store_studies
+    from ct25d.shards import shard_studies
+    from ct25d.volumes.store import read_volume
 
     Blosc.use_threads = False
     chunks = [
         np.ascontiguousarray(volume[z : z + chunk_slices])
-        for volume in (read_volume(store, s)[0] for s in store_studies(store))
+        for volume in (read_volume(store, s)[0] for s in shard_studies(store))
         for z in range(0, volume.shape[0], chunk_slices)
     ]
     raw = sum(c.nbytes for c in chunks)

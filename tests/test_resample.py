@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from ct25d.errors import ConfigError
+from ct25d.shards import shard_studies
 from ct25d.volumes.resample import (
     INTERPOLATORS,
     resample_shard,
@@ -16,7 +17,7 @@ from ct25d.volumes.resample import (
     sitk_interpolator,
     target_grid,
 )
-from ct25d.volumes.store import hu_store_writer, read_volume, store_studies
+from ct25d.volumes.store import hu_store_writer, read_volume
 
 IDENTITY = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
 
@@ -102,7 +103,7 @@ def test_resample_shard_streams_studies_deterministically(tmp_path: Path) -> Non
         table = resample_shard(src, tmp_path / f"{run}.zarr", settings, {"stage": "resample"}, progress=False)
         assert table["study_id"].tolist() == ["st-a", "st-b"]
         outs.append(
-            [read_volume(tmp_path / f"{run}.zarr", s) for s in store_studies(tmp_path / f"{run}.zarr")]
+            [read_volume(tmp_path / f"{run}.zarr", s) for s in shard_studies(tmp_path / f"{run}.zarr")]
         )
     for (hu_a, attrs_a), (hu_b, _) in zip(*outs, strict=True):
         assert hu_a.shape == (3, 8, 8) and hu_a.dtype == np.int16

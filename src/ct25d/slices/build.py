@@ -16,10 +16,11 @@ import pandas as pd
 from tqdm import tqdm
 
 from ct25d.errors import Ct25dError
+from ct25d.shards import shard_studies
 from ct25d.slices.store import SliceStoreWriter
 from ct25d.slices.window import Window, apply_windows
 from ct25d.volumes.crop import CropSettings, crop_head, fit_square
-from ct25d.volumes.store import read_volume, store_studies
+from ct25d.volumes.store import read_volume
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def build_slice_shard(
     Returns (one row per slice: study_id, z, store; one row per study that could not be prepared,
     e.g. an all-air volume: study_id, reason). A bad study is reported and skipped, never fatal.
     """
-    studies = store_studies(resampled_store)
+    studies = shard_studies(resampled_store)
     frames, rejected = [], []
     with SliceStoreWriter(out_store, provenance) as writer:
         for study_id in tqdm(studies, desc=f"slices {Path(resampled_store).name}", disable=not progress):

@@ -22,37 +22,13 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
-from ct25d.atomic import atomic_path
+from ct25d.shards import ShardWriter, check_study_id, shard_writer
 
 # zstd level -1: on windowed head CT (benchmarks/slice_io.py) it decodes ~1.9x faster than level 3
 # for 0.43 of the raw bytes (level 1: 0.29 of raw, 1.3x faster than 3; level 3 is not smaller).
 DEFAULT_ZSTD_LEVEL = -1
 CHANNELS = 3
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-
-
-def _check_study_id(study_id: str) -> None:
-    """Study ids become directory names: refuse anything zarr or the file system would mangle."""
-    if (
-        not isinstance(study_id, str)
-        or not study_id
-        or "/" in study_id
-        or "\\" in study_id
-        or study_id.startswith("__")
-        or set(study_id) == {"."}
-    ):
-        raise ValueError(f"invalid study id {study_id!r}: must be a non-empty name without '/'")
-
-
-def _jsonable(obj: Any) -> Any:
-    """Round-trip through JSON so numpy scalars/arrays in attrs are stored as plain numbers/lists."""
-
-    def default(value: Any) -> Any:
-        if isinstance(value, np.generic | np.ndarray):
-            return value.tolist()
-        raise TypeError(f"attribute value {value!r} is not JSON-serialisable")
-
-    return json.loads(json.dumps(obj, default=default))
 
 
 class SliceStoreWriter:
@@ -67,16 +43,12 @@ class SliceStoreWriter:
         self.path = Path(path)
         self.provenance = provenance
         self.level = level
-        self._stack: contextlib.ExitStack | None = None
-        self._group: zarr.Group | None = None
+        self._context: contextlib.AbstractContextManager[ShardWriter] | None = None
+        self._shard: ShardWriter | None = None
 
     def __enter__(self) -> SliceStoreWriter:
-        with contextlib.ExitStack() as stack:
-            tmp = stack.enter_context(atomic_path(self.path))
-            self._group = zarr.open_group(tmp, mode="w", zarr_format=3)
-            self._group.attrs.update({"provenance": _jsonable(self.provenance)})
-            self._studies: list[str] = []
-            self._stack = stack.pop_all()
+        self._context = shard_writer(self.path, self.provenance)
+        self._shard = self._context.__enter__()
         return self
 
     def __exit__(
@@ -84,38 +56,28 @@ class SliceStoreWriter:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool:
-        if exc_type is None and self._group is not None:
-            # The study list lives in the attributes: listing the folder would also meet files
-            # that are not zarr nodes (Snakemake's `.snakemake_timestamp` in directory outputs).
-            self._group.attrs["studies"] = sorted(self._studies)
-        stack, self._stack, self._group = self._stack, None, None
-        assert stack is not None
-        return stack.__exit__(exc_type, exc, tb)
+    ) -> bool | None:
+        context, self._context, self._shard = self._context, None, None
+        assert context is not None
+        return context.__exit__(exc_type, exc, tb)
 
     def write_study(self, study_id: str, slices: np.ndarray, attrs: dict[str, Any]) -> None:
         """Store a study's windowed slices `(Z, 3, H, W)` uint8 with its attrs (spacing, ...)."""
-        if self._group is None:
+        if self._shard is None:
             raise RuntimeError("SliceStoreWriter.write_study called outside its `with` block")
-        _check_study_id(study_id)
         if slices.ndim != 4 or slices.shape[1] != CHANNELS or slices.dtype != np.uint8:
             raise ValueError(
                 f"study {study_id}: expected (Z, {CHANNELS}, H, W) uint8 slices, "
                 f"got {slices.shape} {slices.dtype}"
             )
-        if study_id in self._group:
-            raise ValueError(f"study {study_id}: already written to {self.path}")
-        array = self._group.create_array(
-            name=study_id,
-            shape=slices.shape,
-            dtype=np.uint8,
+        self._shard.write(
+            study_id,
+            slices,
+            attrs,
             chunks=(1, *slices.shape[1:]),
             compressors=ZstdCodec(level=self.level),
             fill_value=0,
-            attributes=_jsonable(attrs),
         )
-        array[...] = slices
-        self._studies.append(study_id)
 
 
 def _zstd_content_size(frame: bytes) -> int | None:
@@ -215,7 +177,7 @@ class SliceReader:
         return self._group
 
     def _array(self, study_id: str) -> zarr.Array:
-        _check_study_id(study_id)
+        check_study_id(study_id)
         group = self._zarr_group()
         if study_id not in self._arrays:
             self._arrays[study_id] = group[study_id]
@@ -224,7 +186,7 @@ class SliceReader:
     def _layout(self, study_id: str) -> _FastLayout | None:
         self._fresh()
         if study_id not in self._layouts:
-            _check_study_id(study_id)
+            check_study_id(study_id)
             array_dir = self.path / study_id
             try:
                 meta = json.loads((array_dir / "zarr.json").read_bytes())

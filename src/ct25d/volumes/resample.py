@@ -18,7 +18,8 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from ct25d.errors import ConfigError
-from ct25d.volumes.store import DEFAULT_CODEC, HUCodec, hu_store_writer, read_volume, store_studies
+from ct25d.shards import shard_studies
+from ct25d.volumes.store import DEFAULT_CODEC, HUCodec, hu_store_writer, read_volume
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ def resample_shard(
             raise ConfigError(f"missing config key preprocess.{key}")
     sitk_interpolator(settings["interpolator"])  # fail before opening any store
     rows = []
-    studies = store_studies(in_store)
+    studies = shard_studies(in_store)
     with hu_store_writer(out_store, provenance, codec) as writer:
         for study_id in tqdm(studies, desc=f"resample {Path(in_store).name}", disable=not progress):
             hu, attrs = read_volume(in_store, study_id)

@@ -1,8 +1,7 @@
 """Shard stores of int16 HU volumes in zarr v3.
 
-One store per shard, one array per study (Z, Y, X) with geometry in its attributes; byte-shuffled
-Blosc compression. A store is written under a temporary name by one process and renamed when
-complete.
+One shard store (`ct25d.shards`) per shard, one array per study (Z, Y, X) with geometry in its
+attributes; byte-shuffled Blosc compression.
 """
 
 from __future__ import annotations
@@ -17,8 +16,8 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BytesCodec
 
-from ct25d.atomic import atomic_path
 from ct25d.errors import ConfigError
+from ct25d.shards import ShardWriter, shard_writer
 
 COMPRESSORS = ("lz4", "zstd")
 
@@ -58,30 +57,26 @@ DEFAULT_CODEC = HUCodec()
 class HUStoreWriter:
     """Writes studies into an open shard store; create it with `hu_store_writer`."""
 
-    def __init__(self, group: zarr.Group, codec: HUCodec) -> None:
-        self._group = group
+    def __init__(self, shard: ShardWriter, codec: HUCodec) -> None:
+        self._shard = shard
         self._codec = codec
-        self.studies: list[str] = []
 
     def write(self, study_id: str, hu: np.ndarray, attrs: dict[str, Any]) -> None:
         if hu.dtype != np.int16 or hu.ndim != 3:
             raise ValueError(f"{study_id}: expected (Z, Y, X) int16, got {hu.shape} {hu.dtype}")
         codec = self._codec
-        array = self._group.create_array(
+        self._shard.write(
             study_id,
-            shape=hu.shape,
-            dtype=hu.dtype,
+            hu,
+            attrs,
             chunks=(codec.chunk_depth(hu.shape[0]), hu.shape[1], hu.shape[2]),
             serializer=BytesCodec(),
             compressors=BloscCodec(cname=codec.compressor, clevel=codec.level, shuffle="shuffle", typesize=2),
             fill_value=-1024,
-            attributes=attrs,
             # Skip zarr's per-chunk comparison with the fill value: an all-air chunk is rare in a head
-            # CT and the check costs as much as a tenth of the write.
+            # CT and the check cost as much as a tenth of the write.
             config={"write_empty_chunks": True},
         )
-        array[...] = hu
-        self.studies.append(study_id)
 
 
 @contextlib.contextmanager
@@ -89,21 +84,11 @@ def hu_store_writer(
     path: str | Path, provenance: dict[str, Any], codec: HUCodec = DEFAULT_CODEC
 ) -> Iterator[HUStoreWriter]:
     """Open a new shard store at `path` (atomically replaced on success)."""
-    # Compact metadata: with an indent, json.dumps falls back to its pure-Python encoder, which cost
-    # ~10% of writing a shard.
-    with atomic_path(path) as tmp, zarr.config.set({"json_indent": None}):
-        group = zarr.open_group(tmp, mode="w", zarr_format=3)
-        writer = HUStoreWriter(group, codec)
-        yield writer
-        group.attrs.update({"ct25d": provenance, "studies": writer.studies})
+    with shard_writer(path, provenance) as shard:
+        yield HUStoreWriter(shard, codec)
 
 
 def read_volume(path: str | Path, study_id: str) -> tuple[np.ndarray, dict[str, Any]]:
     """(HU volume, attributes) of one study."""
     array = zarr.open_array(Path(path) / study_id, mode="r")
     return array[...], dict(array.attrs)
-
-
-def store_studies(path: str | Path) -> list[str]:
-    """Study ids held by a shard store, in write order."""
-    return list(zarr.open_group(path, mode="r").attrs["studies"])
