@@ -177,6 +177,9 @@ def test_labels_attach_for_both_layouts(cohorts, ingested) -> None:
     for label in RSNA_LABELS:
         np.testing.assert_array_equal(cq500.loc[agree, label].astype(int), cq500.loc[agree, f"{label}_truth"])
     assert pd.read_parquet(ingested["cq500"] / "slices.parquet")["any"].isna().all()  # study-level only
+    for layout in ("rsna", "cq500"):  # nullable in both, so concatenated tables keep one dtype
+        table = pd.read_parquet(ingested[layout] / "slices.parquet")
+        assert all(table[label].dtype == "Int8" for label in RSNA_LABELS), table.dtypes
 
 
 @pytest.mark.parametrize("layout", ["rsna", "cq500"])

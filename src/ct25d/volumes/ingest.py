@@ -203,5 +203,5 @@ class SliceRows:
             }
         )
         for label in RSNA_LABELS:
-            table[label] = picked[label].astype("Int8").to_numpy()
+            table[label] = picked[label].astype("Int8").array  # nullable: CQ500 has no slice labels
         return table
