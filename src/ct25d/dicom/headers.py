@@ -6,6 +6,7 @@ that sees them, so no later artifact can carry them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -31,6 +32,7 @@ pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 GROUPING_TAGS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 
 
+@functools.lru_cache(maxsize=1 << 16)  # every file of a series repeats its study, series and patient
 def pseudonym(value: str, salt: str, prefix: str, length: int = 16) -> str:
     """Keyed hash (HMAC-SHA256) of an identifier: stable for one salt, not reversible without it."""
     digest = hmac.new(salt.encode(), value.encode(), hashlib.sha256).hexdigest()
