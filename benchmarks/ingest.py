@@ -350,7 +350,7 @@ def codec_floor(store: Path, chunk_slices: int) -> list[dict[str, Any]]:
     from numcodecs import LZ4, Blosc, Zstd
 
     from ct25d.shards import shard_studies
-    from ct25d.volumes.store import read_volume
+    from ct25d.volumes.store import BLOCK_BYTES, read_volume
 
     Blosc.use_threads = False
     chunks = [
@@ -363,9 +363,10 @@ def codec_floor(store: Path, chunk_slices: int) -> list[dict[str, Any]]:
     codecs: list[tuple[str, Any]] = [
         (
             f"blosc {name} clevel {level} + byte shuffle (configured)",
-            Blosc(name, level, Blosc.SHUFFLE, blocksize=0),
+            Blosc(name, level, Blosc.SHUFFLE, blocksize=BLOCK_BYTES),
         ),
-        ("blosc zstd clevel 1 + byte shuffle", Blosc("zstd", 1, Blosc.SHUFFLE, blocksize=0)),
+        ("blosc lz4 clevel 1 + byte shuffle, automatic block", Blosc("lz4", 1, Blosc.SHUFFLE, blocksize=0)),
+        ("blosc zstd clevel 1 + byte shuffle", Blosc("zstd", 1, Blosc.SHUFFLE, blocksize=BLOCK_BYTES)),
         ("blosc lz4 clevel 1 + bit shuffle", Blosc("lz4", 1, Blosc.BITSHUFFLE, blocksize=0)),
         ("zstd level 3", Zstd(level=3)),
         ("lz4", LZ4()),
