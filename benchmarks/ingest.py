@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import multiprocessing
 import os
 import platform
 import shutil
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,9 +84,9 @@ def log(msg: str) -> None:
     print(f"[ingest-bench] {msg}", file=sys.stderr, flush=True)
 
 
-def pinned(core: int, cmd: list[str]) -> list[str]:
-    """`cmd` pinned to one core, so both tools get the same CPU."""
-    return ["taskset", "-c", str(core), *cmd]
+def pinned(cores: int | str, cmd: list[str]) -> list[str]:
+    """`cmd` pinned to a core (or a `taskset -c` list of cores), so both tools get the same CPU."""
+    return ["taskset", "-c", str(cores), *cmd]
 
 
 def ct25d_cli() -> list[str]:
@@ -218,6 +220,28 @@ def run_dcm2niix(inputs: Inputs, out: Path, core: int, repeats: int) -> dict[str
     return {"best": best, "times": times, "bytes": tree_bytes(out, ".nii"), "outputs": outputs}
 
 
+def run_dcm2niix_parallel(inputs: Inputs, out: Path, cores: str, n: int, repeats: int) -> dict[str, Any]:
+    """dcm2niix per series folder, `n` processes at a time on `cores` (it converts single-threaded)."""
+
+    def convert(cmd: list[str]) -> None:
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def once(i: int) -> float:
+        clear(out)
+        cmds = []
+        for k, folder in enumerate(inputs.series):
+            (out / f"{k:03d}").mkdir(parents=True)
+            argv = ["dcm2niix", "-z", "n", "-b", "n", "-o", str(out / f"{k:03d}"), str(inputs.root / folder)]
+            cmds.append(pinned(cores, argv))
+        start = time.perf_counter()
+        with ThreadPoolExecutor(n) as pool:
+            list(pool.map(convert, cmds))
+        return time.perf_counter() - start
+
+    best, times = best_of(repeats, once)
+    return {"best": best, "times": times}
+
+
 def run_dcm2niix_root(inputs: Inputs, out: Path, core: int, repeats: int) -> dict[str, Any]:
     """One pinned dcm2niix call over the whole root: its start-up paid once, as ct25d's is."""
 
@@ -236,19 +260,23 @@ def run_dcm2niix_root(inputs: Inputs, out: Path, core: int, repeats: int) -> dic
 # -------------------------------------------------------------------------------------------- ct25d
 
 
-def cli_args(inputs: Inputs, scan_dir: Path, prefix: Path) -> tuple[list[str], list[str]]:
-    """argv of `ct25d scan` and `ct25d ingest` with workers=1 and one shard."""
+def cli_args(
+    inputs: Inputs, scan_dir: Path, prefix: Path, shards: int = 1, workers: int = 1
+) -> tuple[list[str], list[list[str]]]:
+    """argv of `ct25d scan` and of `ct25d ingest` for each shard (`<prefix><k>`)."""
     settings = json.dumps(INGEST)
     scan = ["scan", "--root", str(inputs.root), "--layout", "cq500", "--labels", str(inputs.labels),
-            "--shards", "1", "--settings", settings, "--workers", "1", "--out", str(scan_dir)]  # fmt: skip
-    ingest = ["ingest", "--root", str(inputs.root), "--scan", str(scan_dir), "--shard", "0",
-              "--settings", settings, "--workers", "1", "--out-prefix", str(prefix)]  # fmt: skip
-    return scan, ingest
+            "--shards", str(shards), "--settings", settings, "--workers", str(workers),
+            "--out", str(scan_dir)]  # fmt: skip
+    ingest = ["ingest", "--root", str(inputs.root), "--scan", str(scan_dir), "--settings", settings,
+              "--workers", "1"]  # fmt: skip
+    ingests = [[*ingest, "--shard", str(k), "--out-prefix", f"{prefix}{k}"] for k in range(shards)]
+    return scan, ingests
 
 
-def run_worker(core: int, spec: dict[str, Any], log_path: Path) -> dict[str, Any]:
-    """Run this script's worker mode pinned to `core`; it prints one JSON line of results."""
-    cmd = pinned(core, [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)])
+def run_worker(cores: int | str, spec: dict[str, Any], log_path: Path) -> dict[str, Any]:
+    """Run this script's worker mode pinned to `cores`; it prints one JSON line of results."""
+    cmd = pinned(cores, [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)])
     with open(log_path, "w") as err:
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
     if proc.returncode != 0:
@@ -263,6 +291,14 @@ def run_ct25d_inprocess(inputs: Inputs, work: Path, core: int, repeats: int) -> 
     return run_worker(core, spec, work.with_suffix(".log"))
 
 
+def run_ct25d_parallel(inputs: Inputs, work: Path, cores: str, n: int, repeats: int) -> dict[str, Any]:
+    """scan with `n` workers, then `n` ingest shards at once, on `cores`: what Snakemake runs with
+    `--cores n` (forked from one process, so imports are excluded as in the one-core figure)."""
+    spec = {"mode": "parallel", "root": str(inputs.root), "labels": str(inputs.labels), "work": str(work),
+            "repeats": repeats, "parallel": n}  # fmt: skip
+    return run_worker(cores, spec, work.with_suffix(".log"))
+
+
 def run_ct25d_cli(inputs: Inputs, work: Path, core: int, repeats: int) -> dict[str, Any]:
     """`ct25d scan` then `ct25d ingest` as two pinned processes, as Snakemake runs them."""
     cli = ct25d_cli()
@@ -270,7 +306,7 @@ def run_ct25d_cli(inputs: Inputs, work: Path, core: int, repeats: int) -> dict[s
     def once(i: int) -> float:
         clear(work)
         work.mkdir(parents=True)
-        scan, ingest = cli_args(inputs, work / "scan", work / "shard0")
+        scan, (ingest,) = cli_args(inputs, work / "scan", work / "shard")
         start = time.perf_counter()
         for argv in (scan, ingest):
             subprocess.run(pinned(core, cli + argv), check=True, stdout=subprocess.DEVNULL,
@@ -311,7 +347,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         clear(work)
         work.mkdir(parents=True)
         pseudonym.cache_clear()  # each repeat pays for its pseudonyms, as a fresh scan process does
-        scan, ingest = cli_args(inputs, work / "scan", work / "shard0")
+        scan, (ingest,) = cli_args(inputs, work / "scan", work / "shard")
         t0 = time.perf_counter()
         if main(scan) != 0:
             raise SystemExit("ct25d scan failed")
@@ -320,6 +356,10 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
             raise SystemExit("ct25d ingest failed")
         return t1 - t0, time.perf_counter() - t1
 
+    if spec["mode"] == "parallel":
+        runs = [parallel_once(inputs, work, int(spec["parallel"])) for _ in range(int(spec["repeats"]))]
+        return {"scan": min(s for s, _ in runs), "ingest": min(g for _, g in runs),
+                "total": min(s + g for s, g in runs), "runs": runs}  # fmt: skip
     if spec["mode"] == "time":
         runs = [once(i) for i in range(int(spec["repeats"]))]
         return {
@@ -342,6 +382,32 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     profile.disable()
     profile.dump_stats(spec["pstats"])
     return {"scan": scan_s, "ingest": ingest_s}
+
+
+def parallel_once(inputs: Inputs, work: Path, n: int) -> tuple[float, float]:
+    """(scan, ingest) seconds: scan with `n` workers into `n` shards, then the shards' ingests as
+    `n` forked processes at once."""
+    import ct25d.volumes.ingest  # noqa: F401  (imported before forking, as the one-core run has it)
+    from ct25d.cli import main
+    from ct25d.dicom.headers import pseudonym
+
+    clear(work)
+    work.mkdir(parents=True)
+    pseudonym.cache_clear()
+    scan, ingests = cli_args(inputs, work / "scan", work / "shard", shards=n, workers=n)
+    t0 = time.perf_counter()
+    if main(scan) != 0:
+        raise SystemExit("ct25d scan failed")
+    t1 = time.perf_counter()
+    fork = multiprocessing.get_context("fork")
+    children = [fork.Process(target=lambda argv=argv: sys.exit(main(argv))) for argv in ingests]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join()
+    if any(child.exitcode != 0 for child in children):
+        raise SystemExit("a ct25d ingest shard failed")
+    return t1 - t0, time.perf_counter() - t1
 
 
 def codec_floor(store: Path, chunk_slices: int) -> list[dict[str, Any]]:
@@ -502,6 +568,38 @@ def profile_summary(pstats_path: Path, top: int) -> tuple[list[str], list[str]]:
     return breakdown, lines
 
 
+def parallel_table(
+    many: tuple[str, dict[str, Any], dict[str, Any]] | None, n: int, parallel: int, root: float
+) -> list[str]:
+    """Report lines for the run on several cores (none when it was not run)."""
+    if many is None:
+        return []
+    cores, d2n, ours = many
+    ref = d2n["best"]
+
+    def row(tool: str, seconds: float) -> str:
+        return f"| {tool} | {n} | {seconds:.3f} | {n / seconds:,.0f} | {seconds / ref:.2f}x |"
+
+    return [
+        f"### On {parallel} cores ({cores}): each tool's own way of using them",
+        "",
+        "| tool | slices | wall s | slices/s | time vs dcm2niix |",
+        "|---|---:|---:|---:|---:|",
+        row(f"dcm2niix -z n -b n, 1 process per series, {parallel} at a time", ref),
+        row("dcm2niix -z n -b n, 1 process for the root (single-threaded: the one-core figure)", root),
+        row(
+            f"ct25d scan ({parallel} workers) + {parallel} ingest shards at once (forked, imports excluded)",
+            ours["total"],
+        ),
+        "",
+        f"ct25d scan {ours['scan']:.3f} s + ingest {ours['ingest']:.3f} s; all repeats (s): "
+        f"dcm2niix {', '.join(f'{t:.3f}' for t in d2n['times'])}; ct25d scan/ingest "
+        f"{'; '.join(f'{s:.3f}/{g:.3f}' for s, g in ours['runs'])}. Shards are split by a hash of the "
+        "study id, so they are not always equal.",
+        "",
+    ]
+
+
 # --------------------------------------------------------------------------------------------- main
 
 
@@ -518,6 +616,8 @@ def main() -> None:
     parser.add_argument("--profile", choices=["auto", "always", "never"], default="auto",
                         help="profile the ct25d path (auto: when it is slower than dcm2niix)")  # fmt: skip
     parser.add_argument("--top", type=int, default=25, help="rows of the profile tables")
+    parser.add_argument("--parallel", type=int, default=min(2, len(os.sched_getaffinity(0))),
+                        help="also compare on this many cores (from --core on); 1 turns it off")  # fmt: skip
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -546,6 +646,16 @@ def main() -> None:
     log("ct25d scan + ingest as CLI processes ...")
     ours_cli = run_ct25d_cli(inputs, runs / "ct25d-cli", args.core, args.repeats)
     startup = run_startup(args.core, args.repeats)
+    many = None
+    if args.parallel > 1:
+        cores = f"{args.core}-{args.core + args.parallel - 1}"
+        log(f"on cores {cores}: dcm2niix per series, {args.parallel} at a time ...")
+        d2n_many = run_dcm2niix_parallel(
+            inputs, runs / "dcm2niix-parallel", cores, args.parallel, args.repeats
+        )
+        log(f"on cores {cores}: ct25d scan with {args.parallel} workers + {args.parallel} shards at once ...")
+        ours_many = run_ct25d_parallel(inputs, runs / "ct25d-parallel", cores, args.parallel, args.repeats)
+        many = (cores, d2n_many, ours_many)
     log("comparing voxels ...")
     checks = compare(inputs, d2n["outputs"], Path(ours["store"]), Path(ours["volumes"]))
 
@@ -623,6 +733,7 @@ def main() -> None:
             for c in ours["codecs"]
         ),
         "",
+        *parallel_table(many, n, args.parallel, d2n_root["best"]),
         "### Correctness: dcm2niix NIfTI (x scl_slope + scl_inter) vs ct25d zarr, exact voxel equality",
         "",
         "| series | equal | ct25d -> NIfTI array | detail |",
