@@ -200,3 +200,18 @@ def test_rerun_is_byte_identical(cohorts, ingested, tmp_path: Path) -> None:
     assert names == sorted(str(p.relative_to(again)) for p in again.rglob("*") if p.is_file())
     for name in names:
         assert (first / name).read_bytes() == (again / name).read_bytes(), name
+
+
+def test_worker_processes_write_the_same_shard(cohorts, ingested, tmp_path: Path) -> None:
+    """`--workers 2` (decoding in a process pool, for compressed archives) gives the same bytes."""
+    settings = json.dumps(demo_config()["ingest"])
+    first = ingested["rsna"] / "hu"
+    assert main(["ingest", "--root", str(cohorts["rsna"] / DICOM_DIR["rsna"]), "--scan",
+                 str(ingested["rsna"] / "scan"), "--shard", "0", "--settings", settings, "--workers", "2",
+                 "--out-prefix", str(tmp_path / "shard-0")]) == 0  # fmt: skip
+    names = sorted(str(p.relative_to(first)) for p in first.rglob("*") if p.is_file())
+    names = [name for name in names if name.startswith("shard-0.")]
+    again = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert names == again and names
+    for name in names:
+        assert (first / name).read_bytes() == (tmp_path / name).read_bytes(), name
