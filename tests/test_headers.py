@@ -5,6 +5,7 @@ long headers, no preamble)."""
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -199,3 +200,30 @@ def test_files_the_parser_does_not_follow_go_to_pydicom(cohorts: dict[str, Path]
     with pytest.raises(SeriesError) as caught:  # pydicom reads what is there; the rest is missing
         read_header(cut, SALT)
     assert caught.value.path == str(cut)
+
+
+def test_byte_parser_follows_a_private_un_sequence(cohorts: dict[str, Path], tmp_path: Path) -> None:
+    """Vendors write private sequences as explicit-VR `UN` of undefined length, whose items are
+    implicit VR (PS3.5 6.2.2); the parser must step over them instead of giving up."""
+    ds = pydicom.dcmread(one_plain_file(cohorts))
+    ds.add_new(0x00090010, "LO", "ACME 1.0")  # private creator, so the block is well-formed
+    plain = tmp_path / "plain.dcm"
+    ds.save_as(plain)
+    data = plain.read_bytes()
+    creator = data.index(b"ACME 1.0")
+    at = creator + len(b"ACME 1.0")  # right after the creator's value: still group 0009
+    implicit_item = struct.pack("<HHI", 0x0008, 0x0100, 8) + b"T-A0100 "
+    un_sequence = (
+        struct.pack("<HH2sHI", 0x0009, 0x1001, b"UN", 0, 0xFFFFFFFF)
+        + struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF) + implicit_item
+        + struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
+        + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    )  # fmt: skip
+    out = tmp_path / "un-sequence.dcm"
+    out.write_bytes(data[:at] + un_sequence + data[at:])
+    raw = parse_file(str(out), WANTED)
+    assert raw is not None, "the parser gave the file up to pydicom"
+    assert raw == raw_by_pydicom(out)
+    before = parse_file(str(plain), WANTED)
+    assert before is not None and before.pixel_data is not None and raw.pixel_data is not None
+    assert raw.pixel_data[0] == before.pixel_data[0] + len(un_sequence)

@@ -105,11 +105,11 @@ def _parse(data: bytes, wanted: frozenset[int], at_eof: bool) -> RawHeader:
             if not syntax or syntax in NOT_LITTLE_ENDIAN:
                 raise _Unfollowed
             in_meta, implicit = False, syntax == IMPLICIT_LE
-        tag, length, pos = reader.element(pos, implicit)
+        tag, vr, length, pos = reader.element(pos, implicit)
         if tag == PIXEL_DATA:
             return RawHeader(elements, True, syntax, (pos, length))
         if length == UNDEFINED:
-            pos = reader.skip_sequence(pos, implicit)
+            pos = reader.skip_sequence(pos, nested_implicit(implicit, vr))
             continue
         if tag == TRANSFER_SYNTAX:
             syntax = reader.take(pos, length).rstrip(b"\0 ").decode("ascii")
@@ -123,6 +123,12 @@ def _parse(data: bytes, wanted: frozenset[int], at_eof: bool) -> RawHeader:
     if in_meta:
         raise _Unfollowed
     return RawHeader(elements, True, syntax, None)
+
+
+def nested_implicit(implicit: bool, vr: bytes) -> bool:
+    """Encoding inside an undefined-length element: an explicit-VR `UN` one (a vendor's private
+    sequence whose VR the writer did not know) holds implicit VR little endian (PS3.5 6.2.2)."""
+    return implicit or vr == b"UN"
 
 
 class _Reader:
@@ -142,19 +148,19 @@ class _Reader:
         self.need(pos + length)
         return self.data[pos : pos + length]
 
-    def element(self, pos: int, implicit: bool) -> tuple[int, int, int]:
-        """(tag, length, value position) of the element whose header starts at `pos`."""
+    def element(self, pos: int, implicit: bool) -> tuple[int, bytes, int, int]:
+        """(tag, VR (b"" if implicit), length, value position) of the element starting at `pos`."""
         try:
             if implicit:
                 group, elem, length = _TAG_LENGTH.unpack_from(self.data, pos)
-                return group << 16 | elem, length, pos + 8
+                return group << 16 | elem, b"", length, pos + 8
             group, elem, vr, length = _TAG_VR_SHORT.unpack_from(self.data, pos)
             size = HEADER_SIZE.get(vr)
             if size is None:
                 raise _Unfollowed  # not explicit VR after all
             if size == 12:
                 length = _LONG_LENGTH.unpack_from(self.data, pos + 8)[0]
-            return group << 16 | elem, length, pos + size
+            return group << 16 | elem, vr, length, pos + size
         except struct.error:  # fewer bytes left than an element header
             self.short()
 
@@ -177,5 +183,8 @@ class _Reader:
                 if group << 16 | elem == ITEM_END:
                     pos += 8
                     break
-                _, length, pos = self.element(pos, implicit)
-                pos = self.skip_sequence(pos, implicit) if length == UNDEFINED else pos + length
+                _, vr, length, pos = self.element(pos, implicit)
+                if length == UNDEFINED:
+                    pos = self.skip_sequence(pos, nested_implicit(implicit, vr))
+                else:
+                    pos += length
