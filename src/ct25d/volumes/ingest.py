@@ -6,7 +6,6 @@ must never have two writers). Every study ends converted or rejected with its re
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -14,12 +13,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
 from ct25d.dicom.headers import SliceHeader
-from ct25d.dicom.scan import grouped_headers
+from ct25d.dicom.scan import grouped_headers, relative_paths
 from ct25d.dicom.series import GeometryRules, ScratchVolume, SortedSeries, Volume, load_volume, sort_series
 from ct25d.errors import SeriesError
 from ct25d.labels import RSNA_LABELS
@@ -174,26 +172,24 @@ def ingest_shard(
 
 
 class SliceRows:
-    """The slice table of the converted studies, gathered as row numbers into `files` and built
-    with one pandas selection at the end (per-study DataFrame operations cost more than decoding)."""
+    """The slice table of the converted studies, gathered per study and built with one pandas
+    selection at the end (per-study DataFrame operations cost more than decoding)."""
 
     def __init__(self, files: pd.DataFrame, root: Path) -> None:
         self._files = files
-        self._row_of = pd.Index(files["path"])
-        self._prefix = os.path.join(root, "")  # headers' paths are os.path.join(root, relative path)
-        self._rows: list[np.ndarray] = []
-        self._columns: dict[str, list[Any]] = {"study_id": [], "z": [], "position_mm": []}
+        self._root = root
+        self._columns: dict[str, list[Any]] = {"path": [], "study_id": [], "z": [], "position_mm": []}
 
     def add(self, study_id: str, series: SortedSeries) -> None:
-        paths = [h.path[len(self._prefix) :] for h in series.headers]
-        self._rows.append(self._row_of.get_indexer(paths))
-        self._columns["study_id"] += [study_id] * len(paths)
-        self._columns["z"] += range(len(paths))
+        n = len(series.headers)
+        self._columns["path"] += [h.path for h in series.headers]
+        self._columns["study_id"] += [study_id] * n
+        self._columns["z"] += range(n)
         self._columns["position_mm"] += list(series.positions_mm)
 
     def table(self) -> pd.DataFrame:
-        rows = np.concatenate(self._rows) if self._rows else np.empty(0, dtype=int)
-        picked = self._files.iloc[rows]
+        paths = relative_paths(pd.Series(self._columns["path"], dtype=str), self._root)
+        picked = self._files.iloc[pd.Index(self._files["path"]).get_indexer(paths)]
         table = pd.DataFrame(
             {
                 "study_id": self._columns["study_id"],
