@@ -192,9 +192,9 @@ class SliceRows:
         picked = self._files.iloc[pd.Index(self._files["path"]).get_indexer(paths)]
         table = pd.DataFrame(
             {
-                "study_id": self._columns["study_id"],
+                "study_id": pd.Series(self._columns["study_id"], dtype="str"),
                 "z": pd.Series(self._columns["z"], dtype="int64"),
-                "slice_id": picked["slice_id"].to_numpy(),
+                "slice_id": picked["slice_id"].astype("str").array,
                 "position_mm": pd.Series(self._columns["position_mm"], dtype="float64"),
             }
         )
