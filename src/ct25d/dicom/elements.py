@@ -19,13 +19,13 @@ from typing import NoReturn
 import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.multival import MultiValue
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 PIXEL_DATA = 0x7FE00010
 TRANSFER_SYNTAX = 0x00020010
 UNDEFINED = 0xFFFFFFFF
 ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
-IMPLICIT_LE = "1.2.840.10008.1.2"
-NOT_LITTLE_ENDIAN = {"1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}  # big endian, deflated
+NOT_LITTLE_ENDIAN = {ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian}
 # Explicit VRs with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2) and the others.
 LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 SHORT_VRS = {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"PN",
@@ -104,7 +104,7 @@ def _parse(data: bytes, wanted: frozenset[int], at_eof: bool) -> RawHeader:
             # The file meta group (always explicit VR LE) has ended: the dataset's encoding begins.
             if not syntax or syntax in NOT_LITTLE_ENDIAN:
                 raise _Unfollowed
-            in_meta, implicit = False, syntax == IMPLICIT_LE
+            in_meta, implicit = False, syntax == ImplicitVRLittleEndian
         tag, vr, length, pos = reader.element(pos, implicit)
         if tag == PIXEL_DATA:
             return RawHeader(elements, True, syntax, (pos, length))

@@ -20,6 +20,7 @@ import pydicom
 from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.datadict import tag_for_keyword
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from ct25d.dicom.elements import UNDEFINED, RawHeader, from_dataset, parse_file
 from ct25d.errors import SeriesError
@@ -101,7 +102,7 @@ def _vector(value: Any) -> tuple[float, ...] | None:
     return None if value is None or (np.ndim(value) == 0 and pd.isna(value)) else tuple(value)
 
 
-NATIVE_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}  # implicit / explicit VR little endian
+NATIVE_SYNTAXES = {ImplicitVRLittleEndian, ExplicitVRLittleEndian}
 _KEYWORDS = (
     "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "PatientID", "Modality",
     "SeriesDescription", "SeriesNumber", "InstanceNumber", "ImageType", "ContrastBolusAgent", "Rows",
