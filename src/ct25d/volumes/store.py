@@ -26,9 +26,10 @@ COMPRESSORS = ("lz4", "zstd")
 class HUCodec:
     """How HU volumes are chunked and compressed (config `ingest.chunk_slices/compressor/compression_level`).
 
-    Byte-shuffled Blosc-lz4 is the default: on int16 CT it encodes at ~2.7 GB/s on one core for
-    a 1.9x ratio, where Blosc-zstd level 1 gives 2.5x at ~0.65 GB/s (benchmarks/ingest.py); lz4
-    keeps ingest as fast as dcm2niix writing raw NIfTI, zstd trades that for ~25% less disk.
+    Byte-shuffled Blosc-lz4 is the default: on int16 CT with 256 KiB blocks it encodes at ~3 GB/s on
+    one core for a 1.9x ratio, where Blosc-zstd level 1 gives 2.5x at ~0.9 GB/s
+    (benchmarks/ingest.py). lz4 keeps ingest faster than dcm2niix run per series writing raw NIfTI;
+    zstd trades ~3x the encoding time for ~25% less disk.
     """
 
     chunk_slices: int = 64
