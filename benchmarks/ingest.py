@@ -201,27 +201,11 @@ def warm_cache(inputs: Inputs) -> None:
 # ----------------------------------------------------------------------------------------- dcm2niix
 
 
-def run_dcm2niix(inputs: Inputs, out: Path, core: int, repeats: int) -> dict[str, Any]:
-    """One pinned `dcm2niix -z n -b n` per series folder; wall time over all series, best of N."""
-
-    def once(i: int) -> float:
-        clear(out)
-        dirs = [out / f"{k:03d}" for k in range(len(inputs.series))]
-        for d in dirs:
-            d.mkdir(parents=True)
-        start = time.perf_counter()
-        for folder, d in zip(inputs.series, dirs, strict=True):
-            cmd = pinned(core, ["dcm2niix", "-z", "n", "-b", "n", "-o", str(d), str(inputs.root / folder)])
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        return time.perf_counter() - start
-
-    best, times = best_of(repeats, once)
-    outputs = {folder: sorted((out / f"{k:03d}").glob("*.nii")) for k, folder in enumerate(inputs.series)}
-    return {"best": best, "times": times, "bytes": tree_bytes(out, ".nii"), "outputs": outputs}
-
-
-def run_dcm2niix_parallel(inputs: Inputs, out: Path, cores: str, n: int, repeats: int) -> dict[str, Any]:
-    """dcm2niix per series folder, `n` processes at a time on `cores` (it converts single-threaded)."""
+def run_dcm2niix(
+    inputs: Inputs, out: Path, cores: int | str, repeats: int, at_once: int = 1
+) -> dict[str, Any]:
+    """`dcm2niix -z n -b n` per series folder, `at_once` processes at a time (it converts
+    single-threaded), pinned to `cores`; wall time over all series, best of N."""
 
     def convert(cmd: list[str]) -> None:
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -234,12 +218,13 @@ def run_dcm2niix_parallel(inputs: Inputs, out: Path, cores: str, n: int, repeats
             argv = ["dcm2niix", "-z", "n", "-b", "n", "-o", str(out / f"{k:03d}"), str(inputs.root / folder)]
             cmds.append(pinned(cores, argv))
         start = time.perf_counter()
-        with ThreadPoolExecutor(n) as pool:
+        with ThreadPoolExecutor(at_once) as pool:
             list(pool.map(convert, cmds))
         return time.perf_counter() - start
 
     best, times = best_of(repeats, once)
-    return {"best": best, "times": times}
+    outputs = {folder: sorted((out / f"{k:03d}").glob("*.nii")) for k, folder in enumerate(inputs.series)}
+    return {"best": best, "times": times, "bytes": tree_bytes(out, ".nii"), "outputs": outputs}
 
 
 def run_dcm2niix_root(inputs: Inputs, out: Path, core: int, repeats: int) -> dict[str, Any]:
@@ -650,9 +635,7 @@ def main() -> None:
     if args.parallel > 1:
         cores = f"{args.core}-{args.core + args.parallel - 1}"
         log(f"on cores {cores}: dcm2niix per series, {args.parallel} at a time ...")
-        d2n_many = run_dcm2niix_parallel(
-            inputs, runs / "dcm2niix-parallel", cores, args.parallel, args.repeats
-        )
+        d2n_many = run_dcm2niix(inputs, runs / "dcm2niix-parallel", cores, args.repeats, args.parallel)
         log(f"on cores {cores}: ct25d scan with {args.parallel} workers + {args.parallel} shards at once ...")
         ours_many = run_ct25d_parallel(inputs, runs / "ct25d-parallel", cores, args.parallel, args.repeats)
         many = (cores, d2n_many, ours_many)
