@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,12 +18,14 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary sibling path (file or directory); rename it onto `target` on success.
 
     The temporary name keeps the target's suffix so writers that dispatch on it (zarr, parquet)
-    behave the same. On error the temporary is removed and the target is left untouched.
+    behave the same. On error the temporary is removed and the target is left untouched. A killed
+    process cannot clean up, so the temporaries it left for the same target are removed here, by
+    the job that writes the target again.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.stem}.tmp-{os.getpid()}{target.suffix}")
-    _remove(tmp)
+    remove_leftovers(target)
     try:
         yield tmp
         if target.is_dir() and not target.is_symlink():
@@ -30,6 +33,31 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp, target)
     finally:
         _remove(tmp)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_leftovers(target: Path) -> list[Path]:
+    """Remove the temporaries that dead processes left for `target` (and ours); return them.
+
+    A temporary whose process still runs on this machine is left alone: someone is writing it.
+    """
+    pattern = re.compile(rf"\.{re.escape(target.stem)}\.tmp-(\d+){re.escape(target.suffix)}")
+    removed = []
+    for sibling in target.parent.iterdir():
+        match = pattern.fullmatch(sibling.name)
+        if match and (int(match.group(1)) == os.getpid() or not _alive(int(match.group(1)))):
+            _remove(sibling)
+            removed.append(sibling)
+    return removed
 
 
 def _remove(path: Path) -> None:
@@ -63,3 +91,16 @@ def write_csv(path: str | os.PathLike[str], frame: Any) -> None:
     """Write a pandas frame to CSV atomically."""
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False)
+
+
+def write_npz(path: str | os.PathLike[str], **arrays: Any) -> None:
+    """`np.savez` atomically and byte-reproducibly: numpy stamps each member with the current time,
+    so two runs never wrote the same file; here every member has the zip format's fixed epoch."""
+    import zipfile
+
+    import numpy as np
+
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
+        for name, array in arrays.items():
+            with archive.open(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), "w") as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)

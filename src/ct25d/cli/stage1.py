@@ -10,15 +10,16 @@ import argparse
 import logging
 from pathlib import Path
 
-from ct25d.cli.common import json_object
+from ct25d.cli.common import add_runtime, json_object
 
 log = logging.getLogger("ct25d")
 
 
-def with_workers(settings: dict, workers: int | None) -> dict:
-    """`--workers` (a rule's `threads`) overrides `num_workers`, so the loader uses the cores the
-    scheduler granted, and changing it never reruns training."""
-    return settings if workers is None else {**settings, "num_workers": workers}
+def run_settings(args: argparse.Namespace) -> dict:
+    """`--settings` with `--runtime` (keys that change how a job runs, never what it writes) and
+    `--workers` (a rule's `threads`, so the loader uses the cores the scheduler granted) on top."""
+    settings = {**args.settings, **args.runtime}
+    return settings if args.workers is None else {**settings, "num_workers": args.workers}
 
 
 def cmd_train_slices(args: argparse.Namespace) -> None:
@@ -27,7 +28,7 @@ def cmd_train_slices(args: argparse.Namespace) -> None:
     from ct25d.training.devices import lease_device
     from ct25d.training.stage1 import Stage1Settings, train_stage1
 
-    settings = Stage1Settings.from_dict(with_workers(args.settings, args.workers))
+    settings = Stage1Settings.from_dict(run_settings(args))
     index = pd.read_parquet(args.index)
     with lease_device(prefer=settings.device) as device:
         log.info("train-slices fold %d on %s", args.fold, device)
@@ -42,7 +43,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
     from ct25d.training.embed import extract_embeddings
     from ct25d.training.stage1 import Stage1Settings
 
-    settings = Stage1Settings.from_dict(with_workers(args.settings, args.workers))
+    settings = Stage1Settings.from_dict(run_settings(args))
     index = pd.read_parquet(args.index)
     with lease_device(prefer=settings.device) as device:
         log.info("embed %d slices on %s", len(index), device)
@@ -58,10 +59,9 @@ def cmd_embed(args: argparse.Namespace) -> None:
 
 
 def cmd_eval_stage1(args: argparse.Namespace) -> None:
-    import numpy as np
     import pandas as pd
 
-    from ct25d.atomic import atomic_path, write_csv, write_json
+    from ct25d.atomic import write_csv, write_json, write_npz
     from ct25d.evaluation.stage1 import evaluate_stage1
     from ct25d.evaluation.tables import summarise
     from ct25d.provenance import stamp
@@ -75,8 +75,7 @@ def cmd_eval_stage1(args: argparse.Namespace) -> None:
     write_json(
         out / "stage1_eval.json", {**stamp("eval-stage1", settings.to_dict()), **summarise(table, args.fold)}
     )
-    with atomic_path(out / "class_means.npz") as tmp, open(tmp, "wb") as f:
-        np.savez(f, **means)
+    write_npz(out / "class_means.npz", **means)
     for key, value in summarise(table, args.fold)["results"].items():
         log.info("%s: F1(any) %s, AUC(any) %s", key, value["f1_any"], value["auc_any"])
 
@@ -92,6 +91,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--out", required=True, help="run folder: last.pt, best.pt, metrics.csv, learning_curve.png"
     )
     p.add_argument("--workers", type=int, default=None, help="data loader workers (default: settings)")
+    add_runtime(p)
     p.set_defaults(func=cmd_train_slices)
 
     p = sub.add_parser("embed", help="Stage-1 embeddings and logits of every slice in the index")
@@ -100,6 +100,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--settings", type=json_object, required=True, help="config `stage1` (JSON)")
     p.add_argument("--out", required=True, help="folder: <shard>.zarr per slice store, rows.parquet")
     p.add_argument("--workers", type=int, default=None, help="data loader workers (default: settings)")
+    add_runtime(p)
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("eval-stage1", help="head vs cosine-to-class-mean F1/AUC, slice and volume level")

@@ -1,11 +1,14 @@
-"""Atomic checkpoint files.
+"""Atomic, byte-reproducible checkpoint files.
 
 Why atomic: a job killed while writing `last.pt` must leave the previous `last.pt` intact, or the
-restart would find a truncated file and lose the run.
+restart would find a truncated file and lose the run. Why through memory: `torch.save` to a path
+names the zip archive's folder after the file, so the temporary name (with its process id) ended
+up inside the bytes and no two runs wrote the same file.
 """
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -16,9 +19,11 @@ from ct25d.atomic import atomic_path
 
 
 def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> None:
-    """`torch.save` to a temporary sibling, then rename onto `path`."""
+    """`torch.save` into memory (a fixed archive name), then write a temporary sibling and rename it."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
