@@ -49,6 +49,10 @@ def pydicom_values(path: Path) -> dict:
         "pixel_representation": int(ds.PixelRepresentation),
         "rescale_slope": float(ds.get("RescaleSlope", 1) or 1),
         "rescale_intercept": float(ds.get("RescaleIntercept", 0) or 0),
+        "sop_class": str(ds.SOPClassUID),
+        "samples_per_pixel": int(ds.SamplesPerPixel),
+        "photometric": str(ds.PhotometricInterpretation),
+        "kernel": str(ds.get("ConvolutionKernel", "")),
     }
 
 
@@ -84,7 +88,7 @@ def test_native_offset_reads_the_same_pixels_as_pydicom(cohorts: dict[str, Path]
         fast = np.empty((header.rows, header.columns), np.int16)
         slow = np.empty_like(fast)
         try:
-            read_hu(header.path, slow)
+            read_hu(header.path, rescale, slow)
         except SliceError:  # a truncated file among the broken inputs: both readers must refuse it
             with pytest.raises(SliceError, match="truncated"):
                 read_hu_native(header.path, header.pixel_offset, rescale, fast)
@@ -118,7 +122,8 @@ def test_implicit_vr_and_latin1_description(cohorts: dict[str, Path], tmp_path: 
     read_hu_native(str(out), header.pixel_offset, Rescale(header.rescale_slope, header.rescale_intercept,
                    header.bits_stored, header.pixel_representation), hu)  # fmt: skip
     expected = np.empty_like(hu)
-    read_hu(str(out), expected)
+    read_hu(str(out), Rescale(header.rescale_slope, header.rescale_intercept, header.bits_stored,
+                              header.pixel_representation), expected)  # fmt: skip
     np.testing.assert_array_equal(hu, expected)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class Ct25dError(Exception):
     """Base class for every error ct25d raises on purpose."""
@@ -12,13 +14,23 @@ class ConfigError(Ct25dError):
 
 
 class SeriesError(Ct25dError):
-    """A DICOM series cannot become a volume; the message names the file or series and why."""
+    """A DICOM series cannot become a volume; the message names the file or series and why.
 
-    def __init__(self, reason: str, path: str | None = None) -> None:
+    `dropped` holds the files set aside on the way (each with its own reason), so a report can name
+    them even though the series failed.
+    """
+
+    def __init__(self, reason: str, path: str | None = None, dropped: Sequence[SliceError] = ()) -> None:
         self.reason = reason
         self.path = path
+        self.dropped = list(dropped)
         super().__init__(f"{path}: {reason}" if path else reason)
 
 
 class SliceError(SeriesError):
-    """One file of a series cannot be decoded; the rest of the series may still form a volume."""
+    """One image of a series is set aside (cannot be decoded, or duplicates another); the rest of
+    the series may still form a volume. `frame` is its frame in a multi-frame file (-1: none)."""
+
+    def __init__(self, reason: str, path: str | None = None, frame: int = -1) -> None:
+        super().__init__(reason, path)
+        self.frame = frame

@@ -20,7 +20,7 @@ import pydicom
 from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.datadict import tag_for_keyword
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import EnhancedCTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from ct25d.dicom.elements import UNDEFINED, RawHeader, from_dataset, parse_file
 from ct25d.errors import SeriesError
@@ -71,6 +71,23 @@ class SliceHeader:
     rescale_slope: float = 1.0
     rescale_intercept: float = 0.0
     pixel_offset: int = -1
+    # What says whether the pixels hold HU at all, and what kind of series this is.
+    sop_class: str = ""
+    samples_per_pixel: int = 1
+    photometric: str = "MONOCHROME2"
+    kernel: str = ""
+    contrast_tags: str = ""  # other contrast/bolus tags present, as `Keyword=value` joined by "; "
+    frame: int = -1  # frame index within a multi-frame (Enhanced CT) file; -1: a single-frame file
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """What identifies one image: the file, and the frame within a multi-frame file."""
+        return (self.path, self.frame)
+
+    @property
+    def name(self) -> str:
+        """The image as a report names it: the file, plus the frame of a multi-frame file."""
+        return self.path if self.frame < 0 else f"{self.path} [frame {self.frame + 1}]"
 
     @classmethod
     def from_table(cls, table: pd.DataFrame, root: Path | None = None) -> list[SliceHeader]:
@@ -103,12 +120,18 @@ def _vector(value: Any) -> tuple[float, ...] | None:
 
 
 NATIVE_SYNTAXES = {ImplicitVRLittleEndian, ExplicitVRLittleEndian}
+# Tags that record a contrast injection besides ContrastBolusAgent; vendors fill different ones.
+CONTRAST_TAGS = (
+    "ContrastBolusRoute", "ContrastBolusVolume", "ContrastBolusTotalDose", "ContrastBolusIngredient",
+    "ContrastBolusStartTime", "ContrastFlowRate",
+)  # fmt: skip
 _KEYWORDS = (
     "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "PatientID", "Modality",
     "SeriesDescription", "SeriesNumber", "InstanceNumber", "ImageType", "ContrastBolusAgent", "Rows",
     "Columns", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness",
     "BitsAllocated", "BitsStored", "PixelRepresentation", "SamplesPerPixel", "NumberOfFrames",
-    "RescaleSlope", "RescaleIntercept", "SpecificCharacterSet",
+    "RescaleSlope", "RescaleIntercept", "SpecificCharacterSet", "SOPClassUID", "PhotometricInterpretation",
+    "ConvolutionKernel", *CONTRAST_TAGS,
 )  # fmt: skip
 TAGS = {keyword: tag_for_keyword(keyword) for keyword in _KEYWORDS}
 WANTED = frozenset(TAGS.values())
@@ -189,25 +212,48 @@ def _native_offset(header: RawHeader, values: RawValues) -> int:
     return offset if length != UNDEFINED else -1
 
 
-def read_header(path: str | Path, salt: str) -> SliceHeader:
-    """Read one file's header without loading pixel data; raise SeriesError naming the file.
+def file_headers(path: str | Path, salt: str) -> list[SliceHeader]:
+    """The headers of one file's images without loading pixel data; raise SeriesError naming the file.
 
-    The fast byte parser reads what it follows; pydicom reads the rest (`defer_size` keeps
-    PixelData on disk but still records whether the element exists and where it lies).
+    One header for a single-frame file; one per frame for a multi-frame (Enhanced CT) file, whose
+    per-frame geometry and rescale pydicom reads from the functional groups. The fast byte parser
+    reads what it follows; pydicom reads the rest (`defer_size` keeps PixelData on disk but still
+    records whether the element exists and where it lies).
     """
     path = str(path)
     raw = parse_file(path, WANTED)
+    dataset = None
     if raw is None:
-        try:
-            raw = from_dataset(pydicom.dcmread(path, defer_size=1024), WANTED)
-        except InvalidDicomError as exc:
-            raise SeriesError(f"not a DICOM file ({exc})", path) from exc
-        except Exception as exc:  # pydicom raises many types on a truncated or garbled header
-            raise SeriesError(f"unreadable DICOM header ({type(exc).__name__}: {exc})", path) from exc
+        dataset = _dcmread(path)
+        raw = from_dataset(dataset, WANTED)
     try:
-        return _header(raw, path, salt)
-    except (ValueError, UnicodeDecodeError, LookupError) as exc:
-        raise SeriesError(f"malformed header value ({exc})", path) from exc
+        header = _header(raw, path, salt)
+        if header.sop_class != EnhancedCTImageStorage and RawValues(raw).integer("NumberOfFrames", 1) <= 1:
+            return [header]
+        from ct25d.dicom.enhanced import frame_headers
+
+        return frame_headers(dataset or _dcmread(path), header)
+    except (ValueError, UnicodeDecodeError, LookupError, AttributeError, TypeError) as exc:
+        raise SeriesError(f"malformed header value ({type(exc).__name__}: {exc})", path) from exc
+
+
+def read_header(path: str | Path, salt: str) -> SliceHeader:
+    """The header of a single-frame file (see `file_headers`)."""
+    headers = file_headers(path, salt)
+    if len(headers) != 1:
+        raise SeriesError(
+            f"a multi-frame file ({len(headers)} frames) where one image was expected", str(path)
+        )
+    return headers[0]
+
+
+def _dcmread(path: str) -> pydicom.Dataset:
+    try:
+        return pydicom.dcmread(path, defer_size=1024)
+    except InvalidDicomError as exc:
+        raise SeriesError(f"not a DICOM file ({exc})", path) from exc
+    except Exception as exc:  # pydicom raises many types on a truncated or garbled header
+        raise SeriesError(f"unreadable DICOM header ({type(exc).__name__}: {exc})", path) from exc
 
 
 def _header(raw: RawHeader, path: str, salt: str) -> SliceHeader:
@@ -242,4 +288,9 @@ def _header(raw: RawHeader, path: str, salt: str) -> SliceHeader:
         rescale_slope=values.number("RescaleSlope", 1.0),
         rescale_intercept=values.number("RescaleIntercept", 0.0),
         pixel_offset=_native_offset(raw, values),
+        sop_class=values.text("SOPClassUID"),
+        samples_per_pixel=values.ushort("SamplesPerPixel", 1),
+        photometric=values.text("PhotometricInterpretation").upper() or "MONOCHROME2",
+        kernel=values.text("ConvolutionKernel"),
+        contrast_tags="; ".join(f"{k}={values.text(k)}" for k in CONTRAST_TAGS if values.text(k)),
     )

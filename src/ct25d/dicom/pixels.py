@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pydicom
+from pydicom.pixels import pixel_array
 
 from ct25d.errors import SliceError
 
@@ -20,20 +20,25 @@ class Rescale:
     intercept: float = 0.0
     bits_stored: int = 16
     pixel_representation: int = 0
+    # MONOCHROME1 stores grey levels inverted; they are inverted back within BitsStored before the
+    # rescale, as GDCM (and so SimpleITK) reads them.
+    inverted: bool = False
 
     @property
     def wrapped_12bit(self) -> bool:
         """The RSNA 2019 quirk: 12-bit unsigned storage of HU that wrapped at 4096, intercept ~0."""
         return self.bits_stored == 12 and self.pixel_representation == 0 and self.intercept > -100
 
-    @classmethod
-    def of(cls, ds: pydicom.Dataset) -> Rescale:
-        return cls(
-            slope=float(ds.get("RescaleSlope", 1) or 1),
-            intercept=float(ds.get("RescaleIntercept", 0) or 0),
-            bits_stored=int(ds.get("BitsStored", 16)),
-            pixel_representation=int(ds.get("PixelRepresentation", 0)),
+    def hu_bounds(self) -> tuple[float, float]:
+        """The lowest and highest HU this storage can represent (after the wrap repair)."""
+        if self.wrapped_12bit:
+            return -1000.0, 3095.0
+        bits = self.bits_stored
+        low, high = (
+            (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if self.pixel_representation else (0, (1 << bits) - 1)
         )
+        ends = (low * self.slope + self.intercept, high * self.slope + self.intercept)
+        return min(ends), max(ends)
 
 
 def _bounds(stored: np.ndarray, rescale: Rescale, intercept: int) -> tuple[int, int]:
@@ -57,9 +62,12 @@ def stored_to_hu(stored: np.ndarray, rescale: Rescale, out: np.ndarray) -> None:
     no temporaries: it is the hot loop of ingest.
     """
     slope, intercept = rescale.slope, rescale.intercept
-    if (rescale.pixel_representation == 0 and rescale.bits_stored < 16) or rescale.wrapped_12bit:
+    masked = (rescale.pixel_representation == 0 and rescale.bits_stored < 16) or rescale.wrapped_12bit
+    into = out.view(stored.dtype) if stored.dtype.itemsize == out.dtype.itemsize else None
+    if rescale.inverted:
+        stored = np.invert(stored, out=into)  # unsigned: max - v; signed: -v - 1 (the mask below trims)
+    if masked:
         mask = stored.dtype.type((1 << rescale.bits_stored) - 1)  # bits above HighBit are not pixel
-        into = out.view(stored.dtype) if stored.dtype.itemsize == out.dtype.itemsize else None
         stored = np.bitwise_and(stored, mask, out=into)
     if rescale.wrapped_12bit:
         # Known repair for the wrapped files: shift by +1000, wrap values >= 4096, intercept -1000.
@@ -78,21 +86,16 @@ def stored_to_hu(stored: np.ndarray, rescale: Rescale, out: np.ndarray) -> None:
     out[...] = np.clip(hu, HU_MIN, HU_MAX)
 
 
-def read_hu(path: str, out: np.ndarray) -> None:
-    """Decode one file (any transfer syntax pydicom's decoders handle) into `out` as HU."""
+def read_hu(path: str, rescale: Rescale, out: np.ndarray, frame: int = -1) -> None:
+    """Decode one file, or one frame of a multi-frame file (any transfer syntax pydicom's decoders
+    handle), into `out` as HU with the rescale the scan read for it."""
     try:
-        ds = pydicom.dcmread(path)
-    except Exception as exc:
-        raise SliceError(f"unreadable DICOM file ({type(exc).__name__}: {exc})", path) from exc
-    if "PixelData" not in ds:
-        raise SliceError("no pixel data", path)
-    try:
-        stored = ds.pixel_array
+        stored = pixel_array(path, index=None if frame < 0 else frame)
     except Exception as exc:  # decoders raise assorted types on short or corrupt pixel data
         raise SliceError(f"cannot decode pixel data ({type(exc).__name__}: {exc})", path) from exc
     if stored.shape != out.shape:
         raise SliceError(f"pixel array {stored.shape} does not match Rows/Columns {out.shape}", path)
-    stored_to_hu(stored, Rescale.of(ds), out)
+    stored_to_hu(stored, rescale, out)
 
 
 def read_hu_native(path: str, offset: int, rescale: Rescale, out: np.ndarray) -> None:
