@@ -46,18 +46,24 @@ def test_orders_shuffled_slices_by_position_not_instance_number() -> None:
     assert result.flags == []
 
 
-def test_duplicate_positions_are_dropped_and_flagged() -> None:
+def test_duplicate_positions_are_set_aside_for_the_pixel_check() -> None:
     headers = make_headers([0.0, 5.0, 5.0, 10.0, 15.0])
     result = sort_series(headers, RULES)
     assert len(result.headers) == 4
-    assert result.flags == ["dropped 1 duplicate slice position(s)"]
+    assert result.flags == ["1 duplicate slice position(s) set aside"]
+    assert [(kept.path, dup.path) for kept, dup in result.duplicates] == [("/x/1.dcm", "/x/2.dcm")]
 
 
-def test_gap_is_rejected_naming_the_file() -> None:
+def test_missing_slice_is_kept_at_its_true_position_and_flagged() -> None:
+    """A gap no longer rejects the series: 2D and 2.5D use every slice where it really is."""
     headers = make_headers([0.0, 5.0, 10.0, 20.0, 25.0])
-    with pytest.raises(SeriesError, match=r"gap of 10\.00 mm between slices 2 and 3") as info:
-        sort_series(headers, RULES)
-    assert info.value.path == "/x/3.dcm"
+    result = sort_series(headers, RULES)
+    assert len(result.headers) == 5
+    assert list(result.positions_mm) == [0.0, 5.0, 10.0, 20.0, 25.0]
+    assert result.spacing_zyx[0] == 5.0
+    assert len(result.flags) == 1
+    assert "irregular slice spacing: 1 gap(s), 0 short step(s)" in result.flags[0]
+    assert "10.00 mm between slices 2 and 3" in result.flags[0]
 
 
 def test_gantry_tilt_is_measured_and_spacing_is_along_the_normal() -> None:
@@ -69,6 +75,47 @@ def test_gantry_tilt_is_measured_and_spacing_is_along_the_normal() -> None:
         sort_series(make_headers([0.0, 5.0, 10.0], tilt_deg=20.0), GeometryRules(0.1, 15.0))
 
 
+def test_direction_cosines_are_normalised_before_spacing_and_tilt() -> None:
+    """A real header with |column| = 0.9995 (anchors.md): no fake tilt, the true spacing."""
+    zs = [5.0 * k for k in range(8)]
+    headers = make_headers(zs, orientation=(1.0, 0.0, 0.0, 0.0, 0.9995, 0.0))
+    result = sort_series(headers, RULES)
+    assert result.tilt_deg < 0.01 and result.flags == []
+    assert result.spacing_zyx[0] == pytest.approx(5.0, abs=1e-9)
+    assert np.linalg.norm(np.reshape(result.direction, (3, 3)), axis=0) == pytest.approx([1.0, 1.0, 1.0])
+
+
+def test_a_real_tilt_with_short_cosines_keeps_its_true_spacing() -> None:
+    """|column| = 0.9995 and a real 1.8 deg tilt: spacing 5 cos(1.8 deg) along the unit normal
+    (unnormalised, the normal's length 0.9995 would shrink it to 4.9950)."""
+    t = np.radians(1.8)
+    col = (0.0, 0.9995 * np.cos(t), 0.9995 * np.sin(t))
+    headers = make_headers([5.0 * k for k in range(6)], orientation=(1.0, 0.0, 0.0, *col))
+    result = sort_series(headers, RULES)
+    assert result.spacing_zyx[0] == pytest.approx(5.0 * np.cos(t), abs=1e-5)
+    assert result.spacing_zyx[0] == pytest.approx(4.99753, abs=1e-4)
+    assert result.tilt_deg == pytest.approx(1.8, abs=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["correct", "keep", "reject"])
+def test_tilt_modes(mode: str) -> None:
+    headers = make_headers([0.0, 5.0, 10.0, 15.0], tilt_deg=24.0)
+    rules = GeometryRules(0.1, 30.0, tilt=mode)
+    if mode == "reject":
+        with pytest.raises(SeriesError, match=r"gantry tilt 24\.00 deg \(ingest.tilt: reject\)"):
+            sort_series(headers, rules)
+        return
+    result = sort_series(headers, rules)
+    d = np.reshape(result.direction, (3, 3))
+    origin, spacing = np.asarray(result.origin_xyz), result.spacing_zyx[0]
+    last = origin + 3 * spacing * d[:, 2]  # where the stored geometry puts the last slice
+    if mode == "keep":  # the sheared geometry: every slice exactly where it was acquired
+        np.testing.assert_allclose(last, headers[-1].position, atol=1e-9)
+    else:  # orthogonal axes; ingest then resamples the slices onto them (ct25d.volumes.tilt)
+        assert abs(d[:, 1] @ d[:, 2]) < 1e-12
+        assert np.linalg.norm(last - headers[-1].position) == pytest.approx(15.0 * np.sin(np.radians(24.0)))
+
+
 @pytest.mark.parametrize(
     ("headers", "message"),
     [
@@ -78,6 +125,9 @@ def test_gantry_tilt_is_measured_and_spacing_is_along_the_normal() -> None:
         (make_headers([0.0, 5.0], position=None), "ImagePositionPatient"),
         (make_headers([0.0, 5.0])[:1] + make_headers([5.0], rows=8), "mixed rows"),
         (make_headers([0.0])[:1] + make_headers([5.0], series_id="se-2"), "mixed series"),
+        (make_headers([0.0, 5.0], orientation=(1.0, 0.0, 0.0, 0.3, 1.0, 0.0)), "not perpendicular"),
+        (make_headers([0.0, 5.0], orientation=(1.0, 0.0, 0.0, 0.0, 0.0, 0.0)), "two direction vectors"),
+        (make_headers([5.0, 5.0]), "single slice position"),
     ],
 )
 def test_broken_series_are_refused_with_a_reason(headers: list[SliceHeader], message: str) -> None:

@@ -1,10 +1,15 @@
-"""A series of single-slice files -> one sorted int16 HU volume with its geometry.
+"""A series of images -> one sorted int16 HU volume with its true geometry.
 
 Slices are ordered by their position along the slice normal (never by InstanceNumber, which
 scanners number either way), and the spacing is derived from positions (SliceThickness is not the
-spacing when slices overlap or leave gaps). Problems that make a volume wrong are raised as
-SeriesError naming the file or the measured values; problems a user should know about but that
-leave the volume correct are returned as flags.
+spacing when slices overlap or leave gaps). Direction cosines are normalised first: real headers
+carry vectors of length 0.9995, which would otherwise shrink the spacing and fake a gantry tilt.
+
+Only what cannot form a volume is refused (mixed sizes or orientations, a single slice, conflicting
+duplicates, a tilt beyond the configured limit), as a SeriesError naming the file or the measured
+values. What leaves the volume usable is returned as flags: missing or unevenly spaced slices are
+kept with each slice's true position (2D and 2.5D need no regular grid; stages that do interpolate
+on the positions), gantry tilt is corrected or kept as configured.
 """
 
 from __future__ import annotations
@@ -16,32 +21,57 @@ from typing import Any
 import numpy as np
 
 from ct25d.dicom.headers import SliceHeader
-from ct25d.dicom.pixels import Rescale, read_hu, read_hu_native
+from ct25d.dicom.hu import rescale_of
+from ct25d.dicom.pixels import read_hu, read_hu_native
 from ct25d.errors import SeriesError, SliceError
 
 POSITION_EPS_MM = 1e-3
 ORIENTATION_EPS = 1e-4
+TILT_EPS_DEG = 0.01  # below this a "tilt" is rounding in the position strings
+TILT_MODES = ("correct", "keep", "reject")
 
 
 @dataclass(frozen=True)
 class GeometryRules:
-    """Tolerances for accepting a series, from config `ingest`."""
+    """How series geometry is judged, from config `ingest`.
+
+    `spacing_tolerance`: relative deviation of a slice step from the median step above which the
+    series is flagged irregular. `tilt`: `correct` resamples a tilted series onto an orthogonal grid,
+    `keep` stores the sheared geometry as acquired, `reject` refuses it; any tilt above
+    `max_tilt_deg` is refused.
+    """
 
     spacing_tolerance: float = 0.1
     max_tilt_deg: float = 30.0
+    tilt: str = "correct"
+
+    def __post_init__(self) -> None:
+        if self.tilt not in TILT_MODES:
+            raise ValueError(f"ingest.tilt: expected one of {TILT_MODES}, got {self.tilt!r}")
 
 
 @dataclass
 class SortedSeries:
-    """Headers in slice order plus the geometry derived from them."""
+    """Images in slice order plus the geometry derived from them."""
 
     headers: list[SliceHeader]
-    positions_mm: np.ndarray  # position of each slice along the normal
+    positions_mm: np.ndarray  # position of each slice along the unit slice normal
+    positions_xyz: np.ndarray  # (Z, 3) ImagePositionPatient of each slice
     spacing_zyx: tuple[float, float, float]
     origin_xyz: tuple[float, float, float]
     direction: tuple[float, ...]  # SimpleITK order: row-major 3x3, columns are the x, y, z axes
     tilt_deg: float
+    # (kept, duplicate) images at one position: their pixels are compared when decoding.
+    duplicates: list[tuple[SliceHeader, SliceHeader]] = field(default_factory=list)
     flags: list[str] = field(default_factory=list)
+
+    @property
+    def row_col_normal(self) -> np.ndarray:
+        """(3, 3): unit row direction, unit column direction and unit slice normal, as rows."""
+        d = np.asarray(self.direction, dtype=float).reshape(3, 3)
+        row, col = d[:, 0], d[:, 1]
+        normal = np.cross(row, col)
+        return np.stack([row, col, normal / np.linalg.norm(normal)])
 
 
 @dataclass
@@ -60,6 +90,7 @@ class Volume:
             "tilt_deg": round(s.tilt_deg, 3),
             "flags": list(s.flags),
             "shape_zyx": list(self.hu.shape),
+            "positions_mm": [round(float(v), 4) for v in s.positions_mm],
         }
 
 
@@ -77,76 +108,116 @@ def _consistent(headers: Sequence[SliceHeader], key: str, tol: float | None = No
     return first
 
 
-def sort_series(headers: Sequence[SliceHeader], rules: GeometryRules) -> SortedSeries:
-    """Validate and order a series' headers; raise SeriesError on anything that breaks the volume."""
+def _check_headers(headers: Sequence[SliceHeader]) -> None:
+    """Refuse a set of images that is not one CT series with the geometry tags a volume needs."""
     if not headers:
         raise SeriesError("empty series")
     ids = {h.series_id for h in headers}
     if len(ids) > 1:
         raise SeriesError(f"mixed series: {len(ids)} SeriesInstanceUIDs in one set of files", headers[0].path)
+    tags = {"position": "ImagePositionPatient", "orientation": "ImageOrientationPatient",
+            "pixel_spacing": "PixelSpacing"}  # fmt: skip
     for h in headers:
         if h.modality != "CT":
             raise SeriesError(f"modality {h.modality or '(none)'} is not CT", h.path)
         if not h.has_pixels:
             raise SeriesError("no pixel data", h.path)
-        for name in ("position", "orientation", "pixel_spacing"):
+        for name, tag in tags.items():
             if getattr(h, name) is None:
-                tag = {"position": "ImagePositionPatient", "orientation": "ImageOrientationPatient"}
-                raise SeriesError(f"missing or malformed {tag.get(name, 'PixelSpacing')}", h.path)
+                raise SeriesError(f"missing or malformed {tag}", h.path)
     if len(headers) < 2:
         raise SeriesError("single slice: a volume needs at least 2", headers[0].path)
+
+
+def unit_axes(orientation: Sequence[float], path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, column, normal) unit vectors from ImageOrientationPatient, normalised as dcm2niix does."""
+    values = np.asarray(orientation, dtype=float)
+    row, col = values[:3], values[3:]
+    lengths = np.linalg.norm(row), np.linalg.norm(col)
+    if min(lengths) < 0.5:
+        raise SeriesError(f"ImageOrientationPatient {list(values)} does not hold two direction vectors", path)
+    row, col = row / lengths[0], col / lengths[1]
+    if abs(float(row @ col)) > 0.01:
+        raise SeriesError(
+            f"ImageOrientationPatient row and column are not perpendicular (cos {row @ col:.3f})", path
+        )
+    normal = np.cross(row, col)
+    return row, col, normal / np.linalg.norm(normal)
+
+
+def _drop_duplicates(
+    headers: list[SliceHeader], positions: np.ndarray, along: np.ndarray
+) -> tuple[list[SliceHeader], np.ndarray, np.ndarray, list[tuple[SliceHeader, SliceHeader]]]:
+    """Keep the first image at each position; the others are returned as (kept, duplicate) pairs."""
+    keep = np.concatenate([[True], np.diff(along) > POSITION_EPS_MM])
+    kept_index = np.cumsum(keep) - 1
+    kept = [h for h, k in zip(headers, keep, strict=True) if k]
+    pairs = [(kept[kept_index[i]], headers[i]) for i in np.flatnonzero(~keep)]
+    return kept, positions[keep], along[keep], pairs
+
+
+def _spacing_flag(along: np.ndarray, tolerance: float) -> tuple[float, str]:
+    """(median step, "" or a flag describing missing / uneven slices)."""
+    steps = np.diff(along)
+    spacing = float(np.median(steps))
+    deviation = (steps - spacing) / spacing
+    odd = np.abs(deviation) > tolerance
+    if not odd.any():
+        return spacing, ""
+    worst = int(np.abs(deviation).argmax())
+    gaps, overlaps = int((deviation > tolerance).sum()), int((deviation < -tolerance).sum())
+    return spacing, (
+        f"irregular slice spacing: {gaps} gap(s), {overlaps} short step(s); largest deviation "
+        f"{steps[worst]:.2f} mm between slices {worst} and {worst + 1} (median {spacing:.2f} mm); "
+        "slices kept at their true positions"
+    )
+
+
+def sort_series(headers: Sequence[SliceHeader], rules: GeometryRules) -> SortedSeries:
+    """Validate and order a series' images; raise SeriesError on anything that cannot form a volume."""
+    _check_headers(headers)
     _consistent(headers, "rows")
     _consistent(headers, "columns")
-    orientation = np.asarray(_consistent(headers, "orientation", ORIENTATION_EPS), dtype=float)
+    row, col, normal = unit_axes(_consistent(headers, "orientation", ORIENTATION_EPS), headers[0].path)
     pixel_spacing = _consistent(headers, "pixel_spacing", 1e-4)
 
-    row, col = orientation[:3], orientation[3:]
-    normal = np.cross(row, col)
     positions = np.array([h.position for h in headers], dtype=float)
     along = positions @ normal
     order = np.argsort(along, kind="stable")
-    headers = [headers[i] for i in order]
-    positions, along = positions[order], along[order]
+    ordered = [headers[i] for i in order]
+    ordered, positions, along, duplicates = _drop_duplicates(ordered, positions[order], along[order])
+    flags = [f"{len(duplicates)} duplicate slice position(s) set aside"] if duplicates else []
+    if len(ordered) < 2:
+        raise SeriesError("single slice position: every image lies at one position", ordered[0].path)
 
-    flags: list[str] = []
-    keep = np.concatenate([[True], np.diff(along) > POSITION_EPS_MM])
-    if not keep.all():
-        flags.append(f"dropped {int((~keep).sum())} duplicate slice position(s)")
-        headers = [h for h, k in zip(headers, keep, strict=True) if k]
-        positions, along = positions[keep], along[keep]
-        if len(headers) < 2:
-            raise SeriesError("single slice after removing duplicate positions", headers[0].path)
-
-    steps = np.diff(along)
-    spacing = float(np.median(steps))
-    deviation = np.abs(steps - spacing) / spacing
-    if deviation.max() > rules.spacing_tolerance:
-        worst = int(deviation.argmax())
-        kind = "gap" if steps[worst] > spacing else "overlap"
-        raise SeriesError(
-            f"inconsistent slice spacing: {kind} of {steps[worst]:.2f} mm between slices {worst} and "
-            f"{worst + 1} (median {spacing:.2f} mm, tolerance {rules.spacing_tolerance:.0%})",
-            headers[worst + 1].path,
-        )
+    spacing, irregular = _spacing_flag(along, rules.spacing_tolerance)
+    flags += [irregular] if irregular else []
 
     travel = positions[-1] - positions[0]
-    cos_tilt = abs(float(travel @ normal)) / float(np.linalg.norm(travel))
-    tilt = float(np.degrees(np.arccos(min(1.0, cos_tilt))))
+    cos_tilt = min(1.0, abs(float(travel @ normal)) / float(np.linalg.norm(travel)))
+    tilt = float(np.degrees(np.arccos(cos_tilt)))
     if tilt > rules.max_tilt_deg:
         raise SeriesError(
-            f"gantry tilt {tilt:.1f} deg exceeds max_tilt_deg {rules.max_tilt_deg}", headers[0].path
+            f"gantry tilt {tilt:.1f} deg exceeds max_tilt_deg {rules.max_tilt_deg}", ordered[0].path
         )
-    if tilt > 0.01:
+    third, step = normal, spacing
+    if tilt > TILT_EPS_DEG:
+        if rules.tilt == "reject":
+            raise SeriesError(f"gantry tilt {tilt:.2f} deg (ingest.tilt: reject)", ordered[0].path)
         flags.append(f"gantry tilt {tilt:.1f} deg")
+        if rules.tilt == "keep":  # the sheared grid as acquired: slice k at origin + k * step * travel
+            third, step = travel / np.linalg.norm(travel), spacing / cos_tilt
 
-    direction = np.stack([row, col, normal], axis=1)
+    direction = np.stack([row, col, third], axis=1)
     return SortedSeries(
-        headers=list(headers),
+        headers=ordered,
         positions_mm=along,
-        spacing_zyx=(spacing, float(pixel_spacing[0]), float(pixel_spacing[1])),
+        positions_xyz=positions,
+        spacing_zyx=(step, float(pixel_spacing[0]), float(pixel_spacing[1])),
         origin_xyz=tuple(float(v) for v in positions[0]),  # type: ignore[arg-type]
         direction=tuple(float(v) for v in direction.ravel()),
         tilt_deg=tilt,
+        duplicates=duplicates,
         flags=flags,
     )
 
@@ -169,17 +240,44 @@ class ScratchVolume:
         return self._buffer[:size].reshape(shape)
 
 
-def _decode(series: SortedSeries, scratch: ScratchVolume | None) -> Volume:
+def decode_image(h: SliceHeader, out: np.ndarray) -> None:
+    """One image's HU into `out`; SliceError naming the file (and frame) when it cannot be decoded."""
+    try:
+        if h.pixel_offset >= 0:
+            read_hu_native(h.path, h.pixel_offset, rescale_of(h), out)
+        else:
+            read_hu(h.path, rescale_of(h), out, h.frame)
+    except SliceError as exc:
+        frame = f"frame {h.frame + 1}: " if h.frame >= 0 else ""
+        raise SliceError(frame + exc.reason, h.path, h.frame) from exc
+
+
+def _decode(series: SortedSeries, scratch: ScratchVolume | None) -> tuple[Volume, list[SliceError]]:
+    """The volume, and the duplicates set aside because their pixels equal the kept image's.
+
+    A duplicate whose pixels differ from the kept image's is a conflict no rule can settle: the
+    series is refused naming both files.
+    """
     first = series.headers[0]
     shape = (len(series.headers), first.rows, first.columns)
     hu = scratch.take(shape) if scratch else np.empty(shape, dtype=np.int16)
     for z, h in enumerate(series.headers):
-        if h.pixel_offset >= 0:
-            rescale = Rescale(h.rescale_slope, h.rescale_intercept, h.bits_stored, h.pixel_representation)
-            read_hu_native(h.path, h.pixel_offset, rescale, hu[z])
-        else:
-            read_hu(h.path, hu[z])
-    return Volume(hu=hu, series=series)
+        decode_image(h, hu[z])
+    z_of = {h.key: z for z, h in enumerate(series.headers)}
+    set_aside = []
+    other = np.empty(shape[1:], dtype=np.int16)
+    for kept, duplicate in series.duplicates:
+        decode_image(duplicate, other)
+        at = f"{series.positions_mm[z_of[kept.key]]:.2f} mm"
+        if not np.array_equal(other, hu[z_of[kept.key]]):
+            raise SeriesError(
+                f"conflicting duplicates: {duplicate.name} and {kept.name} lie at one position ({at}) "
+                "with different pixels",
+                duplicate.path,
+            )
+        set_aside.append(SliceError(f"duplicate of {kept.name} at {at} (identical pixels)", duplicate.path,
+                                    duplicate.frame))  # fmt: skip
+    return Volume(hu=hu, series=series), set_aside
 
 
 def load_volume(
@@ -187,19 +285,32 @@ def load_volume(
 ) -> tuple[Volume, list[SliceError]]:
     """Decode a sorted series into one (Z, Y, X) int16 HU array (in `scratch`'s memory if given).
 
-    A file whose pixels cannot be decoded is dropped (and returned, so the caller reports it) and
-    the remaining slices are checked again: a dropped end slice leaves a shorter but correct volume,
-    a dropped inner slice leaves a gap, which rejects the series.
+    An image whose pixels cannot be decoded is dropped (and returned, so the caller reports it) and
+    the remaining images are sorted again: a dropped slice leaves a shorter volume, or a gap that is
+    flagged. When what is left cannot form a volume, the SeriesError carries the dropped images and
+    names the first of them in its reason, so the real cause is never lost.
     """
     dropped: list[SliceError] = []
     while True:
         try:
-            return _decode(series, scratch), dropped
+            volume, duplicates = _decode(series, scratch)
+            return volume, dropped + duplicates
         except SliceError as exc:
             dropped.append(exc)
-        remaining = [h for h in series.headers if h.path != dropped[-1].path]
+        except SeriesError as exc:
+            raise SeriesError(_after(exc.reason, dropped), exc.path, dropped) from exc
+        gone = (dropped[-1].path, dropped[-1].frame)
+        remaining = [h for h in series.headers + [d for _, d in series.duplicates] if h.key != gone]
         try:
             series = sort_series(remaining, rules)
         except SeriesError as exc:
-            note = f"after dropping {len(dropped)} undecodable slice(s): {exc.reason}"
-            raise SeriesError(note, exc.path) from exc
+            raise SeriesError(_after(exc.reason, dropped), dropped[0].path, dropped) from exc
+
+
+def _after(reason: str, dropped: list[SliceError]) -> str:
+    """A series' failure reason, with the files dropped before it and the first one's own reason."""
+    if not dropped:
+        return reason
+    more = f" and {len(dropped) - 1} more" if len(dropped) > 1 else ""
+    first = f"{dropped[0].reason}{more}"
+    return f"{reason}, after dropping {len(dropped)} image(s) that could not be decoded ({first})"
