@@ -123,3 +123,45 @@ def cq500_study_name(folder_name: str) -> str:
     if not token.startswith("CQ500CT") or not token[7:].isdigit():
         raise LabelError(f"{folder_name!r} is not a CQ500 study folder (expected 'CQ500CT<N> CQ500CT<N>')")
     return f"CQ500-CT-{int(token[7:])}"
+
+
+STROKE_TYPES: tuple[str, ...] = ("control", "hemorrhagic", "ischemic")
+
+
+def read_study_labels(path: str | Path) -> pd.DataFrame:
+    """Parse a study-level label CSV (the `dicom_tree` layout): one row per study.
+
+    Columns: `study` (the key: a StudyInstanceUID or a folder name, as the dataset's `label_key`
+    says), any of the RSNA label names (0/1; missing columns are unknown), and optionally
+    `stroke_type` (control / hemorrhagic / ischemic) for the multi-class task. At least one label
+    column is required.
+    """
+    path = Path(path)
+    try:
+        raw = pd.read_csv(path, dtype={"study": str, "stroke_type": str})
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise LabelError(f"{path}: cannot read label CSV ({exc})") from exc
+    if "study" not in raw.columns:
+        raise LabelError(f"{path}: expected a `study` column (the study key), found {list(raw.columns)}")
+    present = [c for c in (*RSNA_LABELS, "stroke_type") if c in raw.columns]
+    if not present:
+        raise LabelError(f"{path}: no label column; expected some of {[*RSNA_LABELS, 'stroke_type']}")
+    if raw["study"].isna().any() or raw["study"].duplicated().any():
+        bad = raw.loc[raw["study"].isna() | raw["study"].duplicated(), "study"].iloc[0]
+        raise LabelError(f"{path}: empty or duplicate study key {bad!r}")
+    out = pd.DataFrame({"study": raw["study"].str.strip()})
+    for label in RSNA_LABELS:
+        if label not in raw.columns:
+            out[label] = pd.array([pd.NA] * len(raw), dtype="Int8")
+            continue
+        values = pd.to_numeric(raw[label], errors="coerce").astype("Float64")
+        if not values.dropna().isin([0, 1]).all():
+            raise LabelError(f"{path}: column {label} must hold 0 or 1")
+        out[label] = values.astype("Int8")
+    if "stroke_type" in raw.columns:
+        kinds = raw["stroke_type"].str.strip().str.lower()
+        unknown = sorted(set(kinds.dropna()) - set(STROKE_TYPES))
+        if unknown:
+            raise LabelError(f"{path}: unknown stroke_type value(s) {unknown}; expected {list(STROKE_TYPES)}")
+        out["stroke_type"] = kinds
+    return out

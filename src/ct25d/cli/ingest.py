@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ct25d.cli.common import json_object, require
 from ct25d.dicom.series import GeometryRules
+from ct25d.errors import ConfigError
 
 log = logging.getLogger("ct25d")
 
@@ -27,32 +28,47 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
 
 def geometry_rules(settings: dict) -> GeometryRules:
-    """The series acceptance tolerances from config `ingest`."""
-    return GeometryRules(
-        spacing_tolerance=float(require(settings, "spacing_tolerance", "ingest")),
-        max_tilt_deg=float(require(settings, "max_tilt_deg", "ingest")),
-    )
+    """The series geometry rules from config `ingest`."""
+    try:
+        return GeometryRules(
+            spacing_tolerance=float(require(settings, "spacing_tolerance", "ingest")),
+            max_tilt_deg=float(require(settings, "max_tilt_deg", "ingest")),
+            tilt=str(require(settings, "tilt", "ingest")),
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def cmd_scan(args: argparse.Namespace) -> None:
     from ct25d.atomic import write_csv, write_json, write_parquet
+    from ct25d.dicom.labelling import LabelSource
     from ct25d.dicom.scan import ScanSettings, scan_archive
     from ct25d.provenance import stamp
 
-    s = args.settings
+    s, d = args.settings, args.dataset
     settings = ScanSettings(
         preferred_thickness_mm=float(require(s, "preferred_thickness_mm", "ingest")),
         exclude_series=str(require(s, "exclude_series", "ingest")),
         pseudonym_salt=str(require(s, "pseudonym_salt", "ingest")),
         geometry=geometry_rules(s),
+        accept_series=tuple(require(s, "accept_series", "ingest")),
+        min_label_match=float(require(s, "min_label_match", "ingest")),
     )
-    result = scan_archive(args.root, args.layout, args.labels, args.shards, settings, args.workers)
-    meta = stamp("scan", {"layout": args.layout, "shards": args.shards, **s})
+    source = LabelSource(
+        layout=str(require(d, "layout", "datasets.<name>")),
+        path=Path(args.labels),
+        role=str(require(d, "role", "datasets.<name>")),
+        key=str(d.get("label_key", "StudyInstanceUID")),
+        folder_pattern=str(d.get("folder_pattern", LabelSource.folder_pattern)),
+    )
+    result = scan_archive(args.root, source, args.shards, settings, args.workers, args.override)
+    meta = stamp("scan", {"shards": args.shards, "dataset": d, **s})
     out = Path(args.out)
     write_parquet(out / "files.parquet", result.files, meta)
     write_parquet(out / "series.parquet", result.series, meta)
     write_parquet(out / "studies.parquet", result.studies, meta)
     write_csv(out / "rejected_files.csv", result.rejected)
+    write_json(out / "label_match.json", result.label_match)
     write_json(out / "settings.json", meta)
     log.info(
         "scanned %d files (%d rejected), %d series, %d studies",
@@ -108,21 +124,23 @@ def cmd_ingest_report(args: argparse.Namespace) -> None:
     from ct25d.provenance import stamp
     from ct25d.volumes.report import gather
 
-    manifest, slices, rejections, counts = gather(args.scan, args.shards)
+    report = gather(args.scan, args.shards)
     meta = stamp("ingest-report", {"shards": len(args.shards)})
     out = Path(args.out)
-    write_parquet(out / "manifest.parquet", manifest, meta)
-    write_parquet(out / "slices.parquet", slices, meta)
-    write_csv(out / "rejections.csv", rejections)
-    write_json(out / "ingest_summary.json", {**meta, "counts": counts})
-    log.info("%s", json.dumps(counts))
+    write_parquet(out / "manifest.parquet", report["manifest"], meta)
+    write_parquet(out / "slices.parquet", report["slices"], meta)
+    write_parquet(out / "file_outcomes.parquet", report["file_outcomes"], meta)
+    write_csv(out / "rejections.csv", report["rejections"])
+    write_csv(out / "series_choice.csv", report["series_choice"])
+    write_json(out / "ingest_summary.json", {**meta, "counts": report["counts"]})
+    log.info("%s", json.dumps(report["counts"]))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this stage's subcommands."""
 
     p = sub.add_parser("synth", help="generate a synthetic head-CT cohort as real DICOM in an archive layout")
-    p.add_argument("--layout", choices=["rsna", "cq500"], required=True)
+    p.add_argument("--layout", choices=["rsna", "cq500", "dicom_tree"], required=True)
     p.add_argument("--out", required=True, help="folder to create (replaced atomically)")
     p.add_argument("--dataset", type=json_object, required=True, help="datasets.<name>.synthetic (JSON)")
     p.add_argument("--synthetic", type=json_object, required=True, help="config `synthetic` (JSON)")
@@ -131,8 +149,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("scan", help="scan a DICOM archive's headers into file/series/study tables")
     p.add_argument("--root", required=True)
-    p.add_argument("--layout", choices=["rsna", "cq500"], required=True)
-    p.add_argument("--labels", required=True, help="stage_2_train.csv (rsna) or reads.csv (cq500)")
+    p.add_argument(
+        "--dataset",
+        type=json_object,
+        required=True,
+        help="{layout, role[, label_key, folder_pattern]} of config `datasets.<name>` (JSON)",
+    )
+    p.add_argument(
+        "--labels",
+        required=True,
+        help="stage_2_train.csv (rsna), reads.csv (cq500), a study CSV (dicom_tree)",
+    )
+    p.add_argument("--override", default=None, help="CSV study,series: the series to use for those studies")
     p.add_argument("--shards", type=int, required=True)
     p.add_argument("--settings", type=json_object, required=True, help="config `ingest` (JSON)")
     p.add_argument("--workers", type=int, default=1)

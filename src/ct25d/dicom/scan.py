@@ -1,9 +1,10 @@
-"""Scan a DICOM archive of either layout into tables of files, series and studies.
+"""Scan a DICOM archive into tables of images, series and studies.
 
-The scan reads headers only. It groups files into series, ranks each study's series by how well
-they fit the config (plain, non-contrast, CT, thickness closest to the preferred one), attaches
-labels, and assigns each study to a shard so that tens of thousands of studies become a handful
-of Snakemake jobs. Every file ends up either in `files` or in `rejected`; nothing vanishes.
+The scan reads headers only. It refuses images that cannot hold HU, groups images into studies and
+series by the layout's rules, classifies and ranks each study's series (`ct25d.dicom.choice`),
+attaches labels and checks that they match, and assigns each study to a shard so that tens of
+thousands of studies become a handful of Snakemake jobs. Every file ends up either in `files` or in
+`rejected` with its reason; nothing vanishes.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import re
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -22,14 +23,16 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from ct25d.dicom.headers import SliceHeader, pseudonym, read_header
+from ct25d.dicom.choice import ACCEPTABLE, classify, kernel_kind, rank_series
+from ct25d.dicom.files import list_files, relative_paths
+from ct25d.dicom.headers import SliceHeader, file_headers, pseudonym
+from ct25d.dicom.hu import hu_problem
+from ct25d.dicom.labelling import LabelSource, attach_labels, check_label_match
+from ct25d.dicom.override import apply_override
 from ct25d.dicom.series import GeometryRules, sort_series
-from ct25d.errors import Ct25dError, SeriesError
-from ct25d.labels import RSNA_LABELS, cq500_study_name, read_cq500_reads, read_rsna_labels
+from ct25d.errors import ConfigError, Ct25dError, SeriesError
 
 log = logging.getLogger(__name__)
-CQ500_FOLDER = re.compile(r"CQ500CT\d+ CQ500CT\d+")
-NOT_DICOM_SUFFIXES = {".csv", ".txt", ".json", ".md", ".xml", ".zip", ".parquet", ".png", ".jpg"}
 
 
 @dataclass(frozen=True)
@@ -40,63 +43,37 @@ class ScanSettings:
     exclude_series: str
     pseudonym_salt: str
     geometry: GeometryRules
+    accept_series: tuple[str, ...] = ("plain",)
+    min_label_match: float = 0.9
+
+    def __post_init__(self) -> None:
+        bad = [c for c in self.accept_series if c not in ACCEPTABLE]
+        if bad or not self.accept_series:
+            raise ConfigError(
+                f"ingest.accept_series: {list(self.accept_series)}; expected some of {ACCEPTABLE}"
+            )
 
 
 @dataclass
 class ScanResult:
-    files: pd.DataFrame  # one row per readable file
-    series: pd.DataFrame  # one row per series (unit of choice), with rank or the reason it is not a candidate
+    files: pd.DataFrame  # one row per image (a file, or a frame of a multi-frame file)
+    series: (
+        pd.DataFrame
+    )  # one row per series (unit of choice): class, rank or the reason it is not a candidate
     studies: pd.DataFrame  # one row per study: labels and shard
-    rejected: pd.DataFrame  # one row per file dropped before grouping (unreadable header, no pixels)
+    rejected: pd.DataFrame  # one row per file set aside before grouping (unreadable, not HU, special file)
+    label_match: dict = field(default_factory=dict)  # how many studies the labels matched
 
 
-def list_files(root: Path, layout: str) -> list[Path]:
-    """All candidate DICOM files under `root`, sorted so the scan is deterministic.
-
-    RSNA: the files of one flat folder. CQ500: every file below the `CQ500CT<N> CQ500CT<N>` study
-    folders; other top-level entries (a reads.csv, notes) are not part of the archive and are logged.
-    """
-    if not root.is_dir():
-        raise Ct25dError(f"DICOM root {root} does not exist or is not a folder")
-    if layout == "rsna":
-        found = [Path(e.path) for e in os.scandir(root) if e.is_file() and not e.name.startswith(".")]
-    else:
-        studies, other = [], []
-        for entry in os.scandir(root):
-            if entry.name.startswith("."):
-                continue
-            (studies if entry.is_dir() and CQ500_FOLDER.fullmatch(entry.name) else other).append(entry.name)
-        if other:
-            log.warning("%s: ignoring %d top-level entries that are not CQ500 study folders: %s",
-                        root, len(other), sorted(other)[:10])  # fmt: skip
-        found = [
-            Path(dirpath) / name
-            for study in studies
-            for dirpath, _, names in os.walk(root / study)
-            for name in names
-            if not name.startswith(".")
-        ]
-    return sorted(p for p in found if p.suffix.lower() not in NOT_DICOM_SUFFIXES)
-
-
-def relative_paths(paths: pd.Series, root: Path) -> pd.Series:
-    """Paths below `root` (as `list_files` made them) relative to it, by string: Path objects cost
-    more than reading the header."""
-    prefix = os.path.join(str(root), "")
-    if not paths.str.startswith(prefix).all():
-        raise Ct25dError(f"a scanned path is not below the DICOM root {root}")
-    return paths.str.slice(len(prefix))
-
-
-def _read_one(path: Path, salt: str) -> SliceHeader | tuple[str, str]:
+def _read_one(path: str, salt: str) -> list[SliceHeader] | tuple[str, str]:
     try:
-        return read_header(path, salt)
+        return file_headers(path, salt)
     except SeriesError as exc:
-        return (str(path), exc.reason)
+        return (path, exc.reason)
 
 
-def read_headers(paths: list[Path], salt: str, workers: int) -> Iterator[SliceHeader | tuple[str, str]]:
-    """Headers in input order; unreadable files come back as (path, reason)."""
+def read_headers(paths: list[str], salt: str, workers: int) -> Iterator[list[SliceHeader] | tuple[str, str]]:
+    """Each file's image headers in input order; unreadable files come back as (path, reason)."""
     job = partial(_read_one, salt=salt)
     bar = dict(total=len(paths), desc="scan headers", unit="file", mininterval=2.0)
     if workers <= 1:
@@ -111,144 +88,147 @@ def shard_of(study_id: str, shards: int) -> int:
     return int(hashlib.sha256(study_id.encode()).hexdigest(), 16) % shards
 
 
-def geometry_problem(group: list[SliceHeader], rules: GeometryRules) -> tuple[str, str]:
-    """(reason, file) why a series' headers cannot form a correct volume, ("", "") if they can.
-
-    Checked at scan time from headers alone, so a broken alternative series is reported even when
-    the study never needs it.
-    """
-    try:
-        sort_series(group, rules)
-    except SeriesError as exc:
-        return exc.reason, exc.path or ""
-    return "", ""
-
-
 def grouped_headers(
     files: pd.DataFrame, root: Path | None = None
 ) -> dict[tuple[str, str], list[SliceHeader]]:
-    """The files' headers per (study_id, unit), sorted by key; headers are built once for the table."""
+    """The images' headers per (study_id, unit), sorted by key; headers are built once for the table."""
     headers = SliceHeader.from_table(files, root)
     groups = files.groupby(["study_id", "unit"], sort=True).indices
     return {key: [headers[i] for i in index] for key, index in groups.items()}
 
 
-def rank_series(files: pd.DataFrame, settings: ScanSettings) -> pd.DataFrame:
-    """One row per series unit with `rank` (0 = first choice) or `excluded` naming why not."""
+def _series_row(group: list[SliceHeader], settings: ScanSettings, exclude: re.Pattern | None) -> dict:
+    """What the choice needs to know of one series, and why it cannot be a candidate ("" if it can).
+
+    Its images are CT and hold HU: `hu_problem` refused the others file by file.
+    """
+    description = sorted({h.series_description for h in group})[0]
+    kernel = sorted({h.kernel for h in group})[0]
+    kind = classify(description, sorted({h.image_type for h in group}), kernel,
+                    next((h.contrast_agent for h in group if h.contrast_agent), ""),
+                    next((h.contrast_tags for h in group if h.contrast_tags), ""))  # fmt: skip
+    reason, path, flags = "", min(h.path for h in group), ""
+    if exclude and exclude.search(description):
+        reason = f"series description {description!r} matches ingest.exclude_series"
+    elif kind.kind == "localizer":
+        reason = f"localizer ({kind.why})"
+    else:
+        try:  # from headers alone, so a broken alternative series is reported even when never needed
+            flags = "; ".join(sort_series(group, settings.geometry).flags)
+        except SeriesError as exc:
+            reason, path = exc.reason, exc.path or path
+    return {
+        "series_id": group[0].series_id,
+        "series_description": description,
+        "path": path,  # the offending file, or the first file
+        "n_files": len(group),
+        "slice_thickness": float(np.median([h.slice_thickness for h in group])),
+        "kernel": kernel,
+        "kernel_kind": kernel_kind(kernel),
+        "series_class": kind.kind,
+        "class_why": kind.why,
+        "geometry_flags": flags,
+        "excluded": reason,
+    }
+
+
+def series_table(files: pd.DataFrame, settings: ScanSettings) -> pd.DataFrame:
+    """One row per series unit: class, kernel, geometry, and `excluded` naming why it is no candidate."""
     exclude = re.compile(settings.exclude_series) if settings.exclude_series else None
-    rows = []
-    for (study_id, unit), group in grouped_headers(files).items():
-        descriptions = sorted({h.series_description for h in group})
-        modalities = sorted({h.modality for h in group})
-        thickness = float(np.median([h.slice_thickness for h in group]))
-        reason, path = "", min(h.path for h in group)
-        if modalities != ["CT"]:
-            reason = f"modality {'/'.join(m or '(none)' for m in modalities)} is not CT"
-        elif exclude and any(exclude.search(d) for d in descriptions):
-            reason = f"series description {descriptions[0]!r} matches exclude_series"
-        elif any(h.contrast_agent for h in group):
-            reason = "contrast agent recorded (ContrastBolusAgent)"
-        elif any("LOCALIZER" in h.image_type.upper() for h in group):
-            reason = "localizer images"
-        else:
-            reason, problem_file = geometry_problem(group, settings.geometry)
-            path = problem_file or path
-        rows.append(
-            {
-                "study_id": study_id,
-                "unit": unit,
-                "series_id": group[0].series_id,
-                "series_description": descriptions[0],
-                "path": path,  # the offending file, or the first file
-                "n_files": len(group),
-                "slice_thickness": thickness,
-                "excluded": reason,
-            }
-        )
-    series = pd.DataFrame(rows)
-    ok = series["excluded"] == ""
-    series["fit"] = np.where(ok, (series["slice_thickness"] - settings.preferred_thickness_mm).abs(), np.inf)
-    series = series.sort_values(["study_id", "fit", "n_files", "unit"], ascending=[True, True, False, True])
-    series["rank"] = series.groupby("study_id").cumcount().where(ok, -1).astype(int)
-    return series.drop(columns="fit").reset_index(drop=True)
+    rows = [
+        {"study_id": study_id, "unit": unit, **_series_row(group, settings, exclude)}
+        for (study_id, unit), group in grouped_headers(files).items()
+    ]
+    return pd.DataFrame(rows)
 
 
 def series_units(files: pd.DataFrame, layout: str) -> pd.Series:
     """The unit a study's series are chosen from.
 
-    RSNA: the SeriesInstanceUID. CQ500: the series folder; a folder that mixes several
+    rsna: the SeriesInstanceUID. cq500: the series folder; a folder that mixes several
     SeriesInstanceUIDs is split by UID (as dcm2niix does) and each part is named `folder [series]`
-    so the report shows where the mix was.
+    so the report shows where the mix was. dicom_tree: the SeriesInstanceUID, named by its folder
+    when the series fills one folder alone, else `folder [series]` (a series over several folders is
+    one series).
     """
     if layout == "rsna":
         return files["series_id"]
     folder = files["path"].map(os.path.dirname)
-    mixed = files.groupby(folder)["series_id"].transform("nunique") > 1
-    return folder.where(~mixed, folder + " [" + files["series_id"] + "]")
+    if layout == "cq500":
+        mixed = files.groupby(folder)["series_id"].transform("nunique") > 1
+        return folder.where(~mixed, folder + " [" + files["series_id"] + "]")
+    series_per_folder = files.groupby(folder)["series_id"].transform("nunique")
+    folders_per_series = folder.groupby(files["series_id"]).transform("nunique")
+    common = folder.groupby(files["series_id"]).transform(lambda f: os.path.commonpath(list(f)) or ".")
+    alone = (series_per_folder == 1) & (folders_per_series == 1)
+    return folder.where(alone, common + " [" + files["series_id"] + "]")
 
 
-def _attach_rsna_labels(files: pd.DataFrame, labels_path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    labels = read_rsna_labels(labels_path).rename(columns={"image_id": "sop_uid"})
-    files = files.merge(labels, on="sop_uid", how="left")
-    studies = files.groupby("study_id")[list(RSNA_LABELS)].max().reset_index()
-    return files, studies
+def _study_ids(files: pd.DataFrame, layout: str, salt: str) -> pd.Series:
+    """A CQ500 study is its folder: the StudyInstanceUID must not split or merge folders."""
+    if layout != "cq500":
+        return files["study_id"]
+    top = files["path"].map(lambda p: p.split(os.sep, 1)[0])
+    return top.map(lambda t: pseudonym(t, salt, "st-"))
 
 
-def _attach_cq500_labels(files: pd.DataFrame, labels_path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    reads = read_cq500_reads(labels_path)
-    files = files.assign(name=files["path"].map(lambda p: cq500_study_name(p.split(os.sep, 1)[0])))
-    names = files.groupby("study_id")["name"].agg(lambda s: sorted(set(s)))
-    clash = names[names.map(len) > 1]
-    if len(clash):
-        raise Ct25dError(f"study {clash.index[0]} spans CQ500 folders {clash.iloc[0]}")
-    studies = pd.DataFrame({"study_id": names.index, "name": names.map(lambda v: v[0]).values})
-    studies = studies.merge(reads, on="name", how="left")
-    for label in RSNA_LABELS:
-        files[label] = pd.NA
-    return files, studies
+def _read_archive(paths: list[str], settings: ScanSettings, workers: int) -> tuple[list[dict], list[dict]]:
+    """(image rows, rejected-file rows): files that cannot hold HU never reach grouping."""
+    good: list[dict] = []
+    bad: list[dict] = []
+    for item in read_headers(paths, settings.pseudonym_salt, workers):
+        if isinstance(item, tuple):
+            bad.append({"path": item[0], "reason": item[1]})
+            continue
+        first = item[0]
+        problem = "no pixel data" if not first.has_pixels else hu_problem(first)
+        if problem:
+            bad.append({"path": first.path, "reason": problem})
+        else:
+            good += [h.as_row() for h in item]
+    return good, bad
 
 
 def scan_archive(
     root: str | Path,
-    layout: str,
-    labels_path: str | Path,
+    labels: LabelSource,
     shards: int,
     settings: ScanSettings,
     workers: int = 1,
+    override: str | Path | None = None,
 ) -> ScanResult:
     """Scan `root` and return the tables described in the module docstring."""
     root = Path(root)
-    paths = list_files(root, layout)
+    layout = labels.layout
+    paths, skipped = list_files(root, layout)
     if not paths:
         raise Ct25dError(f"no files found under DICOM root {root}")
-    good: list[dict] = []
-    bad: list[dict] = []
-    for item in read_headers(paths, settings.pseudonym_salt, workers):
-        if isinstance(item, SliceHeader) and not item.has_pixels:
-            bad.append({"path": item.path, "reason": "no pixel data"})
-        elif isinstance(item, SliceHeader):
-            good.append(item.as_row())
-        else:
-            bad.append({"path": item[0], "reason": item[1]})
+    good, bad = _read_archive(paths, settings, workers)
+    bad += [{"path": p, "reason": r} for p, r in skipped]
     files = pd.DataFrame(good)
     if files.empty:
-        raise Ct25dError(f"none of the {len(paths)} files under {root} is a readable DICOM file")
+        raise Ct25dError(
+            f"none of the {len(paths)} files under {root} is a readable DICOM image that holds HU"
+        )
     files["path"] = relative_paths(files["path"], root)
-    if layout == "cq500":
-        # A CQ500 study is its folder; the StudyInstanceUID must not split or merge folders.
-        top = files["path"].map(lambda p: p.split(os.sep, 1)[0])
-        files["study_id"] = top.map(lambda t: pseudonym(t, settings.pseudonym_salt, "st-"))
+    files["study_id"] = _study_ids(files, layout, settings.pseudonym_salt)
     files["unit"] = series_units(files, layout)
-    attach = _attach_rsna_labels if layout == "rsna" else _attach_cq500_labels
-    files, studies = attach(files, Path(labels_path))
-    files["slice_id"] = files["sop_uid"].map(lambda u: pseudonym(u, settings.pseudonym_salt, "sl-"))
-    series = rank_series(files, settings)
+    labelled = attach_labels(files, labels, settings.pseudonym_salt)
+    match = check_label_match(labelled, labels, settings.min_label_match)
+    files, studies = labelled.files, labelled.studies
+    image_key = files["sop_uid"].where(
+        files["frame"] < 0, files["sop_uid"] + "#" + files["frame"].astype(str)
+    )
+    files["slice_id"] = image_key.map(lambda u: pseudonym(u, settings.pseudonym_salt, "sl-"))
+    series = series_table(files, settings)
+    series = apply_override(series, studies, override, settings.pseudonym_salt) if override else series
+    series = rank_series(series, settings.preferred_thickness_mm, settings.accept_series)
     patients = files.groupby("study_id")["patient_id"].first()
     studies["patient_id"] = studies["study_id"].map(patients)
     studies["shard"] = studies["study_id"].map(lambda s: shard_of(s, shards)).astype(int)
-    studies["has_labels"] = studies["any"].notna()
     rejected = pd.DataFrame(bad, columns=["path", "reason"])
     if len(rejected):
         rejected["path"] = relative_paths(rejected["path"], root)
+    rejected = rejected.sort_values("path", ignore_index=True)
     files = files.drop(columns=["sop_uid", "name"], errors="ignore")
-    return ScanResult(files=files, series=series, studies=studies, rejected=rejected)
+    return ScanResult(files=files, series=series, studies=studies, rejected=rejected, label_match=match)

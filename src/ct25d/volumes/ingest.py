@@ -6,6 +6,7 @@ must never have two writers). Every study ends converted or rejected with its re
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -18,10 +19,19 @@ from tqdm import tqdm
 
 from ct25d.dicom.headers import SliceHeader
 from ct25d.dicom.scan import grouped_headers, relative_paths
-from ct25d.dicom.series import GeometryRules, ScratchVolume, SortedSeries, Volume, load_volume, sort_series
+from ct25d.dicom.series import (
+    TILT_EPS_DEG,
+    GeometryRules,
+    ScratchVolume,
+    SortedSeries,
+    Volume,
+    load_volume,
+    sort_series,
+)
 from ct25d.errors import SeriesError
 from ct25d.labels import RSNA_LABELS
 from ct25d.volumes.store import HUCodec, hu_store_writer
+from ct25d.volumes.tilt import correct_tilt
 
 
 @dataclass
@@ -37,7 +47,8 @@ class StudyOutcome:
     unit: str | None
     rank: int | None
     failures: list[tuple[str, str, str]]  # (unit, path, reason) of series that failed
-    dropped: list[tuple[str, str, str]]  # (unit, path, reason) of files dropped from the converted series
+    # (unit, path, frame, reason) of every image set aside, from the converted series and the failed ones
+    dropped: list[tuple[str, str, int, str]]
 
 
 def convert_study(
@@ -45,24 +56,32 @@ def convert_study(
 ) -> StudyOutcome:
     """Try the study's candidate series in rank order; the first that converts wins.
 
-    With `scratch` the volume lives in its buffer, valid until the next call.
+    A tilted series is corrected here when `rules.tilt` says so. With `scratch` the volume lives in
+    its buffer, valid until the next call.
     """
     failures: list[tuple[str, str, str]] = []
+    dropped: list[tuple[str, str, int, str]] = []
+    prefix = os.path.join(str(root), "")
 
-    def where(exc: SeriesError) -> str:
-        return str(Path(exc.path).relative_to(root)) if exc.path else ""
+    def where(path: str | None) -> str:
+        return str(Path(path).relative_to(root)) if path else ""
+
+    def why(reason: str) -> str:  # reasons name other files by the path ingest read them at
+        return reason.replace(prefix, "")
 
     for rank, (unit, headers) in enumerate(job.candidates):
         try:
             series = sort_series(headers, rules)
-            volume, dropped = load_volume(series, rules, scratch)
+            volume, set_aside = load_volume(series, rules, scratch)
         except SeriesError as exc:
-            failures.append((unit, where(exc), exc.reason))
+            failures.append((unit, where(exc.path), why(exc.reason)))
+            dropped += [(unit, where(e.path), e.frame, why(e.reason)) for e in exc.dropped]
             continue
-        return StudyOutcome(
-            job.study_id, volume, unit, rank, failures, [(unit, where(e), e.reason) for e in dropped]
-        )
-    return StudyOutcome(job.study_id, None, None, None, failures, [])
+        dropped += [(unit, where(e.path), e.frame, why(e.reason)) for e in set_aside]
+        if rules.tilt == "correct" and volume.series.tilt_deg > TILT_EPS_DEG:
+            volume = correct_tilt(volume)
+        return StudyOutcome(job.study_id, volume, unit, rank, failures, dropped)
+    return StudyOutcome(job.study_id, None, None, None, failures, dropped)
 
 
 def study_jobs(
@@ -81,32 +100,45 @@ VOLUME_COLUMNS = [
     "study_id", "patient_id", "series_id", "unit", "series_description", "candidate_rank",
     "n_slices", "rows", "columns", "spacing_z", "spacing_y", "spacing_x", "tilt_deg", "flags",
 ]  # fmt: skip
-REJECTION_COLUMNS = ["level", "study_id", "unit", "path", "reason"]
+REJECTION_COLUMNS = ["level", "study_id", "unit", "path", "frame", "reason"]
 
 
-def _rejection_rows(outcome: StudyOutcome) -> list[dict[str, Any]]:
+def rejection(
+    level: str, study_id: str, unit: str, path: str, reason: str, frame: int = -1
+) -> dict[str, Any]:
+    """One row of a rejection report; `frame` >= 0 names an image within a multi-frame file."""
+    return {
+        "level": level,
+        "study_id": study_id,
+        "unit": unit,
+        "path": path,
+        "frame": frame,
+        "reason": reason,
+    }
+
+
+def _rejection_rows(outcome: StudyOutcome, excluded: list[str]) -> list[dict[str, Any]]:
+    """Rows for the study's failed series and set-aside images, and for the study when it failed;
+    `excluded` holds the reasons its other series were never candidates."""
     rows = [
-        {"level": "series", "study_id": outcome.study_id, "unit": unit, "path": path, "reason": reason}
-        for unit, path, reason in outcome.failures
+        rejection("series", outcome.study_id, unit, path, reason) for unit, path, reason in outcome.failures
     ]
-    rows += [
-        {"level": "file", "study_id": outcome.study_id, "unit": unit, "path": path, "reason": reason}
-        for unit, path, reason in outcome.dropped
-    ]
+    rows += [rejection("file", outcome.study_id, unit, path, reason, frame)
+             for unit, path, frame, reason in outcome.dropped]  # fmt: skip
     if outcome.volume is None:
-        why = "; ".join(r for _, _, r in outcome.failures) or "no candidate series (see series.parquet)"
-        rows.append({"level": "study", "study_id": outcome.study_id, "unit": "", "path": "",
-                     "reason": f"no series could be converted: {why}"})  # fmt: skip
+        why = [f"{unit}: {r}" for unit, _, r in outcome.failures] + [
+            f"not a candidate: {r}" for r in excluded
+        ]
+        rows.append(
+            rejection("study", outcome.study_id, "", "", "no series could be converted; " + "; ".join(why))
+        )
     return rows
 
 
 def excluded_rows(series: pd.DataFrame, study_ids: list[str]) -> list[dict[str, Any]]:
-    """Series that were never candidates (not CT, contrast, scouts...): reported, not silently dropped."""
+    """Series that were never candidates (contrast, bone, scouts...): reported, not silently dropped."""
     excluded = series[(series["rank"] < 0) & series["study_id"].isin(study_ids)]
-    return [
-        dict(level="excluded", study_id=r.study_id, unit=r.unit, path=r.path, reason=r.excluded)
-        for r in excluded.itertuples()
-    ]
+    return [rejection("excluded", r.study_id, r.unit, r.path, r.excluded) for r in excluded.itertuples()]
 
 
 def _volume_row(outcome: StudyOutcome, patient_id: str) -> dict[str, Any]:
@@ -141,6 +173,9 @@ def ingest_shard(
     volumes: list[dict[str, Any]] = []
     slices = SliceRows(files, root)
     rejections = excluded_rows(series, study_ids)
+    excluded: dict[str, list[str]] = {}
+    for row in rejections:
+        excluded.setdefault(row["study_id"], []).append(f"{row['unit']} ({row['reason']})")
     with hu_store_writer(store_path, provenance, codec) as store:
         pool = ProcessPoolExecutor(workers) if workers > 1 else None
         jobs = study_jobs(files, series, study_ids, root)
@@ -150,7 +185,7 @@ def ingest_shard(
             outcomes = map(partial(convert_study, root=root, rules=rules, scratch=ScratchVolume()), jobs)
         try:
             for outcome in tqdm(outcomes, total=len(study_ids), desc="ingest", unit="study", mininterval=2.0):
-                rejections.extend(_rejection_rows(outcome))
+                rejections.extend(_rejection_rows(outcome, excluded.get(outcome.study_id, [])))
                 if outcome.volume is None:
                     continue
                 row = _volume_row(outcome, patients[outcome.study_id])
@@ -178,18 +213,27 @@ class SliceRows:
     def __init__(self, files: pd.DataFrame, root: Path) -> None:
         self._files = files
         self._root = root
-        self._columns: dict[str, list[Any]] = {"path": [], "study_id": [], "z": [], "position_mm": []}
+        self._columns: dict[str, list[Any]] = {
+            "path": [],
+            "frame": [],
+            "study_id": [],
+            "z": [],
+            "position_mm": [],
+        }
 
     def add(self, study_id: str, series: SortedSeries) -> None:
         n = len(series.headers)
         self._columns["path"] += [h.path for h in series.headers]
+        self._columns["frame"] += [h.frame for h in series.headers]
         self._columns["study_id"] += [study_id] * n
         self._columns["z"] += range(n)
         self._columns["position_mm"] += list(series.positions_mm)
 
     def table(self) -> pd.DataFrame:
         paths = relative_paths(pd.Series(self._columns["path"], dtype=str), self._root)
-        picked = self._files.iloc[pd.Index(self._files["path"]).get_indexer(paths)]
+        images = pd.MultiIndex.from_arrays([self._files["path"], self._files["frame"]])
+        wanted = pd.MultiIndex.from_arrays([paths, pd.Series(self._columns["frame"], dtype="int64")])
+        picked = self._files.iloc[images.get_indexer(wanted)]
         table = pd.DataFrame(
             {
                 "study_id": pd.Series(self._columns["study_id"], dtype="str"),

@@ -1,7 +1,14 @@
-"""Gather a dataset's shard outputs into one manifest and check that every study is accounted for."""
+"""Gather a dataset's shard outputs into one manifest, and account for every file, series and study.
+
+Three readable reports come out of it: `rejections.csv` (each file, series or study set aside,
+with its own reason), `series_choice.csv` (every series of every study: its class, rank, what
+became of it and why) and `file_outcomes.parquet` (one row per image: converted, or why not).
+The counts in `ingest_summary.json` must reconcile at every level or the step fails.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -9,35 +16,104 @@ import pandas as pd
 
 from ct25d.errors import Ct25dError
 from ct25d.labels import RSNA_LABELS
+from ct25d.volumes.ingest import REJECTION_COLUMNS
+
+OUTCOMES = ("converted", "rejected_at_scan", "dropped_at_ingest", "in_excluded_series", "in_failed_series",
+            "in_unneeded_series")  # fmt: skip
+CHOICE_COLUMNS = [
+    "study_id", "name", "unit", "series_description", "series_class", "class_why", "slice_thickness",
+    "kernel", "kernel_kind", "n_files", "rank", "outcome", "why",
+]  # fmt: skip
 
 
-def reconcile(scan_dir: Path, volumes: pd.DataFrame, rejections: pd.DataFrame) -> dict[str, Any]:
-    """Counts per level; raise if inputs != converted + rejected at the file or study level."""
-    files = pd.read_parquet(scan_dir / "files.parquet", columns=["path"])
-    rejected_files = pd.read_csv(scan_dir / "rejected_files.csv")
-    studies = pd.read_parquet(scan_dir / "studies.parquet", columns=["study_id"])
-    series = pd.read_parquet(scan_dir / "series.parquet", columns=["study_id", "rank"])
-    study_rejected = rejections[rejections["level"] == "study"]
-    levels = rejections["level"].value_counts()
-    counts = {
-        "files_found": len(files) + len(rejected_files),
-        "files_grouped": len(files),
-        "files_rejected_at_scan": len(rejected_files),
-        "files_dropped_at_ingest": int(levels.get("file", 0)),
-        "studies_found": len(studies),
-        "studies_converted": len(volumes),
-        "studies_rejected": len(study_rejected),
+def series_outcomes(series: pd.DataFrame, volumes: pd.DataFrame, rejections: pd.DataFrame) -> pd.Series:
+    """What became of each series: converted, failed (with reason), excluded, or not needed."""
+    converted = set(zip(volumes["study_id"], volumes["unit"], strict=True))
+    failed = rejections[rejections["level"] == "series"].set_index(["study_id", "unit"])["reason"]
+    failed = failed[~failed.index.duplicated()]
+    outcome = []
+    for row in series.itertuples():
+        key = (row.study_id, row.unit)
+        if key in converted:
+            outcome.append("converted")
+        elif key in failed.index:
+            outcome.append(f"failed: {failed.loc[key]}")
+        elif row.rank < 0:
+            outcome.append("excluded")
+        else:
+            outcome.append("not needed: a higher-ranked series converted")
+    return pd.Series(outcome, index=series.index)
+
+
+def file_outcomes(
+    files: pd.DataFrame, series: pd.DataFrame, slices: pd.DataFrame, rejections: pd.DataFrame,
+    scan_rejected: pd.DataFrame,
+) -> pd.DataFrame:  # fmt: skip
+    """One row per image (a file, or a frame of a multi-frame file): its outcome and reason."""
+    table = files[["path", "frame", "study_id", "unit", "slice_id"]].copy()
+    status = series.set_index(["study_id", "unit"])[["outcome", "excluded"]]
+    unit_status = pd.MultiIndex.from_frame(table[["study_id", "unit"]])
+    table["series_outcome"] = status["outcome"].reindex(unit_status).to_numpy()
+    table["series_excluded"] = status["excluded"].reindex(unit_status).to_numpy()
+    dropped = rejections[rejections["level"] == "file"].astype({"frame": "int64"})
+    dropped = dropped.drop_duplicates(["path", "frame"]).set_index(["path", "frame"])["reason"]
+    image = pd.MultiIndex.from_frame(table[["path", "frame"]])
+    table["drop_reason"] = dropped.reindex(image).to_numpy()
+    converted = table["slice_id"].isin(set(slices["slice_id"]))
+    failed = table["series_outcome"].str.startswith("failed")
+    table["outcome"] = "in_unneeded_series"
+    table.loc[table["series_outcome"] == "excluded", "outcome"] = "in_excluded_series"
+    table.loc[failed, "outcome"] = "in_failed_series"
+    table.loc[table["drop_reason"].notna(), "outcome"] = "dropped_at_ingest"
+    table.loc[converted, "outcome"] = "converted"
+    table["reason"] = table["drop_reason"].where(table["outcome"] == "dropped_at_ingest", "")
+    table.loc[table["outcome"] == "in_excluded_series", "reason"] = table["series_excluded"]
+    table.loc[table["outcome"] == "in_failed_series", "reason"] = table["series_outcome"]
+    table.loc[table["outcome"] == "in_unneeded_series", "reason"] = table["series_outcome"]
+    scan = scan_rejected.assign(frame=-1, study_id="", unit="", outcome="rejected_at_scan")
+    out = pd.concat(
+        [table[["path", "frame", "study_id", "unit", "outcome", "reason"]], scan], ignore_index=True
+    )
+    return out.sort_values(["path", "frame"], ignore_index=True)
+
+
+def _check_converted_series(outcomes: pd.DataFrame, series: pd.DataFrame) -> None:
+    """Every image of a converted series is a slice or was dropped with its reason, never lost."""
+    converted_units = series.loc[series["outcome"] == "converted", ["study_id", "unit"]]
+    lost = outcomes.merge(converted_units, on=["study_id", "unit"])
+    lost = lost[lost["outcome"] == "in_unneeded_series"]
+    if len(lost):
+        raise Ct25dError(f"{len(lost)} image(s) of a converted series are neither slices nor dropped, "
+                         f"e.g. {lost['path'].iloc[0]}")  # fmt: skip
+
+
+def reconcile(
+    outcomes: pd.DataFrame, series: pd.DataFrame, studies: pd.DataFrame, volumes: pd.DataFrame,
+    rejections: pd.DataFrame,
+) -> dict[str, Any]:  # fmt: skip
+    """Counts per level; raise if inputs != converted + set aside at the file, series or study level."""
+    _check_converted_series(outcomes, series)
+    by_outcome = outcomes["outcome"].value_counts()
+    counts: dict[str, Any] = {"files_found": len(outcomes)}
+    counts.update({f"files_{name}": int(by_outcome.get(name, 0)) for name in OUTCOMES})
+    if sum(counts[f"files_{name}"] for name in OUTCOMES) != counts["files_found"]:
+        raise Ct25dError(f"file counts do not reconcile: {counts}")
+    kinds = series["outcome"].str.split(":").str[0].value_counts()
+    counts.update({
         "series_found": len(series),
-        "series_converted": len(volumes),
-        "series_failed": int(levels.get("series", 0)),
-        "series_excluded": int(levels.get("excluded", 0)),
-    }
-    # Lower-ranked healthy alternatives of a converted study are never opened.
-    used = counts["series_converted"] + counts["series_failed"] + counts["series_excluded"]
-    counts["series_not_needed"] = counts["series_found"] - used
-    if counts["series_excluded"] != int((series["rank"] < 0).sum()) or counts["series_not_needed"] < 0:
+        "series_converted": int(kinds.get("converted", 0)),
+        "series_failed": int(kinds.get("failed", 0)),
+        "series_excluded": int(kinds.get("excluded", 0)),
+        "series_not_needed": int(kinds.get("not needed", 0)),
+    })  # fmt: skip
+    parts = ("series_converted", "series_failed", "series_excluded", "series_not_needed")
+    if counts["series_found"] != sum(counts[k] for k in parts):
         raise Ct25dError(f"series counts do not reconcile: {counts}")
+    study_rejected = rejections[rejections["level"] == "study"]
     converted, rejected = set(volumes["study_id"]), set(study_rejected["study_id"])
+    counts.update(
+        studies_found=len(studies), studies_converted=len(converted), studies_rejected=len(rejected)
+    )
     lost = set(studies["study_id"]) - converted - rejected
     if lost or converted & rejected or len(converted) + len(rejected) != len(studies):
         raise Ct25dError(
@@ -47,27 +123,46 @@ def reconcile(scan_dir: Path, volumes: pd.DataFrame, rejections: pd.DataFrame) -
     return counts
 
 
-def gather(
-    scan_dir: str | Path, shard_prefixes: list[str | Path]
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """(manifest, slices, rejections, counts) for a dataset from its scan folder and shard outputs."""
-    scan_dir = Path(scan_dir)
+def _read_shards(shard_prefixes: list[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     volumes = pd.concat([pd.read_parquet(f"{p}.volumes.parquet") for p in shard_prefixes], ignore_index=True)
     slices = pd.concat([pd.read_parquet(f"{p}.slices.parquet") for p in shard_prefixes], ignore_index=True)
-    shard_rejections = pd.concat(
+    rejections = pd.concat(
         [pd.read_csv(f"{p}.rejections.csv", dtype=str, keep_default_na=False) for p in shard_prefixes],
         ignore_index=True,
     )
-    counts = reconcile(scan_dir, volumes, shard_rejections)
+    return volumes, slices, rejections.astype({"frame": "int64"})
+
+
+def gather(scan_dir: str | Path, shard_prefixes: list[str | Path]) -> dict[str, Any]:
+    """The dataset's reports from its scan folder and shard outputs: `manifest`, `slices`,
+    `rejections`, `series_choice`, `file_outcomes` (tables) and `counts`."""
+    scan_dir = Path(scan_dir)
+    volumes, slices, shard_rejections = _read_shards(shard_prefixes)
+    files = pd.read_parquet(
+        scan_dir / "files.parquet", columns=["path", "frame", "study_id", "unit", "slice_id"]
+    )
+    series = pd.read_parquet(scan_dir / "series.parquet")
     studies = pd.read_parquet(scan_dir / "studies.parquet")
+    scan_rejected = pd.read_csv(scan_dir / "rejected_files.csv", dtype=str, keep_default_na=False)
+    series["outcome"] = series_outcomes(series, volumes, shard_rejections)
+    outcomes = file_outcomes(files, series, slices, shard_rejections, scan_rejected)
+    counts = reconcile(outcomes, series, studies, volumes, shard_rejections)
+    counts["labels"] = json.loads((scan_dir / "label_match.json").read_text())
+
     manifest = volumes.merge(studies.drop(columns=["patient_id"]), on="study_id", how="left")
     manifest = manifest.sort_values("study_id").reset_index(drop=True)
-    slices = slices.sort_values(["study_id", "z"]).reset_index(drop=True)
-    scan_rejected = pd.read_csv(scan_dir / "rejected_files.csv", dtype=str, keep_default_na=False)
-    scan_rejected = scan_rejected.assign(level="file", study_id="", unit="")
-    rejections = pd.concat([scan_rejected, shard_rejections], ignore_index=True)
-    rejections = rejections[["level", "study_id", "unit", "path", "reason"]]
     counts["label_positive_studies"] = {
         label: int(manifest[label].fillna(0).astype(int).sum()) for label in RSNA_LABELS if label in manifest
     }
-    return manifest, slices, rejections, counts
+    scan_rows = scan_rejected.assign(level="file", study_id="", unit="", frame=-1)
+    rejections = pd.concat([scan_rows, shard_rejections], ignore_index=True)[REJECTION_COLUMNS]
+    names = studies.set_index("study_id")["name"] if "name" in studies else pd.Series(dtype=str)
+    choice = series.assign(name=series["study_id"].map(names).fillna(""))[CHOICE_COLUMNS]
+    return {
+        "manifest": manifest,
+        "slices": slices.sort_values(["study_id", "z"]).reset_index(drop=True),
+        "rejections": rejections,
+        "series_choice": choice,
+        "file_outcomes": outcomes,
+        "counts": counts,
+    }

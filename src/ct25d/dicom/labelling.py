@@ -1,0 +1,156 @@
+"""Attach a dataset's labels to its scanned images and studies, and check that they match.
+
+Each layout keys its labels differently: RSNA per image (SOPInstanceUID = file name), CQ500 per
+study folder (`CQ500-CT-N` in reads.csv), `dicom_tree` per study by StudyInstanceUID or by a key
+taken from the folder names with a regular expression. A label file whose keys match nothing
+would otherwise leave every study unlabelled and training would go on without a positive, so the
+share of studies that found labels is checked here, before any pixel is read.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ct25d.dicom.headers import pseudonym
+from ct25d.errors import Ct25dError
+from ct25d.labels import (
+    RSNA_LABELS,
+    LabelError,
+    cq500_study_name,
+    read_cq500_reads,
+    read_rsna_labels,
+    read_study_labels,
+)
+
+log = logging.getLogger(__name__)
+LABEL_KEYS = ("StudyInstanceUID", "folder")
+
+
+@dataclass(frozen=True)
+class LabelSource:
+    """Where a dataset's labels are and how they are keyed (config `datasets.<name>`)."""
+
+    layout: str
+    path: Path
+    role: str = "train"
+    key: str = "StudyInstanceUID"  # dicom_tree: StudyInstanceUID or folder
+    folder_pattern: str = r"^(?P<study>[^/]+)/"  # dicom_tree with key folder: the study key in the path
+
+    def __post_init__(self) -> None:
+        if self.key not in LABEL_KEYS:
+            raise Ct25dError(f"label_key: expected one of {LABEL_KEYS}, got {self.key!r}")
+
+
+@dataclass
+class Labelled:
+    files: pd.DataFrame
+    studies: pd.DataFrame  # study_id, name (a readable, non-identifying key), labels, has_labels
+    label_keys: list[str]  # every key in the label file
+    used_keys: set[str]  # the keys that matched an image or study
+
+
+def _rsna(files: pd.DataFrame, source: LabelSource, salt: str) -> Labelled:
+    labels = read_rsna_labels(source.path).rename(columns={"image_id": "sop_uid"})
+    files = files.merge(labels, on="sop_uid", how="left")
+    studies = files.groupby("study_id")[list(RSNA_LABELS)].max().reset_index()
+    studies["name"] = ""
+    used = set(files.loc[files["any"].notna(), "sop_uid"])
+    return Labelled(files, studies, list(labels["sop_uid"]), used)
+
+
+def _cq500(files: pd.DataFrame, source: LabelSource, salt: str) -> Labelled:
+    reads = read_cq500_reads(source.path)
+    files = files.assign(name=files["path"].map(lambda p: cq500_study_name(p.split(os.sep, 1)[0])))
+    return _study_level(files, reads.rename(columns={"name": "key"}), "name")
+
+
+def _tree(files: pd.DataFrame, source: LabelSource, salt: str) -> Labelled:
+    table = read_study_labels(source.path).rename(columns={"study": "key"})
+    if source.key == "StudyInstanceUID":  # compared as pseudonyms: raw UIDs never leave the scan
+        table["key"] = table["key"].map(lambda uid: pseudonym(uid, salt, "st-"))
+        return _study_level(files.assign(name=files["study_id"]), table, "name", show_keys=False)
+    pattern = re.compile(source.folder_pattern)
+
+    def key_of(path: str) -> str | None:
+        match = pattern.search(path)
+        if not match:
+            return None
+        return match.groupdict().get("study") or (match.group(1) if match.groups() else match.group(0))
+
+    return _study_level(files.assign(name=files["path"].map(key_of)), table, "name")
+
+
+def _study_level(files: pd.DataFrame, table: pd.DataFrame, column: str, show_keys: bool = True) -> Labelled:
+    """Study labels from a table keyed like `files[column]`, which must be one value per study."""
+    names = files.groupby("study_id")[column].agg(lambda s: sorted(set(s.dropna())))
+    clash = names[names.map(len) > 1]
+    if len(clash):
+        raise LabelError(f"study {clash.index[0]} spans several label keys {clash.iloc[0][:4]}")
+    studies = pd.DataFrame({"study_id": names.index, "key": names.map(lambda v: v[0] if v else None).values})
+    shared = studies[studies["key"].isin(table["key"]) & studies["key"].duplicated(keep=False)]
+    if len(shared):
+        key = shared["key"].iloc[0]
+        n = int((shared["key"] == key).sum())
+        raise LabelError(
+            f"label key {key!r} matches {n} studies (different StudyInstanceUIDs); its labels would be "
+            "ambiguous: key each study on its own"
+        )
+    studies = studies.merge(table, on="key", how="left")
+    studies["name"] = studies["key"] if show_keys else ""
+    for label in RSNA_LABELS:
+        files[label] = pd.NA
+    used = set(studies.loc[studies[_label_columns(studies)].notna().any(axis=1), "key"])
+    return Labelled(files, studies.drop(columns="key"), list(table["key"]), used)
+
+
+def _label_columns(studies: pd.DataFrame) -> list[str]:
+    return [c for c in (*RSNA_LABELS, "stroke_type") if c in studies]
+
+
+ATTACH = {"rsna": _rsna, "cq500": _cq500, "dicom_tree": _tree}
+
+
+def attach_labels(files: pd.DataFrame, source: LabelSource, salt: str) -> Labelled:
+    """Files with image labels, studies with study labels and `has_labels`, and the label keys."""
+    labelled = ATTACH[source.layout](files, source, salt)
+    labelled.studies["has_labels"] = labelled.studies[_label_columns(labelled.studies)].notna().any(axis=1)
+    return labelled
+
+
+def check_label_match(labelled: Labelled, source: LabelSource, minimum: float) -> dict:
+    """The share of studies with labels; LabelError for a training dataset below `minimum`.
+
+    The message gives the numbers and sample keys on both sides (the label file's keys, and the
+    archive's file names or folder keys; never DICOM UIDs), which is what a user needs to see why
+    they do not meet.
+    """
+    studies, files = labelled.studies, labelled.files
+    n, n_labelled = len(studies), int(studies["has_labels"].sum())
+    keys, used = labelled.label_keys, labelled.used_keys
+    unused = [k for k in keys if k not in used]
+    match = {"studies": n, "studies_labelled": n_labelled, "fraction": round(n_labelled / n, 4) if n else 0.0,
+             "label_keys": len(keys), "label_keys_unmatched": len(unused)}  # fmt: skip
+    if n_labelled == n:
+        return match
+    missing = studies.loc[~studies["has_labels"], "study_id"]
+    first_files = files[files["study_id"].isin(missing)].groupby("study_id")["path"].first()
+    archive_side = sorted(Path(p).name if source.layout == "rsna" else p for p in first_files)[:3]
+    label_side = (
+        unused[:3] if source.layout != "dicom_tree" or source.key == "folder" else "(pseudonymised UIDs)"
+    )
+    message = (
+        f"{source.path}: labels match {n_labelled} of {n} studies ({n_labelled / n:.0%}); "
+        f"{len(unused)} of {len(keys)} label keys match no file. "
+        f"Unlabelled studies, e.g. files {archive_side}; "
+        f"unmatched label keys, e.g. {label_side}"
+    )
+    if n_labelled / n < minimum and source.role == "train":
+        raise LabelError(f"{message}. A training dataset needs ingest.min_label_match = {minimum:g}")
+    log.warning("%s", message)
+    return {**match, "warning": message}
