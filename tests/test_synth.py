@@ -55,7 +55,7 @@ SYNTH = {
     "compressed_fraction": 0.4,
     "wrapped_fraction": 0.3,
     "tilt_fraction": 0.3,
-    "broken_studies": 6,
+    "broken_studies": 7,
 }
 LABELS7 = [*RSNA_LABELS, "ischemic"]
 # The `rsna` fixture's dataset block; tests regenerate it to check determinism.
@@ -180,41 +180,127 @@ def test_cq500_layout_reads_and_series(cq500: Path) -> None:
             assert (row[label] == studies.loc[row["name"], label]) == (label not in wrong)
     header = (cq500 / "reads.csv").read_text().splitlines()[0].split(",")
     assert header[:4] == ["name", "Category", "R1:ICH", "R1:IPH"] and header[-1] == "R3:MidlineShift"
+    styles = set()
     for name, st in studies.iterrows():
         n = int(name.split("-")[-1])
         series_dir = cq500 / f"CQ500CT{n} CQ500CT{n}" / "Unknown Study"
         folders = {p.name for p in series_dir.iterdir()}
-        assert st["series_description"] in folders and len(folders) >= 3
+        assert st["series_description"] in folders and len(folders) >= 2
         assert any("THIN" in f.upper() or f.endswith("2.5mm") for f in folders)
+        styles.add("PRE CONTRAST" in st["series_description"])
+        if folders - {"3D VR", "CT 5mm", "CT Plain", "CT 4.8mm"} == {
+            "CT PRE CONTRAST THIN",
+            "CT POST CONTRAST",
+        }:
+            styles.add("thin only")
+            assert st["series_description"] == "CT PRE CONTRAST THIN"
+    assert styles == {True, False, "thin only"}  # every naming style of the real archive
 
 
 def test_broken_inputs(rsna: Path, cq500: Path) -> None:
     for root, layout in ((rsna, "rsna"), (cq500, "cq500")):
+        studies = pd.read_parquet(root / "truth" / "studies.parquet")
+        assert set(studies["broken"]) - {""} == set(BROKEN_KINDS[layout])
         rej = pd.read_csv(root / "truth" / "expected_rejections.csv", keep_default_na=False)
-        assert sorted(set(rej["reason_kind"])) == sorted(BROKEN_KINDS[layout])
+        # kept (flagged, or split into its series) rather than set aside
+        assert set(rej["reason_kind"]) == set(BROKEN_KINDS[layout]) - {"missing_slice", "mixed_series_folder"}
         for _, r in rej.iterrows():
             path = root / r["path"]
             assert path.exists()
-            if r["reason_kind"] == "truncated_pixel_data":
+            kind = r["reason_kind"]
+            if kind == "truncated_pixel_data":
                 ds = pydicom.dcmread(path)
                 with pytest.raises((ValueError, AttributeError)):
                     ds.pixel_array  # noqa: B018
-            elif r["reason_kind"] == "no_pixel_data":
+            elif kind == "no_pixel_data":
                 assert "PixelData" not in pydicom.dcmread(path)
-            elif r["reason_kind"] == "not_ct":
+            elif kind == "not_ct":
                 assert pydicom.dcmread(path).Modality != "CT"
-            elif r["reason_kind"] in ("inconsistent_spacing", "single_slice", "mixed_series_folder"):
-                files = sorted(path.iterdir()) if path.is_dir() else []
-                uids = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
-                mine = [d for d in uids if d.SeriesInstanceUID == r["series_uid"]]
-                if r["reason_kind"] == "single_slice":
-                    assert len(mine) == 1
-                elif r["reason_kind"] == "mixed_series_folder":
-                    assert len({d.SeriesInstanceUID for d in uids}) == 2
-                else:
-                    z = np.sort([float(d.ImagePositionPatient[2]) for d in mine])
-                    steps = np.diff(z)
-                    assert steps.max() > 1.5 * steps.min()
+            elif kind == "secondary_capture":
+                ds = pydicom.dcmread(path)
+                assert ds.Modality == "CT" and ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
+                assert ds.BitsStored == 8 and (
+                    ds.SamplesPerPixel == 3 or ds.PhotometricInterpretation == "MONOCHROME2"
+                )
+            elif kind in ("duplicate_slice", "conflicting_duplicate"):
+                folder = path.parent if path.is_file() else path
+                dss = [pydicom.dcmread(f) for f in sorted(folder.iterdir())]
+                mine = [d for d in dss if d.SeriesInstanceUID == r["series_uid"]]
+                z = [round(float(d.ImagePositionPatient[2]), 3) for d in mine]
+                twins = [d for d in mine if z.count(round(float(d.ImagePositionPatient[2]), 3)) == 2]
+                assert len(twins) == 2
+                same = np.array_equal(twins[0].pixel_array, twins[1].pixel_array)
+                assert same == (kind == "duplicate_slice")
+            elif kind == "single_slice":
+                files = sorted(path.iterdir()) if path.is_dir() else [path]
+                mine = [
+                    f
+                    for f in files
+                    if pydicom.dcmread(f, stop_before_pixels=True).SeriesInstanceUID == r["series_uid"]
+                ]
+                assert len(mine) == 1
+        missing = studies[studies["broken"] == "missing_slice"]
+        slices = pd.read_parquet(root / "truth" / "slices.parquet")
+        for uid in missing["series_uid"]:
+            steps = np.diff(np.sort(slices.loc[slices["series_uid"] == uid, "position_mm"]))
+            assert steps.max() == pytest.approx(2 * np.median(steps), rel=1e-3)
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tree") / "cohort"
+    sites = {"C": {**SITES["A"], "noise_hu": 6.0}}
+    generate_cohort(out, "dicom_tree", {"n_studies": 6, "seed": 4, "site": "C"}, {**SYNTH, "sites": sites},
+                    workers=2, progress=False)  # fmt: skip
+    return out
+
+
+def test_dicom_tree_layout_labels_and_enhanced_files(tree: Path) -> None:
+    studies = pd.read_parquet(tree / "truth" / "studies.parquet")
+    labels = pd.read_csv(tree / "labels.csv")
+    assert list(labels.columns) == ["study", *RSNA_LABELS, "stroke_type"]
+    assert list(labels["study"]) == list(studies["folder"])
+    assert all((tree / "archive" / folder).is_dir() for folder in studies["folder"])
+    files = [p for p in (tree / "archive").rglob("*") if p.is_file()]
+    assert files and all(p.suffix == "" for p in files)  # PACS exports often have no extension
+    slices = pd.read_parquet(tree / "truth" / "slices.parquet")
+    enhanced = studies[studies["enhanced"]]
+    assert len(enhanced) >= 2
+    for st in enhanced.itertuples():
+        frames = slices[slices["series_uid"] == st.series_uid]
+        assert frames["path"].nunique() == 1 and sorted(frames["frame"]) == list(range(st.n_slices))
+        ds = pydicom.dcmread(tree / frames["path"].iloc[0])
+        assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.2.1" and ds.NumberOfFrames == st.n_slices
+        assert "ImagePositionPatient" not in ds  # only in the functional groups
+        z = [
+            float(f.PlanePositionSequence[0].ImagePositionPatient[2])
+            for f in ds.PerFrameFunctionalGroupsSequence
+        ]
+        assert np.all(np.diff(z) > 0) or np.all(np.diff(z) < 0)
+    # a plain and a bone series share a description; only the kernel tells them apart
+    for folder in studies.loc[studies["study_index"] % 2 == 1, "folder"]:
+        series = [d for d in (tree / "archive" / folder).iterdir() if "Screen" not in d.name]
+        kernels = {
+            str(pydicom.dcmread(next(d.iterdir()), stop_before_pixels=True).ConvolutionKernel) for d in series
+        }
+        assert len(series) == 2 and len(kernels) == 2
+
+
+@pytest.mark.skipif(
+    shutil.which("dcm2niix") is None, reason="dcm2niix is not installed (apt-get install dcm2niix)"
+)
+def test_dcm2niix_reads_the_enhanced_files(tree: Path, tmp_path: Path) -> None:
+    """An independent reader finds the frames' geometry in the functional groups."""
+    studies = pd.read_parquet(tree / "truth" / "studies.parquet")
+    st = studies[studies["enhanced"] & (studies["tilt_deg"] == 0)].iloc[0]
+    slices = pd.read_parquet(tree / "truth" / "slices.parquet")
+    path = tree / slices.loc[slices["series_uid"] == st["series_uid"], "path"].iloc[0]
+    res = subprocess.run(["dcm2niix", "-z", "n", "-f", "enh", "-o", str(tmp_path), str(path.parent)],
+                         capture_output=True, text=True)  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    image = sitk.ReadImage(str(next(tmp_path.glob("enh*.nii"))))
+    assert image.GetSize() == (64, 64, st["n_slices"])
+    assert image.GetSpacing()[2] == pytest.approx(5.0, abs=0.01)
 
 
 def _header(**kw: object) -> SeriesHeader:
@@ -323,8 +409,9 @@ def test_phantom_tissue_ranges() -> None:
 
 def test_simpleitk_reads_plain_series(cq500: Path) -> None:
     studies = pd.read_parquet(cq500 / "truth" / "studies.parquet")
-    # these kinds add a bad file to the plain folder; the others leave it intact
-    ok = studies[~studies["broken"].isin(["truncated_pixel_data", "no_pixel_data", "not_ct"])]
+    # these kinds add a bad file to the plain folder or leave a gap; the others leave it intact
+    bad = ["truncated_pixel_data", "no_pixel_data", "not_ct", "conflicting_duplicate", "missing_slice"]
+    ok = studies[~studies["broken"].isin(bad)]
     assert len(ok) >= 2
     for _, st in ok.iterrows():
         folder = cq500 / st["folder"] / "Unknown Study" / st["series_description"]

@@ -1,4 +1,5 @@
-"""Generate a deterministic synthetic head-CT cohort as real DICOM in the RSNA or CQ500 layout.
+"""Generate a deterministic synthetic head-CT cohort as real DICOM in the RSNA, CQ500 or a
+hospital's own (`dicom_tree`) layout.
 
 The demo needs data the ingest reads exactly like the real archives, with the real archives'
 quirks and defects, plus ground truth the real archives do not have (voxel masks, the list of
@@ -29,7 +30,14 @@ from ct25d.atomic import atomic_path, write_parquet
 from ct25d.errors import ConfigError
 from ct25d.labels import CQ500_FIELDS, CQ500_READERS, CQ500_TO_RSNA, RSNA_LABELS, SUBTYPES
 from ct25d.provenance import stamp
-from ct25d.synth.dicom_writer import SeriesHeader, SeriesWriter, SliceGeometry, write_slice
+from ct25d.synth.dicom_writer import (
+    SeriesHeader,
+    SeriesWriter,
+    SliceGeometry,
+    write_enhanced_series,
+    write_secondary_capture,
+    write_slice,
+)
 from ct25d.synth.phantom import (
     BIT,
     LESION_KINDS,
@@ -44,20 +52,18 @@ from ct25d.synth.phantom import (
     slab_average,
 )
 
-LAYOUTS = ("rsna", "cq500")
+LAYOUTS = ("rsna", "cq500", "dicom_tree")
 RSNA_FOLDER = "stage_2_train"
-# Deliberately broken inputs, cycled in this order as `broken_studies` grows.
+TREE_FOLDER = "archive"  # dicom_tree: <patient>/<study>/<number>_<description>/IM00001 below it
+# Deliberately broken or unusual inputs, cycled in this order as `broken_studies` grows. Each must
+# end as the real archives' would: dropped or refused with its reason, or kept and flagged.
 BROKEN_KINDS: dict[str, tuple[str, ...]] = {
-    "rsna": ("truncated_pixel_data", "no_pixel_data", "not_ct", "inconsistent_spacing", "single_slice"),
-    "cq500": (
-        "truncated_pixel_data",
-        "no_pixel_data",
-        "not_ct",
-        "inconsistent_spacing",
-        "single_slice",
-        "mixed_series_folder",
-    ),
-}
+    "rsna": ("truncated_pixel_data", "no_pixel_data", "not_ct", "missing_slice", "single_slice",
+             "secondary_capture", "duplicate_slice"),
+    "cq500": ("truncated_pixel_data", "no_pixel_data", "not_ct", "single_slice", "mixed_series_folder",
+              "secondary_capture", "conflicting_duplicate"),
+    "dicom_tree": ("secondary_capture", "missing_slice", "no_pixel_data"),
+}  # fmt: skip
 _VENDORS = (
     ("GE MEDICAL SYSTEMS", "LightSpeed VCT", "STANDARD", "BONE"),
     ("SIEMENS", "SOMATOM Definition AS", "H40s", "H70h"),
@@ -105,7 +111,7 @@ class _StudyResult:
     slices: list[dict[str, Any]]
     rejections: list[dict[str, Any]]
     csv_images: list[tuple[str, tuple[int, ...]]]  # rsna: (ID_<hex>, 6 labels)
-    reads: dict[str, Any] | None
+    label_row: dict[str, Any] | None  # cq500: the reads.csv row; dicom_tree: the labels.csv row
     n_files: int
 
 
@@ -138,7 +144,7 @@ def generate_cohort(
         raise ConfigError(f"synthetic.sites has no site {site!r} (known: {sorted(sites)})")
     site_params = {"hu_offset": 0.0, "blur_mm": 0.5, **sites[site]}
     fractions = {k: float(synthetic.get(k, v)) for k, v in _DEFAULT_FRACTIONS.items()}
-    n_broken = min(int(synthetic.get("broken_studies", 0)), n_studies)
+    n_broken = min(int(synthetic.get("broken_studies", 0)), n_studies, len(BROKEN_KINDS[layout]))
     broken = broken_assignment(layout, n_studies, n_broken)
     if workers is None:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -153,8 +159,8 @@ def generate_cohort(
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
         (tmp / "truth").mkdir()
-        if layout == "rsna":
-            (tmp / RSNA_FOLDER).mkdir()
+        if layout != "cq500":
+            (tmp / (RSNA_FOLDER if layout == "rsna" else TREE_FOLDER)).mkdir()
         import zarr
 
         zarr.open_group(str(tmp / "truth" / "masks.zarr"), mode="w", zarr_format=3)
@@ -243,8 +249,9 @@ def _write_tables(tmp: Path, spec: CohortSpec, results: list[_StudyResult], sett
     if spec.layout == "rsna":
         _write_rsna_csv(tmp / f"{RSNA_FOLDER}.csv", [im for r in results for im in r.csv_images], spec.seed)
     else:
-        reads = pd.DataFrame([r.reads for r in results])
-        reads.to_csv(tmp / "reads.csv", index=False, lineterminator="\n")
+        table = pd.DataFrame([r.label_row for r in results])
+        name = "reads.csv" if spec.layout == "cq500" else "labels.csv"
+        table.to_csv(tmp / name, index=False, lineterminator="\n")
 
 
 def _write_rsna_csv(path: Path, images: list[tuple[str, tuple[int, ...]]], seed: int) -> None:
@@ -314,6 +321,7 @@ def generate_study(spec: CohortSpec, k: int) -> _StudyResult:
     thin = site.get("thin_thickness_mm")
     ratio = round(thickness / thin) if thin else 0
     use_thin = layout == "cq500" and bool(thin) and ratio >= 2 and abs(ratio * thin - thickness) < 1e-6
+    thin = thin if use_thin else None
 
     series: list[_Series] = []
     series_no = iter(range(2, 100))
@@ -331,7 +339,6 @@ def generate_study(spec: CohortSpec, k: int) -> _StudyResult:
         slab_mm: float,
         stack: _Stack,
         kernel_idx: int = 2,
-        contrast_agent: str = "",
     ) -> _Series:
         """One series of this study; series numbers follow the order of the calls."""
         hu, bits, positions = stack
@@ -352,38 +359,75 @@ def generate_study(spec: CohortSpec, k: int) -> _StudyResult:
             tilt,
             next(series_no),
             kernel_idx=kernel_idx,
-            contrast_agent=contrast_agent,
         )
 
+    names = series_names(layout, k, srng, thickness, thin)
     if use_thin:
         fine_hu, fine_bits, fine_pos = render(n_slices * ratio, float(thin), 1, False)
         plain_hu, plain_bits = slab_average(fine_hu, fine_bits, ratio)
         plain_pos = fine_pos[::ratio] + (ratio - 1) / 2 * (fine_pos[1] - fine_pos[0])
-        thin_name = str(srng.choice(["CT PLAIN THIN", "CT Thin Plain", f"CT {thin:g}mm"]))
-        series.append(make_series(0, thin_name, float(thin), (fine_hu, fine_bits, fine_pos)))
+        series.append(make_series(0, names.thin, float(thin), (fine_hu, fine_bits, fine_pos)))
         del fine_hu, fine_bits
         plain_stack = (plain_hu, plain_bits, plain_pos)
     else:
         plain_stack = render(n_slices, thickness, n_sub, False)
-    plain_name = (
-        "" if layout == "rsna" else str(srng.choice(["CT Plain", "CT 5mm", "CT 55mm Plain", "CT Plain 5mm"]))
-    )
-    plain = make_series(1, plain_name or "CT HEAD", thickness, plain_stack)
+    if names.thick:
+        series.append(make_series(1, names.thick, thickness, plain_stack))
+    plain = series[-1]  # the thick plain series, or the thin one where the study has no other
     plain.plain = True
     if layout == "rsna":
         plain.folder = RSNA_FOLDER
-    series.append(plain)
-    has_contrast = False
-    if layout == "cq500":
-        if srng.random() < 0.35:
-            has_contrast = True
-            contrast = render(n_slices, thickness, n_sub, True)
-            s = make_series(2, "CT POST CONTRAST", thickness, contrast, contrast_agent="IOHEXOL 350")
-        else:
-            s = make_series(2, "CT BONE", thickness, plain_stack, kernel_idx=3)
-        series.append(s)
+    if names.contrast:  # as in CQ500, only the description says so: no ContrastBolusAgent tag
+        series.append(make_series(2, names.contrast, thickness, render(n_slices, thickness, n_sub, True)))
+    if names.bone:
+        series.append(make_series(3, names.bone, thickness, plain_stack, kernel_idx=3))
+    return _write_study(
+        spec, k, p, study_uid, series, plain, lesions, bool(names.contrast), uid, next(series_no)
+    )
 
-    return _write_study(spec, k, p, study_uid, series, plain, lesions, has_contrast, uid, next(series_no))
+
+@dataclass(frozen=True)
+class SeriesNames:
+    """The descriptions of a study's series ("" where the study has no such series)."""
+
+    thick: str
+    thin: str = ""
+    contrast: str = ""
+    bone: str = ""
+
+
+# Real CQ500 folder names (anchors.md), by what the series is.
+CQ500_CONTRAST = ("CT POST CONTRAST", "CT CONTRAST", "CT 4cc sec 150cc D3D on")
+
+
+def series_names(
+    layout: str, k: int, rng: np.random.Generator, thickness: float, thin: float | None
+) -> SeriesNames:
+    """Series descriptions in each archive's style.
+
+    CQ500 studies take one of three naming styles in turn (k mod 3), so every cohort has each:
+    plain names ("CT Plain" + "CT PLAIN THIN" + bone or contrast); "PRE CONTRAST" names, where the
+    word "contrast" names a plain series ("CT 5 MM PRE CONTRAST", "CT PRE CONTRAST THIN", "CT PRE
+    CONTRAST BONE"); and a study with only "CT PRE CONTRAST THIN" beside a "CT POST CONTRAST".
+    dicom_tree: Siemens-style names, where a plain and a bone series share the description and
+    only the kernel tells them apart.
+    """
+    mm = f"{thickness:g}"
+    if layout == "rsna":
+        return SeriesNames("CT HEAD")
+    if layout == "dicom_tree":
+        return SeriesNames(f"Head {mm}mm", bone=f"Head {mm}mm" if k % 2 else "")
+    style = k % 3 if thin else k % 2
+    if style == 2:
+        return SeriesNames("", thin="CT PRE CONTRAST THIN", contrast="CT POST CONTRAST")
+    thin_names = ["CT PLAIN THIN", "CT Thin Plain", "CT THIN STD", f"CT {thin:g}mm"] if thin else [""]
+    if style == 1:
+        return SeriesNames(f"CT {mm} MM PRE CONTRAST", thin="CT PRE CONTRAST THIN" if thin else "",
+                           bone="CT PRE CONTRAST BONE")  # fmt: skip
+    thick = str(rng.choice(["CT Plain", f"CT {mm}mm", "CT BRAIN PLAIN", f"CT Plain {mm}mm"]))
+    if rng.random() < 0.35:
+        return SeriesNames(thick, thin=str(rng.choice(thin_names)), contrast=str(rng.choice(CQ500_CONTRAST)))
+    return SeriesNames(thick, thin=str(rng.choice(thin_names)), bone="CT BONE")
 
 
 def _uid_factory(layout: str, seed: int, k: int):
@@ -485,7 +529,6 @@ def _make_series(
     series_number: int,
     *,
     kernel_idx: int,
-    contrast_agent: str = "",
 ) -> _Series:
     """Apply the site's acquisition effects and pick this series' header variety."""
     rng = np.random.default_rng([spec.seed, k, 5, idx])
@@ -524,7 +567,6 @@ def _make_series(
         transfer_syntax=ts,
         window_center=wc,
         window_width=ww,
-        contrast_agent=contrast_agent,
     )
     return _Series(
         description,
@@ -549,6 +591,107 @@ def _labels(bits: np.ndarray) -> np.ndarray:
     return np.concatenate([sub, sub.any(axis=1, keepdims=True), present[:, -1:]], axis=1).astype(np.int8)
 
 
+class _StudyWriter:
+    """Writes one study's files in its layout and keeps the truth rows of what it wrote."""
+
+    def __init__(self, spec: CohortSpec, k: int, study_uid: str, uid: Any, study_folder: str) -> None:
+        self.spec, self.k, self.study_uid, self.uid = spec, k, study_uid, uid
+        self.out = Path(spec.out_dir)
+        self.layout = spec.layout
+        self.kind = spec.broken.get(k, "")
+        self.study_folder = study_folder
+        self.rows: list[dict[str, Any]] = []
+        self.rejections: list[dict[str, Any]] = []
+        self.csv_images: list[tuple[str, tuple[int, ...]]] = []
+        self._files = iter(range(1024))
+        self.n_files = 0
+
+    def sop(self, s: _Series, j: object) -> str:
+        if self.layout == "rsna":
+            return rsna_image_id(self.spec.seed, self.k, next(self._files))
+        return self.uid("sop", s.header.series_uid, j)
+
+    def folder(self, s: _Series) -> Path:
+        if self.layout == "rsna":
+            return self.out / RSNA_FOLDER
+        if self.layout == "cq500":
+            d = self.out / self.study_folder / "Unknown Study" / s.folder
+        else:
+            d = (
+                self.out
+                / TREE_FOLDER
+                / self.study_folder
+                / f"{s.header.series_number:04d}_{s.folder.replace(' ', '_')}"
+            )
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def file_name(self, sop: str, number: int) -> str:
+        return {"rsna": f"{sop}.dcm", "cq500": f"CT{number - 1:06d}.dcm", "dicom_tree": f"IM{number:05d}"}[
+            self.layout
+        ]
+
+    def rel(self, path: Path) -> str:
+        return path.relative_to(self.out).as_posix()
+
+    def record(self, s: _Series, j: int, z: int, sop: str, rel: str, frame: int = -1) -> None:
+        """The truth row of slice j of series s, written as its z-th slice."""
+        lab = _labels(s.bits[j : j + 1])[0]
+        normal = np.cross(s.row_dir, s.col_dir)
+        self.rows.append({
+            "study_uid": self.study_uid, "series_uid": s.header.series_uid, "sop_uid": sop, "path": rel,
+            "frame": frame, "series_description": s.description, "plain": s.plain, "z_index": z,
+            "position_mm": round(float(np.dot(s.positions[j], normal)), 4),
+            **dict(zip((*RSNA_LABELS, "ischemic"), (int(v) for v in lab), strict=True)),
+        })  # fmt: skip
+        if self.layout == "rsna":
+            self.csv_images.append((sop, tuple(int(v) for v in lab[:6])))
+
+    def write(self, s: _Series, keep: list[int], *, record: bool, start: int = 0) -> list[str]:
+        """Write slices `keep` (sorted indices) of series s; returns their file paths."""
+        d, paths, n = self.folder(s), [], len(keep)
+        writer = SeriesWriter(s.header, s.row_dir, s.col_dir, s.spacing, *s.hu.shape[1:])
+        for rank, j in enumerate(keep):
+            inst = n - rank if s.reversed_numbering else rank + 1
+            sop = self.sop(s, j)
+            path = d / self.file_name(sop, start + inst)
+            writer.write(path, s.hu[j], sop, inst, s.positions[j])
+            self.n_files += 1
+            paths.append(self.rel(path))
+            if record:
+                self.record(s, j, rank, sop, paths[-1])
+        return paths
+
+    def write_enhanced(self, s: _Series, keep: list[int]) -> None:
+        """Slices `keep` of series s as one multi-frame Enhanced CT file (frames in slice order)."""
+        sop = self.uid("sop", s.header.series_uid, "enhanced")
+        path = self.folder(s) / f"EN{s.header.series_number:04d}"
+        geometry = SliceGeometry(s.positions[keep[0]], s.row_dir, s.col_dir, s.spacing)
+        write_enhanced_series(path, s.header, geometry, s.hu[keep], s.positions[keep], sop)
+        self.n_files += 1
+        for frame, j in enumerate(keep):
+            self.record(s, j, frame, sop, self.rel(path), frame=frame)
+
+    def reject(self, series_uid: str, sop: str, scope: str, rel: str) -> None:
+        self.rejections.append({"study_uid": self.study_uid, "series_uid": series_uid, "sop_uid": sop,
+                                "scope": scope, "reason_kind": self.kind, "path": rel})  # fmt: skip
+
+    def extra_file(self, plain: _Series, header: SeriesHeader, position: np.ndarray, hu: np.ndarray,
+                   number: int, defect: str = "",
+                   folder: _Series | None = None) -> tuple[str, str]:  # fmt: skip
+        """One more file beside the series' files; returns (sop, relative path)."""
+        sop = (
+            rsna_image_id(self.spec.seed, self.k, next(self._files))
+            if self.layout == "rsna"
+            else self.uid("sop", header.series_uid, "extra", number)
+        )
+        path = self.folder(folder or plain) / self.file_name(sop, number)
+        geometry = SliceGeometry(position, plain.row_dir, plain.col_dir, plain.spacing)
+        write_slice(path, header, geometry, hu, sop, number, defect=defect)
+        self.n_files += 1
+        return sop, self.rel(path)
+
+
 def _write_study(
     spec: CohortSpec,
     k: int,
@@ -561,187 +704,48 @@ def _write_study(
     uid: Any,
     extra_series_number: int,
 ) -> _StudyResult:
-    out = Path(spec.out_dir)
     layout = spec.layout
-    kind = spec.broken.get(k, "")
-    study_folder = f"CQ500CT{k} CQ500CT{k}" if layout == "cq500" else RSNA_FOLDER
-    rows: list[dict[str, Any]] = []
-    rejections: list[dict[str, Any]] = []
-    csv_images: list[tuple[str, tuple[int, ...]]] = []
-    file_counter = iter(range(1024))
-    n_files = 0
-
-    def sop_for(s: _Series, j: int) -> str:
-        if layout == "rsna":
-            return rsna_image_id(spec.seed, k, next(file_counter))
-        return uid("sop", s.header.series_uid, j)
-
-    def folder_path(name: str) -> Path:
-        if layout == "rsna":
-            return out / RSNA_FOLDER
-        d = out / study_folder / "Unknown Study" / name
-        d.mkdir(parents=True, exist_ok=True)
-        return d
-
-    def write(s: _Series, keep: list[int], folder: str, *, record: bool, start: int = 0) -> list[str]:
-        """Write slices `keep` (sorted indices) of series s; returns their file paths."""
-        nonlocal n_files
-        paths = []
-        d = folder_path(folder)
-        n = len(keep)
-        writer = SeriesWriter(s.header, s.row_dir, s.col_dir, s.spacing, *s.hu.shape[1:])
-        for rank, j in enumerate(keep):
-            inst = n - rank if s.reversed_numbering else rank + 1
-            sop = sop_for(s, j)
-            name = f"{sop}.dcm" if layout == "rsna" else f"CT{start + inst - 1:06d}.dcm"
-            path = d / name
-            writer.write(path, s.hu[j], sop, inst, s.positions[j])
-            n_files += 1
-            rel = path.relative_to(out).as_posix()
-            paths.append(rel)
-            if record:
-                lab = _labels(s.bits[j : j + 1])[0]
-                normal = np.cross(s.row_dir, s.col_dir)
-                rows.append(
-                    {
-                        "study_uid": study_uid,
-                        "series_uid": s.header.series_uid,
-                        "sop_uid": sop,
-                        "path": rel,
-                        "series_description": s.description,
-                        "plain": s.plain,
-                        "z_index": rank,
-                        "position_mm": round(float(np.dot(s.positions[j], normal)), 4),
-                        **dict(zip((*RSNA_LABELS, "ischemic"), (int(v) for v in lab), strict=True)),
-                    }
-                )
-                if layout == "rsna":
-                    csv_images.append((sop, tuple(int(v) for v in lab[:6])))
-        return paths
-
-    def reject(s_uid: str, sop: str, scope: str, rel: str) -> None:
-        rejections.append(
-            {
-                "study_uid": study_uid,
-                "series_uid": s_uid,
-                "sop_uid": sop,
-                "scope": scope,
-                "reason_kind": kind,
-                "path": rel,
-            }
-        )
-
+    study_folder = {
+        "rsna": RSNA_FOLDER,
+        "cq500": f"CQ500CT{k} CQ500CT{k}",
+        "dicom_tree": f"P{p:05d}/{k:03d}_CT_HEAD",  # no date or accession: paths reach the reports
+    }[layout]
+    w = _StudyWriter(spec, k, study_uid, uid, study_folder)
     n = plain.hu.shape[0]
     plain_keep = list(range(n))
-    if layout == "rsna" and kind == "inconsistent_spacing":
-        plain_keep = [j for j in plain_keep if j not in (n // 3, (2 * n) // 3)]
-    elif layout == "rsna" and kind == "single_slice":
+    if w.kind == "missing_slice":  # an inner slice is missing: kept, flagged irregular
+        plain_keep.remove(n // 2)
+    elif layout == "rsna" and w.kind == "single_slice":
         plain_keep = [n // 2]
+        w.reject(plain.header.series_uid, "", "series", RSNA_FOLDER)
+    enhanced = layout == "dicom_tree" and k % 2 == 0
+    if enhanced and plain.header.storage == "wrap":  # the RSNA 12-bit quirk is not found in Enhanced CT
+        plain.header = replace(plain.header, storage="u1024")
     for s in series:
-        keep = plain_keep if s is plain else list(range(s.hu.shape[0]))
-        write(s, keep, s.folder, record=True)
-    if layout == "rsna" and kind in ("inconsistent_spacing", "single_slice"):
-        reject(plain.header.series_uid, "", "series", RSNA_FOLDER)
+        if s is plain and enhanced:
+            w.write_enhanced(s, plain_keep)
+        else:
+            w.write(s, plain_keep if s is plain else list(range(s.hu.shape[0])), record=True)
+    _write_quirk(w, plain, extra_series_number)
+    _write_mask(Path(spec.out_dir), study_uid, plain, plain_keep)
 
-    # Extra defective files / series, written beside the valid ones.
-    extra_uid = uid("series", "extra")
-    if kind in ("truncated_pixel_data", "no_pixel_data", "not_ct"):
-        defect = {"truncated_pixel_data": "truncated", "no_pixel_data": "no_pixels", "not_ct": ""}[kind]
-        j = n - 1
-        pos = np.array(plain.positions[j]) + (plain.positions[j] - plain.positions[j - 1] if n > 1 else 0)
-        header = replace(plain.header, transfer_syntax="explicit")
-        hu = plain.hu[j]
-        if kind == "not_ct":
-            mr = layout == "rsna"
-            header = replace(
-                header,
-                series_uid=extra_uid,
-                series_number=extra_series_number,
-                modality="MR" if mr else "OT",
-                series_description="T2 AXIAL" if mr else "Dose Report",
-                storage="s0",
-            )
-            pos = np.array(plain.positions[n // 2])
-            hu = np.clip(plain.hu[n // 2] * 10.0 + 1000.0, 0, 3000) if mr else np.zeros_like(hu)
-        sop = rsna_image_id(spec.seed, k, next(file_counter)) if layout == "rsna" else uid("sop", "extra")
-        d = folder_path(plain.folder)
-        name = f"{sop}.dcm" if layout == "rsna" else f"CT{n:06d}.dcm"
-        write_slice(
-            d / name,
-            header,
-            SliceGeometry(pos, plain.row_dir, plain.col_dir, plain.spacing),
-            hu,
-            sop,
-            n + 1,
-            defect=defect,
-        )
-        n_files += 1
-        rel = (d / name).relative_to(out).as_posix()
-        reject(header.series_uid, sop, "file", rel)
-        if layout == "rsna":
-            csv_images.append((sop, (0,) * 6))
-    elif layout == "cq500" and kind in ("inconsistent_spacing", "single_slice", "mixed_series_folder"):
-        used = {s.folder for s in series}
-        folder = next(f for f in ("CT 5mm", "CT Plain", "CT 4.8mm") if f not in used)
-        clone = replace(
-            plain,
-            description=folder,
-            folder=folder,
-            header=replace(
-                plain.header,
-                series_uid=extra_uid,
-                series_description=folder,
-                series_number=extra_series_number,
-            ),
-            plain=False,
-        )
-        if kind == "inconsistent_spacing":
-            paths = write(
-                clone, [j for j in range(n) if j not in (n // 3, (2 * n) // 3)], folder, record=False
-            )
-            reject(extra_uid, "", "series", str(Path(paths[0]).parent.as_posix()))
-        elif kind == "single_slice":
-            paths = write(clone, [n // 2], folder, record=False)
-            reject(extra_uid, "", "series", str(Path(paths[0]).parent.as_posix()))
-        else:  # a second series' files in the same folder
-            write(clone, list(range(n)), folder, record=True)
-            intruder_uid = uid("series", "intruder")
-            intruder = replace(
-                clone,
-                header=replace(clone.header, series_uid=intruder_uid, series_number=extra_series_number + 1),
-                reversed_numbering=False,
-            )
-            picks = sorted({1, 2, min(n - 1, 6)})
-            paths = write(intruder, picks, folder, record=False, start=n)
-            kind_rel = str(Path(paths[0]).parent.as_posix())
-            reject(intruder_uid, "", "series", kind_rel)
-
-    # Ground-truth mask of the plain series (sorted grid of the slices written).
-    import zarr
-
-    mask = plain.bits[plain_keep]
-    group = zarr.open_group(str(out / "truth" / "masks.zarr"), mode="r+")
-    arr = group.create_array(study_uid, shape=mask.shape, dtype="uint8", chunks=mask.shape)
-    arr[...] = mask
-    arr.attrs.update(
-        {"study_uid": study_uid, "series_uid": plain.header.series_uid, "bits": list(LESION_KINDS)}
-    )
-
-    lab = _labels(mask).max(axis=0)
+    lab = _labels(plain.bits[plain_keep]).max(axis=0)
     labels = dict(zip((*RSNA_LABELS, "ischemic"), (int(v) for v in lab), strict=True))
-    reads, majority_error = (None, "")
+    label_row, majority_error = None, ""
     if layout == "cq500":
-        reads, majority_error = _reads(spec.seed, k, labels, lesions)
-    patient_id = f"SYN{spec.seed}P{p:05d}"
+        label_row, majority_error = _reads(spec.seed, k, labels, lesions)
+    elif layout == "dicom_tree":
+        label_row = {"study": study_folder, **{name: labels[name] for name in RSNA_LABELS},
+                     "stroke_type": stroke_type(labels)}  # fmt: skip
     study = {
         "study_uid": study_uid,
         "study_index": k,
-        "patient_id": patient_id,
+        "patient_id": f"SYN{spec.seed}P{p:05d}",
         "patient_index": p,
         "name": f"CQ500-CT-{k}" if layout == "cq500" else "",
         "folder": study_folder,
         "series_uid": plain.header.series_uid,
-        "series_description": plain.description if layout == "cq500" else "",
+        "series_description": plain.description if layout != "rsna" else "",
         "site": spec.site,
         "n_slices": len(plain_keep),
         "thickness_mm": float(plain.header.slice_thickness),
@@ -749,12 +753,95 @@ def _write_study(
         "storage": plain.header.storage,
         "transfer_syntax": plain.header.transfer_syntax,
         "reversed_numbering": plain.reversed_numbering,
+        "enhanced": enhanced,
         "has_contrast_series": has_contrast,
         **labels,
-        "broken": kind,
+        "broken": w.kind,
         "reads_majority_error": majority_error,
     }
-    return _StudyResult(study, rows, rejections, csv_images, reads, n_files)
+    return _StudyResult(study, w.rows, w.rejections, w.csv_images, label_row, w.n_files)
+
+
+def stroke_type(labels: dict[str, int]) -> str:
+    """The study's stroke class: hemorrhagic if it bleeds, else ischemic if infarcted, else control."""
+    return "hemorrhagic" if labels["any"] else ("ischemic" if labels["ischemic"] else "control")
+
+
+def _write_mask(out: Path, study_uid: str, plain: _Series, keep: list[int]) -> None:
+    """Ground-truth lesion mask of the plain series (sorted grid of the slices written)."""
+    import zarr
+
+    mask = plain.bits[keep]
+    group = zarr.open_group(str(out / "truth" / "masks.zarr"), mode="r+")
+    arr = group.create_array(study_uid, shape=mask.shape, dtype="uint8", chunks=mask.shape)
+    arr[...] = mask
+    arr.attrs.update(
+        {"study_uid": study_uid, "series_uid": plain.header.series_uid, "bits": list(LESION_KINDS)}
+    )
+
+
+def _write_quirk(w: _StudyWriter, plain: _Series, number: int) -> None:
+    """The study's deliberately broken or unusual input (BROKEN_KINDS), beside its valid files."""
+    kind, n = w.kind, plain.hu.shape[0]
+    extra = replace(plain.header, series_uid=w.uid("series", "extra"), series_number=number)
+    if kind in ("truncated_pixel_data", "no_pixel_data", "not_ct"):
+        position = plain.positions[n - 1] + (plain.positions[n - 1] - plain.positions[n - 2])
+        header, hu = replace(plain.header, transfer_syntax="explicit"), plain.hu[n - 1]
+        if kind == "not_ct":
+            mr = w.layout == "rsna"
+            header = replace(extra, modality="MR" if mr else "OT", storage="s0", transfer_syntax="explicit",
+                             series_description="T2 AXIAL" if mr else "Dose Report")  # fmt: skip
+            position = plain.positions[n // 2]
+            hu = np.clip(plain.hu[n // 2] * 10.0 + 1000.0, 0, 3000) if mr else np.zeros_like(hu)
+        defect = {"truncated_pixel_data": "truncated", "no_pixel_data": "no_pixels"}.get(kind, "")
+        sop, rel = w.extra_file(plain, header, position, hu, n + 1, defect)
+        w.reject(header.series_uid, sop, "file", rel)
+        if w.layout == "rsna":
+            w.csv_images.append((sop, (0,) * 6))
+    elif kind == "duplicate_slice":  # a second file at one position, identical pixels: set aside
+        j = n // 3
+        sop, rel = w.extra_file(plain, plain.header, plain.positions[j], plain.hu[j], n + 1)
+        w.reject(plain.header.series_uid, sop, "file", rel)
+        w.csv_images.append((sop, tuple(int(v) for v in _labels(plain.bits[j : j + 1])[0][:6])))
+    elif kind == "conflicting_duplicate":  # a second file at one position with other pixels: refused
+        j = n // 3
+        other = np.where(plain.hu[j] > 0, plain.hu[j] + 40.0, plain.hu[j])
+        header = replace(plain.header, transfer_syntax="explicit")
+        w.extra_file(plain, header, plain.positions[j], other, n + 1)
+        w.reject(plain.header.series_uid, "", "series", w.rel(w.folder(plain)))
+    elif kind == "secondary_capture":  # Modality CT, but rendered: an 8-bit screenshot or a colour rendering
+        shot = replace(extra, series_description="Screen Save" if w.layout != "cq500" else "3D VR")
+        folder = replace(plain, folder=shot.series_description, header=shot)
+        for i, colour in enumerate((False, True) if w.layout == "cq500" else (False,)):
+            sop = w.sop(folder, ("capture", i))
+            path = w.folder(folder) / w.file_name(sop, i + 1)
+            geometry = SliceGeometry(plain.positions[n // 2], plain.row_dir, plain.col_dir, plain.spacing)
+            write_secondary_capture(path, shot, geometry, plain.hu[n // 2], sop, colour=colour)
+            w.n_files += 1
+            w.reject(shot.series_uid, sop, "file", w.rel(path))
+            if w.layout == "rsna":
+                w.csv_images.append((sop, (0,) * 6))
+    elif w.layout == "cq500" and kind in ("single_slice", "mixed_series_folder"):
+        _write_extra_series(w, plain, extra)
+
+
+def _write_extra_series(w: _StudyWriter, plain: _Series, extra: SeriesHeader) -> None:
+    """CQ500 quirks in a series folder of their own: a single slice, or a folder holding two series."""
+    n = plain.hu.shape[0]
+    used = {r["series_description"] for r in w.rows}
+    name = next(f for f in ("CT 5mm", "CT Plain", "CT 4.8mm") if f not in used)
+    clone = replace(plain, description=name, folder=name, header=replace(extra, series_description=name),
+                    plain=False)  # fmt: skip
+    if w.kind == "single_slice":
+        paths = w.write(clone, [n // 2], record=False)
+        w.reject(extra.series_uid, "", "series", str(Path(paths[0]).parent.as_posix()))
+        return
+    w.write(clone, list(range(n)), record=True)  # a second series' files in the same folder
+    header = replace(
+        clone.header, series_uid=w.uid("series", "intruder"), series_number=extra.series_number + 1
+    )
+    intruder = replace(clone, header=header, reversed_numbering=False)
+    w.write(intruder, sorted({1, 2, min(n - 1, 6)}), record=False, start=n)
 
 
 def _reads(seed: int, k: int, labels: dict[str, int], lesions: list[Lesion]) -> tuple[dict[str, Any], str]:

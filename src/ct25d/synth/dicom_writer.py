@@ -1,5 +1,7 @@
-"""Write one CT slice as a standard CT Image Storage DICOM file, with the header variety of real
-archives (storage conventions, the RSNA 12-bit wrap, compressed transfer syntaxes, gantry tilt).
+"""Write CT slices as standard DICOM files, with the header variety of real archives: storage
+conventions, the RSNA 12-bit wrap, compressed transfer syntaxes, gantry tilt; whole series as one
+multi-frame Enhanced CT file (what current scanners export); and secondary captures that claim
+Modality CT but hold rendered grey levels or colour.
 
 Files are byte-identical for identical inputs: no timestamps, UIDs are passed in by the caller.
 """
@@ -8,14 +10,16 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from pydicom import config as pydicom_config
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import (
     CTImageStorage,
+    EnhancedCTImageStorage,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
     MRImageStorage,
@@ -290,3 +294,105 @@ def write_slice(
     """Write one slice as its own file (see SeriesWriter.write for `defect`)."""
     writer = SeriesWriter(header, geometry.row_dir, geometry.col_dir, geometry.spacing, *hu.shape)
     writer.write(path, hu, sop_uid, instance_number, geometry.position, defect=defect)
+
+
+def _item(**values: object) -> Dataset:
+    item = Dataset()
+    for keyword, value in values.items():
+        setattr(item, keyword, value)
+    return item
+
+
+ENHANCED_IMAGE_TYPE = ["ORIGINAL", "PRIMARY", "AXIAL", "NONE"]
+
+
+def write_enhanced_series(
+    path: str | Path,
+    header: SeriesHeader,
+    geometry: SliceGeometry,
+    hu: np.ndarray,
+    positions: np.ndarray,
+    sop_uid: str,
+) -> None:
+    """Write a whole series (Z, Y, X) as one multi-frame Enhanced CT Image Storage file.
+
+    Orientation, pixel spacing and rescale go into SharedFunctionalGroupsSequence, each frame's
+    ImagePositionPatient into PerFrameFunctionalGroupsSequence, and nothing of it at the top level:
+    a reader that looks only there finds no geometry. Frames are stored in reverse order of
+    position when the header's numbering is reversed, as some scanners do.
+    """
+    rep, _, intercept = STORAGE[header.storage]
+    z, rows, cols = hu.shape
+    with pydicom_config.disable_value_validation():
+        ds = build_dataset(header, geometry, None, sop_uid, 1)
+        for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness",
+                        "SliceLocation", "RescaleIntercept", "RescaleSlope", "RescaleType", "WindowCenter",
+                        "WindowWidth"):  # fmt: skip
+            delattr(ds, keyword)
+        ds.file_meta.MediaStorageSOPClassUID = EnhancedCTImageStorage
+        ds.SOPClassUID = EnhancedCTImageStorage
+        ds.ImageType = ENHANCED_IMAGE_TYPE
+        ds.Rows, ds.Columns, ds.NumberOfFrames = rows, cols, z
+        ds.DimensionOrganizationSequence = DicomSequence(
+            [_item(DimensionOrganizationUID=header.frame_uid + ".1")]
+        )
+        ds.SharedFunctionalGroupsSequence = DicomSequence([_item(
+            PixelMeasuresSequence=DicomSequence([_item(
+                PixelSpacing=_ds([geometry.spacing, geometry.spacing], 6),
+                SliceThickness=_ds([header.slice_thickness], 4)[0],
+            )]),
+            PlaneOrientationSequence=DicomSequence([_item(
+                ImageOrientationPatient=_ds([*geometry.row_dir, *geometry.col_dir], 6),
+            )]),
+            PixelValueTransformationSequence=DicomSequence([_item(
+                RescaleIntercept=_ds([intercept], 1)[0], RescaleSlope="1", RescaleType="HU",
+            )]),
+            CTImageFrameTypeSequence=DicomSequence([_item(FrameType=ENHANCED_IMAGE_TYPE)]),
+        )])  # fmt: skip
+        frames = []
+        for k in range(z):
+            frames.append(_item(
+                PlanePositionSequence=DicomSequence([_item(ImagePositionPatient=_ds(positions[k], 4))]),
+                FrameContentSequence=DicomSequence([_item(
+                    StackID="1", InStackPositionNumber=k + 1, DimensionIndexValues=[1, k + 1],
+                )]),
+            ))  # fmt: skip
+        ds.PerFrameFunctionalGroupsSequence = DicomSequence(frames)
+        stored = encode_hu(hu, header.storage)
+        ds.PixelData = _pixel_bytes(stored, rep)
+        ds["PixelData"].VR = "OW"
+        if header.transfer_syntax != "explicit":
+            ds.compress(TRANSFER_SYNTAX[header.transfer_syntax], stored, encoding_plugin="pylibjpeg",
+                        generate_instance_uid=False)  # fmt: skip
+        ds.save_as(Path(path), enforce_file_format=True)
+
+
+def write_secondary_capture(
+    path: str | Path,
+    header: SeriesHeader,
+    geometry: SliceGeometry,
+    hu: np.ndarray,
+    sop_uid: str,
+    *,
+    colour: bool,
+) -> None:
+    """A screenshot-like secondary capture that still says Modality CT: the brain window rendered to
+    8-bit grey levels (MONOCHROME2, BitsStored 8, RescaleIntercept -1024, so a converter that trusts
+    the rescale reads -1024..-769 "HU"), or as an RGB colour image (SamplesPerPixel 3)."""
+    grey = np.clip((hu.astype(np.float64) - 0.0) / 80.0 * 255.0, 0, 255).astype(np.uint8)
+    with pydicom_config.disable_value_validation():
+        ds = build_dataset(replace(header, modality="CT"), geometry, None, sop_uid, 1)
+        ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+        ds.SOPClassUID = SecondaryCaptureImageStorage
+        ds.ImageType = ["DERIVED", "SECONDARY", "SCREEN SAVE"]
+        ds.Rows, ds.Columns = grey.shape
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        if colour:
+            ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+            pixels = np.stack([grey, grey, (grey // 2)], axis=-1)  # tinted, as a 3D rendering is
+            del ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType
+        else:
+            ds.RescaleIntercept, ds.RescaleSlope = "-1024", "1"
+            pixels = grey
+        ds.add_new(0x7FE00010, "OB", np.ascontiguousarray(pixels).tobytes())
+        ds.save_as(Path(path), enforce_file_format=True)
