@@ -9,11 +9,13 @@ rule scan:
         series=f"{RESULTS}/{{dataset}}/scan/series.parquet",
         studies=f"{RESULTS}/{{dataset}}/scan/studies.parquet",
         rejected_files=f"{RESULTS}/{{dataset}}/scan/rejected_files.csv",
+        label_match=f"{RESULTS}/{{dataset}}/scan/label_match.json",
         settings=f"{RESULTS}/{{dataset}}/scan/settings.json",
     params:
         root=lambda wc: dicom_root(wc.dataset),
         labels=lambda wc: label_file(wc.dataset),
-        layout=lambda wc: DATASETS[wc.dataset]["layout"],
+        dataset=scan_dataset,
+        override=override_arg,
         shards=lambda wc: DATASETS[wc.dataset]["shards"],
         settings=section_settings("ingest", SCAN_KEYS),
         out=f"{RESULTS}/{{dataset}}/scan",
@@ -23,8 +25,8 @@ rule scan:
     conda:
         "../envs/ct25d.yaml"
     shell:
-        "ct25d scan --root {params.root:q} --layout {params.layout} --labels {params.labels:q} "
-        "--shards {params.shards} --settings {params.settings:q} --workers {threads} "
+        "ct25d scan --root {params.root:q} --dataset {params.dataset:q} --labels {params.labels:q} "
+        "{params.override} --shards {params.shards} --settings {params.settings:q} --workers {threads} "
         "--out {params.out} > {log} 2>&1"
 
 
@@ -71,8 +73,12 @@ rule ingest_report:
         manifest=f"{RESULTS}/{{dataset}}/manifest.parquet",
         slices=f"{RESULTS}/{{dataset}}/slices.parquet",
         rejections=report(
-            f"{RESULTS}/{{dataset}}/rejections.csv", category="Ingest", labels={"dataset": "{dataset}"}
+            f"{RESULTS}/{{dataset}}/rejections.csv", category="Ingest", labels={"dataset": "{dataset}", "table": "rejections"}
         ),
+        choice=report(
+            f"{RESULTS}/{{dataset}}/series_choice.csv", category="Ingest", labels={"dataset": "{dataset}", "table": "series choice"}
+        ),
+        outcomes=f"{RESULTS}/{{dataset}}/file_outcomes.parquet",
         summary=f"{RESULTS}/{{dataset}}/ingest_summary.json",
     params:
         scan=f"{RESULTS}/{{dataset}}/scan",
@@ -90,3 +96,4 @@ rule ingest:
     input:
         expand(rules.ingest_report.output.summary, dataset=DATASETS),
         expand(rules.ingest_report.output.rejections, dataset=DATASETS),
+        expand(rules.ingest_report.output.choice, dataset=DATASETS),

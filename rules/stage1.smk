@@ -23,7 +23,7 @@ rule train_slices:
         "../envs/ct25d.yaml"
     shell:
         "ct25d train-slices --index {input} --fold {wildcards.fold} --settings {params.settings:q} "
-        "--workers {threads} --out {params.out} > {log} 2>&1"
+        "--runtime {STAGE1_RUNTIME:q} --workers {threads} --out {params.out} > {log} 2>&1"
 
 
 rule embed:
@@ -33,7 +33,7 @@ rule embed:
     output:
         directory(f"{S1}/embeddings"),
     params:
-        settings=stage1_settings,
+        settings=embed_settings,
     log:
         f"{RESULTS}/logs/embed/{{backbone}}-{{fold}}.log",
     threads: 2
@@ -43,7 +43,7 @@ rule embed:
         "../envs/ct25d.yaml"
     shell:
         "ct25d embed --index {input.index} --checkpoint {input.checkpoint} --settings {params.settings:q} "
-        "--workers {threads} --out {output} > {log} 2>&1"
+        "--runtime {STAGE1_RUNTIME:q} --workers {threads} --out {output} > {log} 2>&1"
 
 
 rule eval_stage1:
@@ -55,7 +55,7 @@ rule eval_stage1:
         json=f"{S1}/eval/stage1_eval.json",
         table=report(f"{S1}/eval/stage1_eval.csv", category="Stage 1", labels={"backbone": "{backbone}", "fold": "{fold}", "table": "evaluation"}),
     params:
-        settings=stage1_settings,
+        settings=eval_settings,
         out=f"{S1}/eval",
     log:
         f"{RESULTS}/logs/eval_stage1/{{backbone}}-{{fold}}.log",

@@ -27,7 +27,8 @@ rule train_sequence:
         "../envs/ct25d.yaml"
     shell:
         "ct25d train-sequence --embeddings {input.embeddings} --studies {input.studies} --fold {wildcards.fold} "
-        "--model {params.model:q} --settings {params.settings:q} --out {params.out} > {log} 2>&1"
+        "--model {params.model:q} --settings {params.settings:q} --runtime {STAGE2_RUNTIME:q} "
+        "--out {params.out} > {log} 2>&1"
 
 
 for _model in config["stage2"]["models"]:

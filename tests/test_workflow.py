@@ -21,10 +21,18 @@ results: results
 datasets:
   rsna: {layout: rsna, role: train, shards: 2, synthetic: {n_studies: 4, seed: 1, site: A}}
   cq500: {layout: cq500, role: external, shards: 1, synthetic: {n_studies: 3, seed: 2, site: B}}
+  hospital:
+    layout: dicom_tree
+    role: external
+    label_key: folder
+    folder_pattern: "^(?P<study>[^/]+/[^/]+)/"
+    stroke_type: from_labels
+    synthetic: {n_studies: 3, seed: 3, site: C}
 synthetic:
   sites:
     A: {noise_hu: 4.0, fov_mm: 230.0, matrix: 48, thickness_mm: 5.0}
     B: {noise_hu: 9.0, fov_mm: 250.0, matrix: 48, thickness_mm: 5.0}
+    C: {noise_hu: 6.0, fov_mm: 240.0, matrix: 48, thickness_mm: 5.0}
   broken_studies: 1
 preprocess: {in_plane_mm: null, size: 32}
 splits: {folds: 2}
@@ -65,9 +73,10 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.workflow
 def test_first_run_produces_the_ingest_artifacts(workdir: Path) -> None:
-    for dataset in ("rsna", "cq500"):
+    for dataset in ("rsna", "cq500", "hospital"):
         out = workdir / "results" / dataset
-        for name in ("manifest.parquet", "slices.parquet", "rejections.csv", "ingest_summary.json"):
+        for name in ("manifest.parquet", "slices.parquet", "rejections.csv", "series_choice.csv",
+                     "file_outcomes.parquet", "ingest_summary.json"):  # fmt: skip
             assert (out / name).is_file(), f"{dataset}/{name}"
         counts = json.loads((out / "ingest_summary.json").read_text())["counts"]
         assert counts["studies_found"] == counts["studies_converted"] + counts["studies_rejected"] > 0
@@ -88,6 +97,8 @@ def test_second_run_has_nothing_to_do(workdir: Path) -> None:
     [
         ("ingest", "compression_level", 5, "ingest_shard"),
         ("ingest", "spacing_tolerance", 0.2, "scan"),
+        ("ingest", "tilt", "keep", "scan"),
+        ("stage1", "tta_flip", True, "embed"),
         ("preprocess", "in_plane_mm", 6.0, "resample_shard"),
         ("preprocess", "windows", [STROKE_WINDOW, SUBDURAL_WINDOW, WIDE_WINDOW], "slice_shard"),
         ("splits", "seed", 1, "splits"),
@@ -106,12 +117,39 @@ def test_a_setting_reruns_its_rule_and_nothing_upstream(workdir: Path, section, 
 
 
 @pytest.mark.workflow
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("stage1", "device", "cpu"),
+        ("stage1", "eval_batch_size", 7),
+        ("stage1", "checkpoint_every_steps", 3),
+        ("stage1", "embed_batch_size", 5),
+        ("stage2", "device", "cpu"),
+    ],
+)
+def test_runtime_settings_rerun_nothing(workdir: Path, section, key, value) -> None:
+    changed = json.loads(json.dumps(TINY))
+    changed.setdefault(section, {})[key] = value
+    assert "Nothing to be done" in snakemake(workdir, changed, "-n")
+
+
+@pytest.mark.workflow
+def test_dataset_order_reruns_nothing(workdir: Path) -> None:
+    changed = json.loads(json.dumps(TINY))
+    changed["datasets"] = dict(reversed(list(changed["datasets"].items())))
+    assert list(changed["datasets"]) != list(TINY["datasets"])
+    assert "Nothing to be done" in snakemake(workdir, changed, "-n")
+
+
+@pytest.mark.workflow
 def test_preprocess_outputs(workdir: Path) -> None:
     index = pd.read_parquet(workdir / "results" / "index" / "slices.parquet")
     studies = pd.read_parquet(workdir / "results" / "index" / "studies.parquet")
-    assert set(index["dataset"]) == {"rsna", "cq500"}
+    assert set(index["dataset"]) == {"rsna", "cq500", "hospital"}
     assert (studies.query("role == 'external'")["fold"] == -1).all()
-    assert len(list((workdir / "results" / "qc" / "montages").glob("*.png"))) == 2
+    hospital = studies.query("dataset == 'hospital'")  # stroke class from labels.csv's stroke_type
+    assert hospital["label"].notna().all() and hospital["stroke_type"].notna().all()
+    assert len(list((workdir / "results" / "qc" / "montages").glob("*.png"))) == 3
     assert (workdir / "results" / "qc" / "summary.png").stat().st_size > 10_000
 
 
@@ -122,18 +160,32 @@ def test_stage_outputs(workdir: Path) -> None:
     assert (results / "stage2" / "bilstm" / "resnet10t" / "fold0" / "predictions_studies.parquet").is_file()
     table = pd.read_csv(results / "comparison" / "comparison.csv")
     assert len(table) == 3  # Stage-1 head, Stage-1 cosine, Stage-2 bilstm
+    assert {"volume F1 (cq500)", "volume F1 (hospital)"} <= set(table.columns)  # each external set apart
 
 
 @pytest.mark.workflow
-def test_bad_config_value_is_named(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("section", "value", "named"),
+    [
+        ("ingest", {"spacing_tolerence": 0.1}, "spacing_tolerence"),
+        ("stage1", {"monitor": "val_lsos"}, "stage1.monitor: 'val_lsos'"),
+        ("stage1", {"backbones": ["resnet10"]}, "stage1.backbones: 'resnet10' is not a timm model"),
+        (
+            "stage2",
+            {"models": {"bilstm": {"name": "bilstm", "hiden": 16}}},
+            "unexpected keyword argument 'hiden'",
+        ),
+    ],
+)
+def test_bad_config_value_is_named_before_any_job(tmp_path: Path, section, value, named) -> None:
     bad = json.loads(json.dumps(TINY))
-    bad["ingest"] = {"spacing_tolerence": 0.1}
+    bad[section] = value
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(bad))
     cmd = [sys.executable, "-m", "snakemake", "all", "-n", "--snakefile", str(ROOT / "Snakefile"),
            "--directory", str(tmp_path), "--configfile", str(tmp_path / "config.yaml")]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
-    assert "spacing_tolerence" in proc.stdout + proc.stderr
+    assert named in proc.stdout + proc.stderr
 
 
 @pytest.mark.workflow

@@ -25,3 +25,14 @@ def require(settings: dict[str, Any], key: str, section: str) -> Any:
     if key not in settings:
         raise ConfigError(f"missing config key {section}.{key}")
     return settings[key]
+
+
+def add_runtime(p: argparse.ArgumentParser) -> None:
+    """`--runtime`: settings that change how a job runs, never what it writes (a rule passes them
+    outside its `params`, so changing them reruns nothing)."""
+    p.add_argument(
+        "--runtime",
+        type=json_object,
+        default={},
+        help="runtime-only settings (device, inference batch sizes, checkpoint interval) as JSON",
+    )

@@ -6,7 +6,7 @@ import argparse
 import json
 import logging
 
-from ct25d.cli.common import json_object
+from ct25d.cli.common import add_runtime, json_object
 
 log = logging.getLogger("ct25d")
 
@@ -17,7 +17,7 @@ def cmd_train_sequence(args: argparse.Namespace) -> None:
     from ct25d.training.devices import lease_device
     from ct25d.training.stage2 import Stage2Settings, train_stage2
 
-    settings = Stage2Settings.from_dict(args.settings)
+    settings = Stage2Settings.from_dict({**args.settings, **args.runtime})
     studies = pd.read_parquet(args.studies)
     with lease_device(prefer=settings.device) as device:
         log.info("train-sequence %s fold %d on %s", args.model.get("name"), args.fold, device)
@@ -45,6 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--settings", type=json_object, required=True, help="config `stage2` without `models` (JSON)"
     )
     p.add_argument("--out", required=True, help="folder: best.pt, metrics.*, predictions_*.parquet, curves")
+    add_runtime(p)
     p.set_defaults(func=cmd_train_sequence)
 
     p = sub.add_parser(

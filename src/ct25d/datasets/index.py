@@ -18,10 +18,11 @@ from ct25d.slices.store import SliceReader
 
 SLICE_COLUMNS = [
     "dataset", "role", "site", "study_id", "patient_id", "z", "slice_id", "position_mm", "store", "fold",
-    *RSNA_LABELS,
+    *RSNA_LABELS, "stroke_type",
 ]  # fmt: skip
 STUDY_COLUMNS = [
     "dataset", "role", "site", "study_id", "patient_id", "n_slices", "store", "fold", *RSNA_LABELS,
+    "stroke_type",
 ]  # fmt: skip
 
 
@@ -73,6 +74,10 @@ def _study_table(ds: DatasetTables, folds: pd.DataFrame) -> pd.DataFrame:
     labelled = m["has_labels"].astype(bool) if "has_labels" in m.columns else pd.Series(True, index=m.index)
     for label in RSNA_LABELS:
         out[label] = m[label].astype("Int8").where(labelled, pd.NA)
+    # A study-level stroke class, where the labels give one (dicom_tree `stroke_type` column).
+    out["stroke_type"] = (m["stroke_type"] if "stroke_type" in m else pd.Series(pd.NA, index=m.index)).astype(
+        "string"
+    )
     fold = out["study_id"].map(folds.set_index("study_id")["fold"])
     if fold.isna().any():
         raise IndexMismatchError(

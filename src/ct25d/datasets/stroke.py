@@ -1,9 +1,10 @@
 """Stroke-type classes for the multi-class task (control / hemorrhagic / ischemic).
 
-No archive labels stroke type directly: RSNA and CQ500 label hemorrhage, ischemic archives (AISD,
-CPAISD) contain only ischemic strokes. So each dataset says how its studies map onto a class
-(config `datasets.<name>.stroke_type`): `from_any` (hemorrhage `any` = 1 -> hemorrhagic, 0 ->
-control, per slice and per study), or one class for every study of the dataset.
+RSNA and CQ500 label hemorrhage only, ischemic archives (AISD, CPAISD) contain only ischemic
+strokes, and a hospital's own archive may say per study. So each dataset says how its studies map
+onto a class (config `datasets.<name>.stroke_type`): `from_any` (hemorrhage `any` = 1 ->
+hemorrhagic, 0 -> control, per slice and per study), `from_labels` (the `stroke_type` column of a
+dicom_tree labels CSV, per study), or one class for every study of the dataset.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from __future__ import annotations
 import pandas as pd
 
 from ct25d.errors import ConfigError
+from ct25d.labels import STROKE_TYPES
 
-STROKE_CLASSES: tuple[str, ...] = ("control", "hemorrhagic", "ischemic")
-RULES: tuple[str, ...] = ("from_any", *STROKE_CLASSES)
+STROKE_CLASSES: tuple[str, ...] = STROKE_TYPES
+RULES: tuple[str, ...] = ("from_any", "from_labels", *STROKE_CLASSES)
 
 
 def stroke_label(frame: pd.DataFrame, rule: str, dataset: str) -> pd.Series:
@@ -24,6 +26,13 @@ def stroke_label(frame: pd.DataFrame, rule: str, dataset: str) -> pd.Series:
         hemorrhagic, control = STROKE_CLASSES.index("hemorrhagic"), STROKE_CLASSES.index("control")
         any_ = frame["any"].astype("Int64")
         return any_.map({1: hemorrhagic, 0: control}, na_action="ignore").astype("Int64")
+    if rule == "from_labels":
+        if "stroke_type" not in frame or frame["stroke_type"].isna().all():
+            raise ConfigError(
+                f"datasets.{dataset}.stroke_type: from_labels, but its labels have no stroke_type column"
+            )
+        ids = {name: k for k, name in enumerate(STROKE_CLASSES)}
+        return frame["stroke_type"].map(ids, na_action="ignore").astype("Int64")
     return pd.Series(STROKE_CLASSES.index(rule), index=frame.index, dtype="Int64")
 
 

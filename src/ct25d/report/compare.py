@@ -10,13 +10,15 @@ import pandas as pd
 
 from ct25d.atomic import atomic_path, write_csv
 
-COLUMNS = {
-    "validation/slice": "slice F1 (val)",
-    "validation/volume": "volume F1 (val)",
-    "validation/volume/auc": "volume AUC (val)",
-    "external/volume": "volume F1 (ext)",
-    "external/volume/auc": "volume AUC (ext)",
-}
+VALIDATION = {"slice": "slice F1 (val)", "volume": "volume F1 (val)", "volume/auc": "volume AUC (val)"}
+
+
+def column(split: str, dataset: str, level: str, metric: str = "F1") -> str | None:
+    """The table column of one result: validation pooled over the training datasets, each external
+    dataset on its own (pooling two external sets would hide how each one fares)."""
+    if split == "validation":
+        return VALIDATION.get(level if metric == "F1" else f"{level}/auc")
+    return f"{level} {metric} ({dataset})" if level == "volume" else None
 
 
 def _rows(summary: dict[str, Any], label: str, stage: str, settings: dict[str, Any]) -> list[dict[str, Any]]:
@@ -26,9 +28,10 @@ def _rows(summary: dict[str, Any], label: str, stage: str, settings: dict[str, A
         split, dataset, level, method = key.split("/")
         row = by_method.setdefault(method, {"approach": label.format(method=method), "stage": stage,
                                             "fold": summary.get("fold"), **settings})  # fmt: skip
-        row[COLUMNS[f"{split}/{level}"]] = value["f1_any"]
-        if f"{split}/{level}/auc" in COLUMNS:
-            row[COLUMNS[f"{split}/{level}/auc"]] = value["auc_any"]
+        for metric, field in (("F1", "f1_any"), ("AUC", "auc_any")):
+            name = column(split, dataset, level, metric)
+            if name:
+                row[name] = value[field]
         row.setdefault("datasets", set()).add(dataset)
     return list(by_method.values())
 
@@ -48,7 +51,15 @@ def comparison_table(stage1: list[str | Path], stage2: list[str | Path]) -> pd.D
         rows += _rows(summary, "2.5D: Stage 2 {method}", "stage2", {})
     table = pd.DataFrame(rows)
     table["datasets"] = table["datasets"].map(lambda d: ", ".join(sorted(d)))
-    ordered = ["approach", "stage", "fold", *[c for c in COLUMNS.values() if c in table], "datasets"]
+    external = sorted(c for c in table if c.startswith("volume ") and c not in VALIDATION.values())
+    ordered = [
+        "approach",
+        "stage",
+        "fold",
+        *[c for c in VALIDATION.values() if c in table],
+        *external,
+        "datasets",
+    ]
     return table[ordered].round(3)
 
 
@@ -66,7 +77,7 @@ def write_comparison(stage1: list[str | Path], stage2: list[str | Path], out_dir
 def _plot(table: pd.DataFrame, path: Path) -> None:
     from matplotlib.figure import Figure
 
-    metrics = [c for c in ("slice F1 (val)", "volume F1 (val)", "volume F1 (ext)") if c in table]
+    metrics = [c for c in table if " F1 (" in c]
     fig = Figure(figsize=(10, 0.5 * len(table) + 1.5))
     ax = fig.subplots()
     height = 0.8 / len(metrics)

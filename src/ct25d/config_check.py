@@ -1,0 +1,161 @@
+"""Checks of the workflow config that the JSON schema cannot express, run when the DAG is built.
+
+The schema checks types and enums; these check what needs the libraries or the file system: timm
+backbone names, Stage-2 model names and keyword arguments (by building each model once, small),
+the Stage-1 monitor against the task's metrics, regular expressions, and the real archives' roots,
+label files (with the columns their layout needs) and override files. A wrong value would otherwise
+pass validation and fail only when its job starts, after all preprocessing, as a raw traceback.
+Every problem is listed at once, each naming its key.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ct25d.labels import CQ500_READERS, CQ500_TO_RSNA, RSNA_LABELS
+
+LABEL_COLUMNS = {
+    "rsna": (["ID", "Label"], "ID,Label"),
+    "cq500": (["name", *(f"{r}:{f}" for r in CQ500_READERS for f in CQ500_TO_RSNA)], "name and R1..R3 reads"),
+    "dicom_tree": (["study"], "study plus label columns"),
+}
+
+
+def _regex(value: str, key: str, problems: list[str], group: bool = False) -> None:
+    try:
+        pattern = re.compile(value)
+    except re.error as exc:
+        problems.append(f"{key}: not a valid regular expression ({exc})")
+        return
+    if group and not pattern.groups:
+        problems.append(f"{key}: {value!r} needs a group (e.g. (?P<study>...)) that captures the study key")
+
+
+def _label_file(name: str, entry: dict[str, Any], problems: list[str]) -> None:
+    path = Path(entry["labels"])
+    if not path.is_file():
+        problems.append(f"datasets.{name}.labels: {path} does not exist")
+        return
+    try:
+        header = list(pd.read_csv(path, nrows=0).columns)
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        problems.append(f"datasets.{name}.labels: cannot read {path} ({exc})")
+        return
+    needed, what = LABEL_COLUMNS[entry["layout"]]
+    missing = [c for c in needed if c not in header]
+    if missing:
+        problems.append(
+            f"datasets.{name}.labels: {path} lacks column(s) {missing[:4]} ({entry['layout']} needs {what})"
+        )
+    if entry["layout"] == "dicom_tree" and not set(header) & {*RSNA_LABELS, "stroke_type"}:
+        problems.append(
+            f"datasets.{name}.labels: {path} has no label column ({[*RSNA_LABELS, 'stroke_type']})"
+        )
+    if entry.get("stroke_type") == "from_labels" and "stroke_type" not in header:
+        problems.append(f"datasets.{name}.stroke_type: from_labels, but {path} has no stroke_type column")
+
+
+def check_datasets(config: dict[str, Any]) -> list[str]:
+    """Roots, label files, override files and per-dataset options."""
+    problems: list[str] = []
+    datasets = config["datasets"]
+    if not any(entry["role"] == "train" for entry in datasets.values()):
+        problems.append("datasets: no dataset has role: train")
+    for name, entry in datasets.items():
+        layout = entry["layout"]
+        if entry.get("stroke_type") == "from_labels" and layout != "dicom_tree":
+            problems.append(f"datasets.{name}.stroke_type: from_labels needs layout dicom_tree (a labels CSV "
+                            f"with a stroke_type column), not {layout}")  # fmt: skip
+        if entry.get("label_key") == "folder":
+            _regex(entry.get("folder_pattern", ""), f"datasets.{name}.folder_pattern", problems, group=True)
+        override = entry.get("series_override")
+        if override and not Path(override).is_file():
+            problems.append(f"datasets.{name}.series_override: {override} does not exist")
+        if "synthetic" in entry:
+            site = entry["synthetic"]["site"]
+            if site not in config.get("synthetic", {}).get("sites", {}):
+                problems.append(f"datasets.{name}.synthetic.site: {site!r} is not in synthetic.sites")
+            continue
+        if not Path(entry["root"]).is_dir():
+            problems.append(f"datasets.{name}.root: {entry['root']} is not a folder")
+        _label_file(name, entry, problems)
+    return problems
+
+
+def stage1_metrics(stage1: dict[str, Any]) -> set[str] | None:
+    """What `stage1.monitor` may name (None: data-dependent names also allowed, multiclass)."""
+    if stage1.get("task", "multilabel") == "multiclass":
+        return None
+    labels = list(stage1.get("labels") or RSNA_LABELS)
+    names = {"val_loss", "val_auc_mean", *(f"val_auc_{label}" for label in labels)}
+    return names | {"val_f1_any"} if "any" in labels else names
+
+
+def check_stage1(stage1: dict[str, Any]) -> list[str]:
+    """Backbone names (timm), pretrained file, monitor, labels and class weights."""
+    import timm
+
+    problems: list[str] = []
+    for backbone in stage1.get("backbones", []):
+        arch, _, tag = backbone.partition(".")
+        if not timm.is_model(arch):
+            close = timm.list_models(f"*{arch[:6]}*")[:5]
+            problems.append(f"stage1.backbones: {backbone!r} is not a timm model (similar: {close})")
+        elif tag and stage1.get("pretrained") is True and backbone not in timm.list_pretrained(f"{arch}.*"):
+            problems.append(f"stage1.backbones: timm has no pretrained tag {tag!r} for {arch} "
+                            f"(known: {timm.list_pretrained(f'{arch}.*')[:5]})")  # fmt: skip
+    pretrained = stage1.get("pretrained", False)
+    if isinstance(pretrained, str) and not Path(pretrained).is_file():
+        problems.append(f"stage1.pretrained: weights file {pretrained} does not exist")
+    monitor, allowed = stage1.get("monitor", "val_loss"), stage1_metrics(stage1)
+    if allowed is not None and monitor not in allowed:
+        problems.append(f"stage1.monitor: {monitor!r} is not one of {sorted(allowed)}")
+    if allowed is None and not re.fullmatch(r"val_(loss|auc_mean|f1_macro|auc_class_\d+)", monitor):
+        problems.append(
+            f"stage1.monitor: {monitor!r} is not val_loss, val_auc_mean, val_f1_macro or val_auc_class_<k>"
+        )
+    labels = list(stage1.get("labels") or RSNA_LABELS)
+    if stage1.get("task", "multilabel") == "multilabel":
+        unknown = [label for label in labels if label not in RSNA_LABELS]
+        if unknown:
+            problems.append(
+                f"stage1.labels: {unknown} are not label columns of the index ({list(RSNA_LABELS)})"
+            )
+        weights = stage1.get("class_weights")
+        if weights is not None and len(weights) != len(labels):
+            problems.append(f"stage1.class_weights: {len(weights)} weights for {len(labels)} labels")
+    return problems
+
+
+def check_stage2(stage2: dict[str, Any]) -> list[str]:
+    """Each Stage-2 model is built once, small, with its config's keyword arguments."""
+    from ct25d.models.stage2 import STAGE2
+
+    problems: list[str] = []
+    labels = list(stage2.get("labels") or RSNA_LABELS)
+    for run, entry in stage2.get("models", {}).items():
+        reserved = sorted({"in_dim", "num_classes"} & set(entry))
+        if reserved:
+            problems.append(f"stage2.models.{run}: {reserved} come from the data and cannot be set")
+            continue
+        try:
+            STAGE2.from_config(entry, in_dim=24, num_classes=len(labels))
+        except Exception as exc:  # the constructor's own message names the bad argument
+            problems.append(f"stage2.models.{run}: {type(exc).__name__}: {exc}")
+    weights = stage2.get("class_weights")
+    if weights is not None and len(weights) != len(labels):
+        problems.append(f"stage2.class_weights: {len(weights)} weights for {len(labels)} labels")
+    return problems
+
+
+def check_config(config: dict[str, Any]) -> list[str]:
+    """Every problem found in a schema-valid config, each naming its key."""
+    problems = check_datasets(config)
+    _regex(config.get("ingest", {}).get("exclude_series", ""), "ingest.exclude_series", problems)
+    problems += check_stage1(config.get("stage1", {}))
+    problems += check_stage2(config.get("stage2", {}))
+    return problems

@@ -1,0 +1,128 @@
+"""What the schema cannot check is checked when the DAG is built: every problem, each naming its key."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.utils import validate
+
+from ct25d.config_check import check_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def config() -> dict:
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    validate(config, str(ROOT / "config" / "schema.yaml"))
+    return config
+
+
+def test_the_demo_config_has_no_problem(config: dict) -> None:
+    assert check_config(config) == []
+
+
+def real_dataset(tmp_path: Path, layout: str, header: str) -> dict:
+    (tmp_path / "root").mkdir(exist_ok=True)
+    (tmp_path / "labels.csv").write_text(header + "\n")
+    return {
+        "layout": layout,
+        "role": "train",
+        "shards": 1,
+        "root": str(tmp_path / "root"),
+        "labels": str(tmp_path / "labels.csv"),
+        "stroke_type": "from_any",
+    }
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda c, t: c["stage1"].update(monitor="val_lsos"), "stage1.monitor: 'val_lsos' is not one of"),
+        (
+            lambda c, t: c["stage1"].update(backbones=["resnet10"]),
+            "stage1.backbones: 'resnet10' is not a timm model",
+        ),
+        (
+            lambda c, t: c["stage1"].update(backbones=["resnet18.no_such_tag"], pretrained=True),
+            "timm has no pretrained tag 'no_such_tag' for resnet18",
+        ),
+        (
+            lambda c, t: c["stage1"].update(pretrained=str(t / "none.safetensors")),
+            "stage1.pretrained: weights file",
+        ),
+        (lambda c, t: c["stage1"].update(labels=["any", "hemorrhage"]), "stage1.labels: ['hemorrhage']"),
+        (
+            lambda c, t: c["stage2"]["models"]["bilstm"].update(hiden=64),
+            "stage2.models.bilstm: TypeError: BiLSTM.__init__() got an unexpected keyword argument 'hiden'",
+        ),
+        (
+            lambda c, t: c["stage2"]["models"]["bigru_dilated"].update(kernel_size=4),
+            "stage2.models.bigru_dilated: ValueError: kernel_size must be odd",
+        ),
+        (
+            lambda c, t: c["stage2"]["models"]["transformer"].update(in_dim=8),
+            "stage2.models.transformer: ['in_dim']",
+        ),
+        (
+            lambda c, t: c["ingest"].update(exclude_series="(unclosed"),
+            "ingest.exclude_series: not a valid regular",
+        ),
+        (lambda c, t: c["datasets"]["hospital"].update(folder_pattern="^[^/]+/"), "needs a group"),
+        (
+            lambda c, t: c["datasets"]["cq500"].update(stroke_type="from_labels"),
+            "from_labels needs layout dicom_tree",
+        ),
+        (
+            lambda c, t: c["datasets"].update(rsna={**c["datasets"]["rsna"], "role": "external"}),
+            "no dataset has role: train",
+        ),
+        (
+            lambda c, t: c["datasets"].update(
+                rsna={
+                    "layout": "rsna",
+                    "role": "train",
+                    "shards": 1,
+                    "root": "/no/such",
+                    "labels": "/no/labels.csv",
+                    "stroke_type": "from_any",
+                }
+            ),
+            "datasets.rsna.root: /no/such is not a folder",
+        ),
+        (
+            lambda c, t: c["datasets"].update(rsna=real_dataset(t, "rsna", "image,label")),
+            "datasets.rsna.labels: ",
+        ),
+        (
+            lambda c, t: c["datasets"].update(
+                cq500={**real_dataset(t, "cq500", "name,Category"), "role": "external"}
+            ),
+            "lacks column(s) ['R1:ICH'",
+        ),
+        (
+            lambda c, t: c["datasets"].update(
+                hospital={
+                    **real_dataset(t, "dicom_tree", "study,any"),
+                    "role": "external",
+                    "stroke_type": "from_labels",
+                }
+            ),
+            "datasets.hospital.stroke_type: from_labels, but",
+        ),
+    ],
+)
+def test_each_problem_is_named(config: dict, tmp_path: Path, edit, message: str) -> None:
+    bad = copy.deepcopy(config)
+    edit(bad, tmp_path)
+    problems = check_config(bad)
+    assert any(message in p for p in problems), problems
+
+
+def test_every_problem_is_listed_at_once(config: dict) -> None:
+    config["stage1"]["monitor"] = "val_lsos"
+    config["stage2"]["models"]["bilstm"]["hiden"] = 1
+    assert len(check_config(config)) == 2
