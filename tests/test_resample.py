@@ -11,6 +11,8 @@ from ct25d.errors import ConfigError
 from ct25d.shards import shard_studies
 from ct25d.volumes.resample import (
     INTERPOLATORS,
+    is_irregular,
+    regular_slices,
     resample_shard,
     resample_to_grid,
     resample_volume,
@@ -111,3 +113,20 @@ def test_resample_shard_streams_studies_deterministically(tmp_path: Path) -> Non
         assert np.array_equal(hu_a, hu_b)
     with pytest.raises(ConfigError, match=r"preprocess\.slice_mm"):
         resample_shard(src, tmp_path / "c.zarr", {"in_plane_mm": 1.0, "interpolator": "linear"}, {})
+
+
+def test_uneven_slices_are_interpolated_on_their_true_positions() -> None:
+    """A missing slice (a 10 mm step among 5 mm ones): a regular grid read on the true positions
+    gives the analytic ramp; assuming even spacing would shift every slice after the gap."""
+    positions = np.array([0.0, 5.0, 10.0, 20.0, 25.0, 30.0])
+    hu = np.broadcast_to((3 * positions).astype(np.int16)[:, None, None], (6, 4, 4)).copy()  # 3 HU per mm
+    attrs = {**attrs_for(hu.shape, (5.0, 1.0, 1.0)), "positions_mm": positions.tolist()}
+    assert is_irregular(attrs)
+    out, new_attrs = resample_volume(hu, attrs, None, 2.5, "linear")
+    grid = np.arange(0.0, 30.01, 2.5)
+    assert out.shape == (len(grid), 4, 4)
+    np.testing.assert_array_equal(out[:, 0, 0], np.rint(3 * grid))
+    np.testing.assert_allclose(new_attrs["positions_mm"], grid)
+    assert new_attrs["source_shape_zyx"] == [6, 4, 4] and new_attrs["spacing_zyx"][0] == 2.5
+    regular, _ = regular_slices(hu, positions, 5.0)
+    np.testing.assert_array_equal(regular[:, 0, 0], 3 * np.arange(0.0, 30.01, 5.0))  # 15 HU: the missing one

@@ -109,6 +109,36 @@ def resample_to_grid(
     return values.astype(np.int16), [float(v) for v in new_origin]
 
 
+def regular_slices(
+    hu: np.ndarray, positions_mm: np.ndarray, slice_mm: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(volume, positions) on a regular grid of `slice_mm` from the first slice's position, each
+    new slice linearly interpolated between the two true slices around it.
+
+    Written by hand because an ITK image has one slice spacing: a series with a missing or
+    unevenly spaced slice cannot be described to SimpleITK, and treating its slices as evenly
+    spaced would move every slice after the gap.
+    """
+    positions = np.asarray(positions_mm, dtype=float)
+    grid = positions[0] + slice_mm * np.arange(
+        int(np.floor((positions[-1] - positions[0]) / slice_mm + 1e-6)) + 1
+    )
+    upper = np.clip(np.searchsorted(positions, grid, side="right"), 1, len(positions) - 1)
+    weight = np.clip((grid - positions[upper - 1]) / (positions[upper] - positions[upper - 1]), 0.0, 1.0)
+    below, above = hu[upper - 1].astype(np.float32), hu[upper].astype(np.float32)
+    values = below + weight[:, None, None].astype(np.float32) * (above - below)
+    return np.clip(np.rint(values), _INT16.min, _INT16.max).astype(np.int16), grid
+
+
+def is_irregular(attrs: dict[str, Any]) -> bool:
+    """Whether the volume's slices are not evenly spaced (ingest kept them at their true positions)."""
+    positions = attrs.get("positions_mm")
+    if positions is None or len(positions) < 3:
+        return False
+    steps = np.diff(positions)
+    return bool(np.abs(steps - attrs["spacing_zyx"][0]).max() > 1e-3)
+
+
 def resample_volume(
     hu: np.ndarray,
     attrs: dict[str, Any],
@@ -119,9 +149,19 @@ def resample_volume(
     """Resample a (Z, Y, X) int16 HU volume; `None` keeps that axis' native spacing.
 
     When nothing changes the volume is returned as is (a copy), so `null` settings cost nothing.
-    The attrs gain `source_spacing_zyx` / `source_shape_zyx`, and geometry keys are updated.
+    A volume with uneven slices is first put on a regular `slice_mm` grid from its true positions
+    (`regular_slices`); SimpleITK then does the rest. The attrs gain `source_spacing_zyx` /
+    `source_shape_zyx`, and geometry keys are updated.
     """
     interp = sitk_interpolator(interpolator)
+    source_spacing, source_shape = [float(v) for v in attrs["spacing_zyx"]], list(hu.shape)
+    if slice_mm is not None and is_irregular(attrs):
+        hu, positions = regular_slices(hu, np.asarray(attrs["positions_mm"]), float(slice_mm))
+        attrs = {
+            **attrs,
+            "spacing_zyx": [float(slice_mm), *source_spacing[1:]],
+            "positions_mm": positions.tolist(),
+        }
     spacing_in = tuple(float(v) for v in attrs["spacing_zyx"])
     shape, spacing = target_grid(hu.shape, spacing_in, in_plane_mm, slice_mm)
     if spacing == spacing_in:
@@ -133,9 +173,13 @@ def resample_volume(
         "spacing_zyx": list(spacing),
         "origin_xyz": origin,
         "shape_zyx": list(out.shape),
-        "source_spacing_zyx": list(spacing_in),
-        "source_shape_zyx": list(hu.shape),
+        "source_spacing_zyx": source_spacing,
+        "source_shape_zyx": source_shape,
     }
+    if "positions_mm" in attrs and spacing[0] != spacing_in[0]:  # new slices, about the same centre
+        centre = float(attrs["positions_mm"][0]) + (hu.shape[0] - 1) * spacing_in[0] / 2
+        offsets = (np.arange(out.shape[0]) - (out.shape[0] - 1) / 2) * spacing[0]
+        new_attrs["positions_mm"] = (centre + offsets).tolist()
     return out, new_attrs
 
 
