@@ -58,13 +58,15 @@ INGEST: dict[str, Any] = yaml.safe_load((REPO / "config" / "config.yaml").read_t
 
 # Functions whose cumulative profile time says where the ct25d path spends its time.
 BREAKDOWN: list[tuple[str, str, str]] = [
-    ("scan: list_files", "ct25d/dicom/scan.py", "list_files"),
-    ("scan: read_header (byte parse + values + pseudonyms)", "ct25d/dicom/headers.py", "read_header"),
+    ("scan: list_files", "ct25d/dicom/files.py", "list_files"),
+    ("scan: file_headers (byte parse + values + pseudonyms)", "ct25d/dicom/headers.py", "file_headers"),
+    ("scan: hu_problem (HU checks)", "ct25d/dicom/hu.py", "hu_problem"),
     ("scan:   parse_file (DICOM byte parser)", "ct25d/dicom/elements.py", "parse_file"),
     ("scan:   pydicom.dcmread (files the parser leaves to pydicom)", "pydicom/filereader.py", "dcmread"),
     ("scan: series_units", "ct25d/dicom/scan.py", "series_units"),
-    ("scan: _attach_cq500_labels", "ct25d/dicom/scan.py", "_attach_cq500_labels"),
-    ("scan: rank_series", "ct25d/dicom/scan.py", "rank_series"),
+    ("scan: attach_labels", "ct25d/dicom/labelling.py", "attach_labels"),
+    ("scan: series_table (classify + header geometry)", "ct25d/dicom/scan.py", "series_table"),
+    ("scan: rank_series", "ct25d/dicom/choice.py", "rank_series"),
     ("scan+ingest: write_parquet", "ct25d/atomic.py", "write_parquet"),
     ("ingest: pandas.read_parquet", "pandas/io/parquet.py", "read_parquet"),
     ("ingest: study_jobs (tables -> headers)", "ct25d/volumes/ingest.py", "study_jobs"),
@@ -250,7 +252,8 @@ def cli_args(
 ) -> tuple[list[str], list[list[str]]]:
     """argv of `ct25d scan` and of `ct25d ingest` for each shard (`<prefix><k>`)."""
     settings = json.dumps(INGEST)
-    scan = ["scan", "--root", str(inputs.root), "--layout", "cq500", "--labels", str(inputs.labels),
+    dataset = json.dumps({"layout": "cq500", "role": "external"})
+    scan = ["scan", "--root", str(inputs.root), "--dataset", dataset, "--labels", str(inputs.labels),
             "--shards", str(shards), "--settings", settings, "--workers", str(workers),
             "--out", str(scan_dir)]  # fmt: skip
     ingest = ["ingest", "--root", str(inputs.root), "--scan", str(scan_dir), "--settings", settings,
