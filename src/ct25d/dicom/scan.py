@@ -57,11 +57,9 @@ class ScanSettings:
 @dataclass
 class ScanResult:
     files: pd.DataFrame  # one row per image (a file, or a frame of a multi-frame file)
-    series: (
-        pd.DataFrame
-    )  # one row per series (unit of choice): class, rank or the reason it is not a candidate
+    series: pd.DataFrame  # one row per series (unit of choice): class, rank or why not a candidate
     studies: pd.DataFrame  # one row per study: labels and shard
-    rejected: pd.DataFrame  # one row per file set aside before grouping (unreadable, not HU, special file)
+    rejected: pd.DataFrame  # one row per file set aside before grouping (unreadable, not HU, special)
     label_match: dict = field(default_factory=dict)  # how many studies the labels matched
 
 

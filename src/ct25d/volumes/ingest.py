@@ -17,8 +17,9 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
+from ct25d.dicom.files import relative_paths
 from ct25d.dicom.headers import SliceHeader
-from ct25d.dicom.scan import grouped_headers, relative_paths
+from ct25d.dicom.scan import grouped_headers
 from ct25d.dicom.series import (
     TILT_EPS_DEG,
     GeometryRules,
