@@ -65,14 +65,6 @@ class SortedSeries:
     duplicates: list[tuple[SliceHeader, SliceHeader]] = field(default_factory=list)
     flags: list[str] = field(default_factory=list)
 
-    @property
-    def row_col_normal(self) -> np.ndarray:
-        """(3, 3): unit row direction, unit column direction and unit slice normal, as rows."""
-        d = np.asarray(self.direction, dtype=float).reshape(3, 3)
-        row, col = d[:, 0], d[:, 1]
-        normal = np.cross(row, col)
-        return np.stack([row, col, normal / np.linalg.norm(normal)])
-
 
 @dataclass
 class Volume:

@@ -25,9 +25,13 @@ _INT16 = np.iinfo(np.int16)
 
 
 def correct_tilt(volume: Volume) -> Volume:
-    """The volume on an orthogonal grid (axes: row, column, slice normal); flags say it was corrected."""
+    """The volume on an orthogonal grid; flags say it was corrected.
+
+    For a series sorted with `ingest.tilt: correct`, whose direction already holds the row, column
+    and slice-normal axes and whose spacing is along the normal: only the pixels and the origin move.
+    """
     series = volume.series
-    row, col, normal = series.row_col_normal
+    row, col, _ = np.reshape(series.direction, (3, 3)).T
     _, dy, dx = series.spacing_zyx
     z, rows, cols = volume.hu.shape
     offsets = series.positions_xyz - series.positions_xyz[0]
@@ -49,8 +53,6 @@ def correct_tilt(volume: Volume) -> Volume:
     corrected = dataclasses.replace(
         series,
         origin_xyz=tuple(float(c) for c in origin),
-        direction=tuple(float(c) for c in np.stack([row, col, normal], axis=1).ravel()),
-        spacing_zyx=(float(np.median(np.diff(series.positions_mm))), dy, dx),
         flags=[*series.flags, f"tilt corrected: resampled onto an orthogonal {height}x{width} grid"],
     )
     return Volume(hu=out, series=corrected)
