@@ -123,11 +123,16 @@ STAGE2_RUNTIME = as_json({"device": config["stage2"]["device"]})
 EMBED_KEYS = ("tta_flip",)
 
 
-def stage1_settings(wildcards):
-    """The `stage1` keys that change the trained weights: one backbone, without the run lists."""
-    skip = {"backbones", "folds", *STAGE1_RUNTIME_KEYS, *EMBED_KEYS}
+def _stage1_without(wildcards, *keys):
+    """The `stage1` block for one backbone, without the run lists, the runtime keys and `keys`."""
+    skip = {"backbones", "folds", *STAGE1_RUNTIME_KEYS, *keys}
     settings = {k: v for k, v in config["stage1"].items() if k not in skip}
     return as_json({**settings, "backbone": wildcards.backbone})
+
+
+def stage1_settings(wildcards):
+    """The `stage1` keys that change the trained weights."""
+    return _stage1_without(wildcards, *EMBED_KEYS)
 
 
 def embed_settings(wildcards):
@@ -136,7 +141,7 @@ def embed_settings(wildcards):
 
 def eval_settings(wildcards):
     """What made the embeddings an evaluation reads (recorded in its provenance)."""
-    return as_json({**json.loads(stage1_settings(wildcards)), **json.loads(embed_settings(wildcards))})
+    return _stage1_without(wildcards)
 
 
 STAGE1_RUNS = [(b, f) for b in config["stage1"]["backbones"] for f in config["stage1"]["folds"]]
