@@ -16,12 +16,12 @@ from typing import Any
 
 import pandas as pd
 
-from ct25d.labels import CQ500_READERS, CQ500_TO_RSNA, RSNA_LABELS
+from ct25d.labels import CQ500_COLUMNS, RSNA_COLUMNS, RSNA_LABELS
 
 LABEL_COLUMNS = {
-    "rsna": (["ID", "Label"], "ID,Label"),
-    "cq500": (["name", *(f"{r}:{f}" for r in CQ500_READERS for f in CQ500_TO_RSNA)], "name and R1..R3 reads"),
-    "dicom_tree": (["study"], "study plus label columns"),
+    "rsna": (RSNA_COLUMNS, "ID,Label"),
+    "cq500": (CQ500_COLUMNS, "name and R1..R3 reads"),
+    "dicom_tree": (("study",), "study plus label columns"),
 }
 
 

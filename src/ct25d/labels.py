@@ -50,6 +50,9 @@ CQ500_FIELDS: tuple[str, ...] = (
     "MidlineShift",
 )
 CQ500_READERS: tuple[str, ...] = ("R1", "R2", "R3")
+# The columns each label file must have (what the parsers below and the config check require).
+RSNA_COLUMNS: tuple[str, ...] = ("ID", "Label")
+CQ500_COLUMNS: tuple[str, ...] = ("name", *(f"{r}:{f}" for r in CQ500_READERS for f in CQ500_TO_RSNA))
 
 
 class LabelError(Ct25dError):
@@ -67,7 +70,7 @@ def read_rsna_labels(path: str | Path) -> pd.DataFrame:
         raw = pd.read_csv(path, dtype={"ID": str, "Label": "Int64"})
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise LabelError(f"{path}: cannot read label CSV ({exc})") from exc
-    if list(raw.columns[:2]) != ["ID", "Label"]:
+    if tuple(raw.columns[:2]) != RSNA_COLUMNS:
         raise LabelError(f"{path}: expected columns ID,Label, found {list(raw.columns)}")
     parts = raw["ID"].str.rsplit("_", n=1, expand=True)
     if parts.shape[1] != 2 or parts[1].isna().any():
@@ -100,8 +103,7 @@ def read_cq500_reads(path: str | Path) -> pd.DataFrame:
         raw = pd.read_csv(path)
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise LabelError(f"{path}: cannot read reads CSV ({exc})") from exc
-    needed = ["name"] + [f"{r}:{f}" for r in CQ500_READERS for f in CQ500_TO_RSNA]
-    missing = [c for c in needed if c not in raw.columns]
+    missing = [c for c in CQ500_COLUMNS if c not in raw.columns]
     if missing:
         raise LabelError(f"{path}: missing column(s) {missing}")
     out = pd.DataFrame({"name": raw["name"].astype(str)})
