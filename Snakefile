@@ -20,6 +20,8 @@ include: "rules/ingest.smk"
 include: "rules/preprocess.smk"
 include: "rules/stage1.smk"
 include: "rules/stage2.smk"
+include: "rules/baselines.smk"
+include: "rules/compare.smk"
 
 
 rule all:
@@ -29,3 +31,5 @@ rule all:
         rules.preprocess.input,
         rules.stage1.input,
         rules.stage2.input,
+        rules.baselines.input,
+        rules.comparison.input,

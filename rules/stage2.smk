@@ -1,5 +1,5 @@
 # Stage 2: sequence models over frozen Stage-1 embeddings (one job per model and Stage-1 run), and
-# the comparison table of every approach.
+# their own target per model.
 
 S2 = f"{RESULTS}/stage2/{{model}}/{{backbone}}/fold{{fold}}"
 
@@ -40,24 +40,6 @@ for _model in config["stage2"]["models"]:
             [f"{RESULTS}/stage2/{_model}/{b}/fold{f}/metrics.json" for b, f in STAGE1_RUNS],
 
 
-rule compare:
-    input:
-        stage1=rules.stage1.input,
-        stage2=[f"{RESULTS}/stage2/{m}/{b}/fold{f}/metrics.json" for m, b, f in STAGE2_RUNS],
-    output:
-        csv=report(f"{RESULTS}/comparison/comparison.csv", category="Comparison"),
-        md=f"{RESULTS}/comparison/comparison.md",
-        png=report(f"{RESULTS}/comparison/comparison.png", category="Comparison"),
-    params:
-        out=f"{RESULTS}/comparison",
-    log:
-        f"{RESULTS}/logs/compare/compare.log",
-    conda:
-        "../envs/ct25d.yaml"
-    shell:
-        "ct25d compare --stage1 {input.stage1} --stage2 {input.stage2} --out {params.out} > {log} 2>&1"
-
-
 rule stage2:
     input:
-        rules.compare.output,
+        [f"{RESULTS}/stage2/{m}/{b}/fold{f}/metrics.json" for m, b, f in STAGE2_RUNS],

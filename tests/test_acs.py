@@ -85,11 +85,16 @@ def test_one_slice_volume_equals_masked_kernel_2d_model(make):
 
 
 def test_identical_slices_equal_row_summed_2d_model_inside_the_volume():
-    net = randomise_bn(nn.Sequential(
-        nn.Conv2d(3, 12, 3, padding=1), nn.BatchNorm2d(12), nn.ReLU(),
-        nn.Conv2d(12, 12, 3, padding=1, groups=4), nn.ReLU(),  # grouped: 3 outputs per group
-        nn.Conv2d(12, 12, 5, padding=2, groups=12),  # depthwise: whole groups per view
-    ))  # fmt: skip
+    net = randomise_bn(
+        nn.Sequential(
+            nn.Conv2d(3, 12, 3, padding=1),
+            nn.BatchNorm2d(12),
+            nn.ReLU(),
+            nn.Conv2d(12, 12, 3, padding=1, groups=4),
+            nn.ReLU(),  # grouped: 3 outputs per group
+            nn.Conv2d(12, 12, 5, padding=2, groups=12),  # depthwise: whole groups per view
+        )
+    )
     x = torch.randn(1, 3, 20, 20)
     volume = x.unsqueeze(2).expand(-1, -1, 9, -1, -1).contiguous()
     with torch.no_grad():
@@ -113,8 +118,14 @@ def test_two_and_a_half_d_equals_slice_wise_2d_on_any_volume():
 
 
 def test_i3d_on_identical_slices_equals_2d_inside_the_volume():
-    net = randomise_bn(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                                     nn.Conv2d(8, 8, 3, padding=1, groups=2)))  # fmt: skip
+    net = randomise_bn(
+        nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3, padding=1, groups=2),
+        )
+    )
     x = torch.randn(1, 3, 16, 16)
     volume = x.unsqueeze(2).expand(-1, -1, 7, -1, -1)
     with torch.no_grad():
@@ -137,8 +148,11 @@ def test_grouped_convs_convert_and_keep_every_parameter(mode):
 
 
 def test_non_square_kernels_convert():
-    net = nn.Sequential(nn.Conv2d(3, 6, (1, 7), padding=(0, 3)), nn.Conv2d(6, 6, (7, 1), padding=(3, 0)),
-                        nn.Conv2d(6, 6, 3, padding="same"))  # fmt: skip
+    net = nn.Sequential(
+        nn.Conv2d(3, 6, (1, 7), padding=(0, 3)),
+        nn.Conv2d(6, 6, (7, 1), padding=(3, 0)),
+        nn.Conv2d(6, 6, 3, padding="same"),
+    )
     out = convert_to_3d(net, "acs")(torch.randn(1, 3, 8, 12, 12))
     assert out.shape == (1, 6, 8, 12, 12)
 

@@ -152,10 +152,49 @@ def check_stage2(stage2: dict[str, Any]) -> list[str]:
     return problems
 
 
+def check_baselines(config: dict[str, Any]) -> list[str]:
+    """Each baseline is built once with its entry's arguments: 3D models on the `meta` device (shapes
+    only, no memory or compute), thickened 2D as Stage-1 settings."""
+    import torch
+
+    from ct25d.models.baselines import BASELINES, inputs_of
+    from ct25d.training.baseline import split_entry, thick_settings
+
+    block = config.get("baselines", {})
+    problems: list[str] = []
+    windows = [w.get("name") for w in config.get("preprocess", {}).get("windows", [])]
+    chosen = block.get("volume", {}).get("windows") or windows
+    unknown = sorted(set(chosen) - set(windows))
+    if unknown:
+        problems.append(f"baselines.volume.windows: {unknown} not in preprocess.windows {windows}")
+    labels = list(block.get("labels") or RSNA_LABELS)
+    backbones = config.get("stage1", {}).get("backbones", [])
+    for run, entry in block.get("models", {}).items():
+        where = f"baselines.models.{run}"
+        model, _ = split_entry(entry, {})
+        kind = inputs_of(model["name"])
+        needs_stage1 = kind == "embeddings" or model.get("init") == "stage1"
+        if needs_stage1 and model.get("backbone", backbones[0]) not in backbones:
+            problems.append(
+                f"{where}.backbone: {model['backbone']!r} has no Stage-1 run (stage1.backbones {backbones})"
+            )
+        try:
+            if kind == "slices":
+                thick_settings(entry, config.get("stage1", {}))
+            elif kind == "volume":
+                args = {k: v for k, v in model.items() if not (k == "init" and v == "stage1")}
+                with torch.device("meta"):
+                    BASELINES.from_config(args, in_channels=len(chosen), num_classes=len(labels))
+        except Exception as exc:  # the constructor's own message names the bad argument
+            problems.append(f"{where}: {type(exc).__name__}: {exc}")
+    return problems
+
+
 def check_config(config: dict[str, Any]) -> list[str]:
     """Every problem found in a schema-valid config, each naming its key."""
     problems = check_datasets(config)
     _regex(config.get("ingest", {}).get("exclude_series", ""), "ingest.exclude_series", problems)
     problems += check_stage1(config.get("stage1", {}))
     problems += check_stage2(config.get("stage2", {}))
+    problems += check_baselines(config)
     return problems

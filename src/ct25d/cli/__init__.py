@@ -9,11 +9,11 @@ import argparse
 import logging
 import sys
 
-from ct25d.cli import ingest, preprocess, stage1, stage2
+from ct25d.cli import baselines, ingest, preprocess, stage1, stage2
 from ct25d.errors import Ct25dError
 
 log = logging.getLogger("ct25d")
-STAGES = (ingest, preprocess, stage1, stage2)
+STAGES = (ingest, preprocess, stage1, stage2, baselines)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,7 +28,7 @@ def cmd_train_sequence(args: argparse.Namespace) -> None:
 def cmd_compare(args: argparse.Namespace) -> None:
     from ct25d.report.compare import write_comparison
 
-    table = write_comparison(args.stage1, args.stage2, args.out)
+    table = write_comparison(args.stage1, args.stage2, args.out, args.baselines)
     log.info("\n%s", table.to_string(index=False))
 
 
@@ -53,5 +53,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--stage1", nargs="*", default=[], help="stage1_eval.json files (head and cosine rows)")
     p.add_argument("--stage2", nargs="*", default=[], help="Stage-2 metrics.json files")
+    p.add_argument("--baselines", nargs="*", default=[], help="baseline metrics.json files")
     p.add_argument("--out", required=True, help="folder: comparison.csv, comparison.md, comparison.png")
     p.set_defaults(func=cmd_compare)

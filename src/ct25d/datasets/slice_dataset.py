@@ -38,13 +38,25 @@ class Augment:
 
     def __call__(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Augment a float (3, H, W) image in [0, 1]; always draws the same 4 numbers."""
-        u = torch.rand(4, generator=generator, dtype=torch.float64).tolist()
+        u = self.draw(generator)
+        return self.intensity(self.geometry(image, u), u)
+
+    @staticmethod
+    def draw(generator: torch.Generator) -> list[float]:
+        return torch.rand(4, generator=generator, dtype=torch.float64).tolist()
+
+    def geometry(self, image: torch.Tensor, u: list[float]) -> torch.Tensor:
+        """Flip and rotation of `(..., H, W)` by the drawn numbers `u` (a mask moves with its image)."""
         if u[0] < self.hflip:
             image = TF.horizontal_flip(image)
         angle = (2 * u[1] - 1) * self.rotate_deg
         if angle:
             # Background is air, which every window maps to 0.
             image = TF.rotate(image, angle, interpolation=InterpolationMode.BILINEAR, fill=0.0)
+        return image
+
+    def intensity(self, image: torch.Tensor, u: list[float]) -> torch.Tensor:
+        """Brightness and contrast of `(..., 1 or 3, H, W)` by the drawn numbers `u`."""
         image = TF.adjust_brightness(image, 1 + (2 * u[2] - 1) * self.brightness)
         # Contrast about a fixed 0.5 rather than torchvision's image mean: a mean is a reduction whose
         # rounding depends on the thread count, which differs between loader workers and the main
@@ -83,18 +95,22 @@ class SliceDataset(Dataset):
         image_size: int | None = None,
         augment: Augment | None = None,
         seed: int = 0,
+        thickness: int = 1,
     ) -> None:
         self.stores = index["store"].astype(str).to_numpy()
         self.study_ids = index["study_id"].astype(str).to_numpy()
         self.zs = index["z"].to_numpy(dtype=np.int64)
+        # Thickened input: `thickness` slices centred on the row's, repeated at the volume's ends.
+        self.thickness = thickness
+        self.last_z = index.groupby(["store", "study_id"])["z"].transform("max").to_numpy(dtype=np.int64)
         if targets is not None and len(targets) != len(index):
             raise ValueError(f"{len(targets)} targets for {len(index)} index rows")
         self.targets = targets
         self.image_size = image_size
         self.augment = augment
         self.seed = seed
-        self._mean = torch.tensor(MEAN).view(3, 1, 1)
-        self._std = torch.tensor(STD).view(3, 1, 1)
+        self._mean = torch.tensor(MEAN).repeat(thickness).view(-1, 1, 1)
+        self._std = torch.tensor(STD).repeat(thickness).view(-1, 1, 1)
         self._readers: dict[str, SliceReader] = {}
 
     def __getstate__(self) -> dict[str, Any]:
@@ -109,14 +125,17 @@ class SliceDataset(Dataset):
         return self._readers[store]
 
     def load(self, row: int, epoch: int = 0) -> torch.Tensor:
-        """The (3, S, S) float image in [0, 1] of index row `row`, augmented if training."""
-        raw = self._reader(self.stores[row]).read(self.study_ids[row], int(self.zs[row]))
-        image = torch.from_numpy(raw).float().div_(255.0)
+        """The (3k, S, S) float image in [0, 1] of index row `row` (k = thickness, the row's slice in the
+        middle), augmented if training (the same flip, rotation and intensity for all k slices)."""
+        reader, study, z = self._reader(self.stores[row]), self.study_ids[row], int(self.zs[row])
+        half = self.thickness // 2
+        zs = np.clip(np.arange(z - half, z + half + 1), 0, self.last_z[row])
+        image = torch.from_numpy(np.stack([reader.read(study, int(k)) for k in zs])).float().div_(255.0)
         if self.image_size is not None and image.shape[-2:] != (self.image_size, self.image_size):
             image = TF.resize(image, [self.image_size, self.image_size], antialias=True)
         if self.augment is not None:
             image = self.augment(image, derived_generator(self.seed, epoch, row)).clamp_(0.0, 1.0)
-        return image
+        return image.flatten(0, 1)
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:
         epoch, row = key if isinstance(key, tuple) else (0, key)

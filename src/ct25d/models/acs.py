@@ -65,7 +65,9 @@ class ConvFrom2d(nn.Module):
         self.weight, self.bias = conv.weight, conv.bias
         self.mode, self.groups, self.name = mode, conv.groups, name
         self.stride, self.dilation = _pair(conv.stride), _pair(conv.dilation)
-        self.padding: str | tuple[int, int] = conv.padding if isinstance(conv.padding, str) else _pair(conv.padding)
+        self.padding: str | tuple[int, int] = (
+            conv.padding if isinstance(conv.padding, str) else _pair(conv.padding)
+        )
         if mode == "acs" and (self.stride[0] != self.stride[1] or self.dilation[0] != self.dilation[1]):
             raise Ct25dError(
                 f"{name}: ACS needs equal strides and dilations on both axes (all three views must "
@@ -85,8 +87,9 @@ class ConvFrom2d(nn.Module):
             start = 0
             for axis, n in zip((_AXIAL, _CORONAL, _SAGITTAL), _thirds(per_group), strict=True):
                 if n:
-                    channels = torch.cat([torch.arange(j * per_group + start, j * per_group + start + n)
-                                          for j in range(g)])  # fmt: skip
+                    channels = torch.cat(
+                        [torch.arange(j * per_group + start, j * per_group + start + n) for j in range(g)]
+                    )
                     views.append((axis, channels, slice(None), g))
                 start += n
         else:  # depthwise-like: whole groups go to one view each
@@ -139,16 +142,21 @@ class BatchNormAct3d(nn.BatchNorm3d):
     """timm's `BatchNormAct2d` for volumes: same parameter and buffer names, then its drop and act."""
 
     def __init__(self, source: nn.BatchNorm2d) -> None:
-        super().__init__(source.num_features, source.eps, source.momentum, source.affine,
-                         source.track_running_stats)  # fmt: skip
+        super().__init__(
+            source.num_features, source.eps, source.momentum, source.affine, source.track_running_stats
+        )
         self.drop, self.act = source.drop, source.act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.drop(super().forward(x)))
 
 
-def _pool_geometry(kernel: int | tuple[int, ...], stride: int | tuple[int, ...] | None,
-                   padding: int | tuple[int, ...], mode: str) -> dict[str, tuple[int, int, int]]:  # fmt: skip
+def _pool_geometry(
+    kernel: int | tuple[int, ...],
+    stride: int | tuple[int, ...] | None,
+    padding: int | tuple[int, ...],
+    mode: str,
+) -> dict[str, tuple[int, int, int]]:
     k, p = _pair(kernel), _pair(padding)
     s = _pair(stride if stride is not None else kernel)
     if mode == "2.5d":
@@ -161,22 +169,35 @@ def _convert_module(module: nn.Module, mode: str, name: str) -> nn.Module | None
     if isinstance(module, nn.Conv2d):
         return ConvFrom2d(module, mode, name)
     if isinstance(module, nn.BatchNorm2d):
-        bn = BatchNormAct3d(module) if hasattr(module, "act") else nn.BatchNorm3d(
-            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)  # fmt: skip
+        bn = (
+            BatchNormAct3d(module)
+            if hasattr(module, "act")
+            else nn.BatchNorm3d(
+                module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+            )
+        )
         bn.load_state_dict(module.state_dict())
         return bn.train(module.training)
     if isinstance(module, nn.MaxPool2d):
-        return nn.MaxPool3d(**_pool_geometry(module.kernel_size, module.stride, module.padding, mode),
-                            dilation=1, ceil_mode=module.ceil_mode)  # fmt: skip
+        return nn.MaxPool3d(
+            **_pool_geometry(module.kernel_size, module.stride, module.padding, mode),
+            dilation=1,
+            ceil_mode=module.ceil_mode,
+        )
     if isinstance(module, nn.AvgPool2d):
-        return nn.AvgPool3d(**_pool_geometry(module.kernel_size, module.stride, module.padding, mode),
-                            ceil_mode=module.ceil_mode, count_include_pad=module.count_include_pad,
-                            divisor_override=module.divisor_override)  # fmt: skip
+        return nn.AvgPool3d(
+            **_pool_geometry(module.kernel_size, module.stride, module.padding, mode),
+            ceil_mode=module.ceil_mode,
+            count_include_pad=module.count_include_pad,
+            divisor_override=module.divisor_override,
+        )
     if isinstance(module, nn.AdaptiveAvgPool2d | nn.AdaptiveMaxPool2d):
         size = _pair(module.output_size)
         if size != (1, 1):
             raise Ct25dError(f"{name}: adaptive pooling to {size} has no 3D counterpart here (only global)")
-        return nn.AdaptiveAvgPool3d(1) if isinstance(module, nn.AdaptiveAvgPool2d) else nn.AdaptiveMaxPool3d(1)
+        return (
+            nn.AdaptiveAvgPool3d(1) if isinstance(module, nn.AdaptiveAvgPool2d) else nn.AdaptiveMaxPool3d(1)
+        )
     if type(module).__name__.endswith("2d") and not list(module.children()):
         raise Ct25dError(f"{name}: layer {type(module).__name__} has no 3D conversion")
     return None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -42,19 +43,20 @@ class SliceClassifier(nn.Module):
         return self.head(self.dropout(embedding)), embedding
 
 
-def create_backbone(name: str, pretrained: bool | str | os.PathLike[str]) -> nn.Module:
+def create_backbone(name: str, pretrained: bool | str | os.PathLike[str], **kwargs: Any) -> nn.Module:
     """A timm feature extractor (`num_classes=0`).
 
     `pretrained` is False, True (timm's default source: needs the hub) or a local weights file
     (.pth/.safetensors state dict of the timm model), loaded through timm's own
     `pretrained_cfg_overlay=dict(file=...)` so timm drops the classifier and adapts the stem
-    exactly as it does for downloaded weights.
+    exactly as it does for downloaded weights. `kwargs` go to timm (e.g. `in_chans`: timm then
+    spreads the pretrained RGB stem over the channels, scaled by 3 / in_chans).
     """
     if isinstance(pretrained, bool):
-        return timm.create_model(name, pretrained=pretrained, num_classes=0)
+        return timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
     path = Path(pretrained)
     if not path.is_file():
         raise FileNotFoundError(f"pretrained weights file not found: {path}")
     return timm.create_model(
-        name, pretrained=True, num_classes=0, pretrained_cfg_overlay=dict(file=str(path))
+        name, pretrained=True, num_classes=0, pretrained_cfg_overlay=dict(file=str(path)), **kwargs
     )

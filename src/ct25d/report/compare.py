@@ -36,8 +36,14 @@ def _rows(summary: dict[str, Any], label: str, stage: str, settings: dict[str, A
     return list(by_method.values())
 
 
-def comparison_table(stage1: list[str | Path], stage2: list[str | Path]) -> pd.DataFrame:
-    """F1/AUC of `any` per approach: Stage-1 head and cosine rules, then every Stage-2 model."""
+# How the table names a baseline by what it reads.
+FAMILIES = {"volume": "3D", "embeddings": "2.5D stacked embeddings", "slices": "2D thickened"}
+
+
+def comparison_table(
+    stage1: list[str | Path], stage2: list[str | Path], baselines: list[str | Path] = ()
+) -> pd.DataFrame:
+    """F1/AUC of `any` per approach: Stage-1 head and cosine rules, every Stage-2 model, every baseline."""
     rows: list[dict[str, Any]] = []
     for path in stage1:
         summary = json.loads(Path(path).read_text())
@@ -49,8 +55,15 @@ def comparison_table(stage1: list[str | Path], stage2: list[str | Path]) -> pd.D
     for path in stage2:
         summary = json.loads(Path(path).read_text())
         rows += _rows(summary, "2.5D: Stage 2 {method}", "stage2", {})
+    for path in baselines:
+        summary = json.loads(Path(path).read_text())
+        family = FAMILIES[summary["inputs"]]
+        extra = {"parameters": summary["parameters"], "s/epoch": round(summary["seconds_per_epoch"], 1)}
+        rows += _rows(summary, f"{family}: {{method}}", "baseline", extra)
     table = pd.DataFrame(rows)
     table["datasets"] = table["datasets"].map(lambda d: ", ".join(sorted(d)))
+    if "parameters" in table:
+        table["parameters"] = table["parameters"].astype("Int64")
     external = sorted(c for c in table if c.startswith("volume ") and c not in VALIDATION.values())
     ordered = [
         "approach",
@@ -58,15 +71,17 @@ def comparison_table(stage1: list[str | Path], stage2: list[str | Path]) -> pd.D
         "fold",
         *[c for c in VALIDATION.values() if c in table],
         *external,
+        *[c for c in ("parameters", "s/epoch") if c in table],
         "datasets",
     ]
     return table[ordered].round(3)
 
 
-def write_comparison(stage1: list[str | Path], stage2: list[str | Path], out_dir: str | Path) -> pd.DataFrame:
+def write_comparison(stage1: list[str | Path], stage2: list[str | Path], out_dir: str | Path,
+                     baselines: list[str | Path] = ()) -> pd.DataFrame:  # fmt: skip
     """comparison.csv, comparison.md (the seed's table) and comparison.png (a bar chart)."""
     out = Path(out_dir)
-    table = comparison_table(stage1, stage2)
+    table = comparison_table(stage1, stage2, baselines)
     write_csv(out / "comparison.csv", table)
     with atomic_path(out / "comparison.md") as tmp:
         tmp.write_text(table.to_markdown(index=False) + "\n")
@@ -89,7 +104,7 @@ def _plot(table: pd.DataFrame, path: Path) -> None:
     ax.set_xlim(0, 1)
     ax.set_xlabel("F1 of 'any hemorrhage'")
     ax.legend(loc="lower right", fontsize=8)
-    ax.set_title("2D vs 2.5D: Stage 1 rules and Stage 2 sequence models")
+    ax.set_title("2D vs 2.5D vs 3D: Stage-1 rules, Stage-2 sequence models, baselines")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)

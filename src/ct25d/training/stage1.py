@@ -43,6 +43,7 @@ from ct25d.errors import ConfigError
 from ct25d.evaluation.metrics import auc_or_nan, f1_or_nan
 from ct25d.labels import RSNA_LABELS
 from ct25d.models.stage1 import SliceClassifier
+from ct25d.models.thick import ThickSliceClassifier
 from ct25d.provenance import stamp
 from ct25d.training.checkpoint import load_checkpoint, save_checkpoint
 from ct25d.training.history import improved, write_history
@@ -90,6 +91,10 @@ class Stage1Settings:
     device: str = "auto"
     tta_flip: bool = True
     embed_batch_size: int = 64
+    # Thickened 2D (seed 003; the `thick2d` baseline): k adjacent slices in, the centre one predicted.
+    thickness: int = 1
+    multiplex: bool = False
+    slice_attention: bool = False
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -221,9 +226,15 @@ def split_fold(index: pd.DataFrame, fold: int) -> tuple[pd.DataFrame, pd.DataFra
     return train, val
 
 
-def build_model(s: Stage1Settings, num_classes: int, pretrained: bool = True) -> SliceClassifier:
+def build_model(
+    s: Stage1Settings, num_classes: int, pretrained: bool = True
+) -> SliceClassifier | ThickSliceClassifier:
     """The configured classifier; `pretrained=False` skips weight loading (checkpoint restore)."""
     weights: bool | str = s.pretrained if pretrained else False
+    if s.thickness > 1 or s.multiplex:
+        return ThickSliceClassifier(s.backbone, num_classes, k=s.thickness, multiplex=s.multiplex,
+                                    slice_attention=s.slice_attention, pretrained=weights,
+                                    drop_rate=s.drop_rate)  # fmt: skip
     return SliceClassifier(s.backbone, num_classes, pretrained=weights, drop_rate=s.drop_rate)
 
 
@@ -367,8 +378,9 @@ def _train(
             "num_classes": task.num_outputs, "class_names": task.names, "data_key": data_key,
         })  # fmt: skip
 
-    train_set = SliceDataset(train, train_targets, s.image_size, Augment.from_settings(s.augment), s.seed)
-    val_set = SliceDataset(val, task.targets(val), s.image_size)
+    augment = Augment.from_settings(s.augment)
+    train_set = SliceDataset(train, train_targets, s.image_size, augment, s.seed, thickness=s.thickness)
+    val_set = SliceDataset(val, task.targets(val), s.image_size, thickness=s.thickness)
     train_loader = make_loader(train_set, s, device, batch_sampler=sampler)
     val_loader = make_loader(val_set, s, device, batch_size=s.eval_batch_size, shuffle=False)
 

@@ -12,7 +12,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import pandas as pd
@@ -20,10 +20,9 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ct25d.atomic import write_json, write_parquet
 from ct25d.datasets.sequences import StudySequences, pad_batch
 from ct25d.errors import ConfigError
-from ct25d.evaluation.tables import report_rows, summarise
+from ct25d.evaluation.predictions import assign_splits, metric_table, prediction_frame, write_outputs
 from ct25d.labels import RSNA_LABELS
 from ct25d.models.stage2 import STAGE2, masked_slice_loss, volume_logits
 from ct25d.provenance import stamp
@@ -38,6 +37,7 @@ log = logging.getLogger(__name__)
 class Stage2Settings:
     """Config block `stage2` minus the model table (defaults = the CPU demo)."""
 
+    section: ClassVar[str] = "stage2"  # the config block named in errors
     labels: tuple[str, ...] = RSNA_LABELS
     class_weights: tuple[float, ...] | None = None  # None: RSNA weights (any = 2)
     epochs: int = 30
@@ -50,11 +50,11 @@ class Stage2Settings:
     device: str = "auto"
 
     @classmethod
-    def from_dict(cls, settings: dict[str, Any]) -> Stage2Settings:
+    def from_dict(cls, settings: dict[str, Any]) -> Self:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(settings) - known)
         if unknown:
-            raise ConfigError(f"unknown stage2 setting(s) {unknown}; known: {sorted(known)}")
+            raise ConfigError(f"unknown {cls.section} setting(s) {unknown}; known: {sorted(known)}")
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()}
         return cls(**values)
 
@@ -62,19 +62,10 @@ class Stage2Settings:
     def weights(self) -> torch.Tensor:
         weights = self.class_weights or tuple(2.0 if n == "any" else 1.0 for n in self.labels)
         if len(weights) != len(self.labels):
-            raise ConfigError(f"stage2.class_weights: {len(weights)} weights for {len(self.labels)} labels")
+            raise ConfigError(
+                f"{self.section}.class_weights: {len(weights)} weights for {len(self.labels)} labels"
+            )
         return torch.tensor(weights, dtype=torch.float32)
-
-
-def assign_splits(studies: pd.DataFrame, fold: int) -> pd.Series:
-    """train / validation / external per study (other-role studies never train or select)."""
-    train_role = (studies["role"] == "train") & (studies["fold"] >= 0)
-    split = np.select(
-        [train_role & (studies["fold"] == fold), train_role, studies["role"] == "external"],
-        ["validation", "train", "external"],
-        default="unused",
-    )
-    return pd.Series(split, index=studies.index)
 
 
 def _loader(
@@ -127,31 +118,22 @@ def predict(model: torch.nn.Module, data: StudySequences, subset: np.ndarray, s:
     return slice_prob, study_prob, total / count if count else float("nan")
 
 
-def metric_table(data: StudySequences, split: np.ndarray, slice_prob: np.ndarray, study_prob: np.ndarray,
-                 s: Stage2Settings, method: str) -> pd.DataFrame:  # fmt: skip
-    """Slice- and volume-level F1/AUC per label for the validation and external studies."""
-    rows: list[dict[str, Any]] = []
-    row_split = split[
-        data.rows.merge(data.spans.reset_index(), on=["dataset", "study_id"])["index"].to_numpy()
-    ]
-    for name in ("validation", "external"):
-        for dataset in sorted(data.spans.loc[split == name, "dataset"].unique()):
-            members = (split == name) & (data.spans["dataset"] == dataset).to_numpy()
-            slice_members = (row_split == name) & (data.rows["dataset"] == dataset).to_numpy()
-            p = slice_prob[slice_members]
-            rows += report_rows(name, dataset, "slice", data.slice_targets[slice_members],
-                                {method: (p, p > s.threshold)}, list(s.labels))  # fmt: skip
-            q = study_prob[members]
-            rows += report_rows(name, dataset, "volume", data.study_targets[members],
-                                {method: (q, q > s.threshold)}, list(s.labels))  # fmt: skip
-    return pd.DataFrame(rows)
+def prediction_frames(data: StudySequences, split: np.ndarray, slice_prob: np.ndarray, study_prob: np.ndarray,
+                      labels: tuple[str, ...]) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
+    """(study predictions with their split, slice predictions) in the shared artifact format."""
+    keys = data.spans[["dataset", "study_id"]].assign(split=split, n_slices=data.spans["length"])
+    studies = prediction_frame(keys, study_prob, data.study_targets, labels)
+    slices = prediction_frame(data.rows[["dataset", "study_id", "z", "slice_id"]], slice_prob,
+                              data.slice_targets, labels)  # fmt: skip
+    return studies, slices
 
 
 def validate(model: torch.nn.Module, data: StudySequences, split: np.ndarray, val_idx: np.ndarray,
              s: Stage2Settings, device: str) -> dict[str, float]:  # fmt: skip
     """Validation loss and volume-level F1/AUC, for model selection."""
     slice_prob, study_prob, loss = predict(model, data, val_idx, s, device)
-    table = metric_table(data, split, slice_prob, study_prob, s, "model")
+    table = metric_table(*prediction_frames(data, split, slice_prob, study_prob, s.labels), s.labels, "model",
+                         s.threshold)  # fmt: skip
     volume = table[(table["split"] == "validation") & (table["level"] == "volume")]
     any_row = volume[volume["label"] == "any"]
     return {
@@ -217,24 +199,8 @@ def train_stage2(
     model.load_state_dict(load_checkpoint(out / "best.pt")["model"])
     everything = np.arange(len(data))
     slice_prob, study_prob, _ = predict(model, data, everything, s, device)
-    method = model_config["name"]
-    table = metric_table(data, split, slice_prob, study_prob, s, method)
-    _write_predictions(out, data, split, slice_prob, study_prob, s, meta)
-    summary = {**meta, **summarise(table, fold), "best_epoch": int(load_checkpoint(out / "best.pt")["epoch"])}
-    write_parquet(out / "metrics.parquet", table, meta)
-    write_json(out / "metrics.json", summary)
+    studies_out, slices_out = prediction_frames(data, split, slice_prob, study_prob, s.labels)
+    best_epoch = int(load_checkpoint(out / "best.pt")["epoch"])
+    summary = write_outputs(out, studies_out, slices_out, s.labels, model_config["name"], fold, meta,
+                            s.threshold, {"best_epoch": best_epoch})  # fmt: skip
     return summary
-
-
-def _write_predictions(out: Path, data: StudySequences, split: np.ndarray, slice_prob: np.ndarray,
-                       study_prob: np.ndarray, s: Stage2Settings, meta: dict[str, Any]) -> None:  # fmt: skip
-    studies = data.spans[["dataset", "study_id"]].assign(split=split, n_slices=data.spans["length"])
-    for k, name in enumerate(s.labels):
-        studies[f"prob_{name}"] = study_prob[:, k]
-        studies[name] = data.study_targets[:, k]
-    slices = data.rows[["dataset", "study_id", "z", "slice_id"]].copy()
-    for k, name in enumerate(s.labels):
-        slices[f"prob_{name}"] = slice_prob[:, k]
-        slices[name] = data.slice_targets[:, k]
-    write_parquet(out / "predictions_studies.parquet", studies, meta)
-    write_parquet(out / "predictions_slices.parquet", slices, meta)

@@ -97,10 +97,10 @@ def crop_head(
 
 
 def fit_square(
-    hu: np.ndarray, spacing_yx: tuple[float, float], size: int
+    hu: np.ndarray, spacing_yx: tuple[float, float], size: int, fill: int = AIR_HU
 ) -> tuple[np.ndarray, tuple[float, float]]:
-    """Pad the shorter in-plane side with air to a square field of view (in mm), then resize to
-    `size` x `size` with a Gaussian anti-aliasing prefilter and linear interpolation.
+    """Pad the shorter in-plane side with air (`fill`) to a square field of view (in mm), then resize
+    to `size` x `size` with a Gaussian anti-aliasing prefilter and linear interpolation.
 
     Returns the int16 volume and its new in-plane spacing (equal on both axes up to rounding).
     """
@@ -112,7 +112,7 @@ def fit_square(
     pads = [(0, 0)] + [
         ((t - n) // 2, t - n - (t - n) // 2) for n, t in zip(hu.shape[1:], target, strict=True)
     ]
-    square = np.pad(hu, pads, mode="constant", constant_values=AIR_HU).astype(np.float32)
+    square = np.pad(hu, pads, mode="constant", constant_values=fill).astype(np.float32)
     factors = [t / size for t in target]  # input pixels per output pixel
     sigma = [0.0] + [max(0.0, (f - 1) / 2) for f in factors]
     if any(sigma):

@@ -1,0 +1,61 @@
+"""Torch view of the fixed volume store: one item per study, read whole (one chunk).
+
+Augmentation is the slice augmentation of Stage 1 applied identically to every slice of a volume:
+a left-right flip, a small rotation about the patient's long axis and brightness/contrast. Head CT
+is acquired head-first-supine, so these are the variations scans really show; flipping or tilting
+along z would make anatomy no scanner produces. The lesion mask moves with its volume.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from ct25d.datasets.slice_dataset import MEAN, STD, Augment
+from ct25d.training.seed import derived_generator
+from ct25d.volumes.fixed_store import MASK_CHANNEL, read_fixed
+
+
+class VolumeDataset(Dataset):
+    """Items `{x (C, D, S, S) normalised, y (classes,), mask (1, D, S, S), has_mask, index}`.
+
+    `table` rows: `store`, `study_id` (the fixed volume store); keys are `(epoch, i)` or `i`.
+    """
+
+    def __init__(
+        self, table: pd.DataFrame, targets: np.ndarray, augment: Augment | None = None, seed: int = 0
+    ) -> None:
+        self.stores = table["store"].astype(str).to_numpy()
+        self.study_ids = table["study_id"].astype(str).to_numpy()
+        self.targets = targets
+        self.augment, self.seed = augment, seed
+
+    def __len__(self) -> int:
+        return len(self.study_ids)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        epoch, i = key if isinstance(key, tuple) else (0, key)
+        raw, attrs = read_fixed(self.stores[i], self.study_ids[i])
+        has_mask = attrs["channels"][-1] == MASK_CHANNEL
+        volume = torch.from_numpy(raw).float().div_(255.0)
+        image, mask = (volume[:-1], volume[-1:]) if has_mask else (volume, torch.zeros_like(volume[:1]))
+        if self.augment is not None:
+            u = self.augment.draw(derived_generator(self.seed, epoch, i))
+            # (C, D, S, S) -> (D, C, S, S): every slice gets the same flip, rotation and intensity.
+            slices = self.augment.geometry(image.transpose(0, 1), u)
+            image = self.augment.intensity(slices, u).clamp_(0.0, 1.0).transpose(0, 1)
+            mask = (self.augment.geometry(mask, u) >= 0.5).float()
+        channels = image.shape[0]
+        mean = torch.tensor([MEAN[c % 3] for c in range(channels)]).view(-1, 1, 1, 1)
+        std = torch.tensor([STD[c % 3] for c in range(channels)]).view(-1, 1, 1, 1)
+        return {
+            "x": ((image - mean) / std).contiguous(),
+            "y": torch.from_numpy(self.targets[i]),
+            "mask": mask.contiguous(),
+            "has_mask": has_mask,
+            "index": i,
+        }
