@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = yaml.safe_load("""
 results: results
 datasets:
-  rsna: {layout: rsna, role: train, shards: 2, synthetic: {n_studies: 4, seed: 1, site: A}}
+  rsna: {layout: rsna, role: train, shards: 2, synthetic: {n_studies: 6, seed: 1, site: A}}
   cq500: {layout: cq500, role: external, shards: 1, synthetic: {n_studies: 3, seed: 2, site: B}}
   hospital:
     layout: dicom_tree
@@ -39,6 +39,15 @@ splits: {folds: 2}
 qc: {per_dataset: 1}
 stage1: {backbones: [resnet10t], image_size: 32, epochs: 1, batch_size: 16, tta_flip: false}
 stage2: {models: {bilstm: {name: bilstm, hidden: 16}}, epochs: 2}
+baselines:
+  volume: {depth: 32, size: 32}
+  epochs: 1
+  batch_size: 2
+  models:
+    r3d: {name: resnet10, conv1_t_stride: 2}
+    acs: {name: acs, init: stage1}
+    cnn25: {name: cnn25, slices: 8, hidden: 16}
+    thick: {name: thick2d, k: 3, image_size: 32}
 """)
 STROKE_WINDOW = {"name": "stroke", "center": 35, "width": 40}
 SUBDURAL_WINDOW = {"name": "subdural", "center": 75, "width": 215}
@@ -104,6 +113,8 @@ def test_second_run_has_nothing_to_do(workdir: Path) -> None:
         ("splits", "seed", 1, "splits"),
         ("stage1", "lr", 0.002, "train_slices"),
         ("stage2", "lr", 0.002, "train_sequence"),
+        ("baselines", "lr", 0.002, "train_baseline"),
+        ("baselines", "volume", {"depth": 32, "size": 48}, "volume_shard"),
     ],
 )
 def test_a_setting_reruns_its_rule_and_nothing_upstream(workdir: Path, section, key, value, first) -> None:
@@ -125,6 +136,8 @@ def test_a_setting_reruns_its_rule_and_nothing_upstream(workdir: Path, section, 
         ("stage1", "checkpoint_every_steps", 3),
         ("stage1", "embed_batch_size", 5),
         ("stage2", "device", "cpu"),
+        ("baselines", "device", "cpu"),
+        ("baselines", "mem_mb", 6000),
     ],
 )
 def test_runtime_settings_rerun_nothing(workdir: Path, section, key, value) -> None:
@@ -158,8 +171,13 @@ def test_stage_outputs(workdir: Path) -> None:
     results = workdir / "results"
     assert (results / "stage1" / "resnet10t" / "fold0" / "eval" / "stage1_eval.json").is_file()
     assert (results / "stage2" / "bilstm" / "resnet10t" / "fold0" / "predictions_studies.parquet").is_file()
+    for baseline in ("r3d", "acs", "cnn25", "thick"):
+        assert (results / "baselines" / baseline / "fold0" / "predictions_studies.parquet").is_file()
+    assert (results / "benchmarks" / "train_baseline" / "r3d-0.tsv").is_file()
     table = pd.read_csv(results / "comparison" / "comparison.csv")
-    assert len(table) == 3  # Stage-1 head, Stage-1 cosine, Stage-2 bilstm
+    assert len(table) == 7  # Stage-1 head, Stage-1 cosine, Stage-2 bilstm, 4 baselines
+    assert set(table.loc[table["stage"] == "baseline", "approach"]) == {
+        "3D: r3d", "3D: acs", "2.5D stacked embeddings: cnn25", "2D thickened: thick"}  # fmt: skip
     assert {"volume F1 (cq500)", "volume F1 (hospital)"} <= set(table.columns)  # each external set apart
 
 
@@ -174,6 +192,16 @@ def test_stage_outputs(workdir: Path) -> None:
             "stage2",
             {"models": {"bilstm": {"name": "bilstm", "hiden": 16}}},
             "unexpected keyword argument 'hiden'",
+        ),
+        (
+            "baselines",
+            {"models": {"x": {"name": "acs", "mode": "3d"}}},
+            "baselines.models.x: ConfigError: acs mode",
+        ),
+        (
+            "baselines",
+            {"volume": {"depth": 8, "size": 32}, "models": {"x": {"name": "acs"}}},
+            "baselines.models.x: RuntimeError: input image (T: 1 H: 4 W: 4) smaller than kernel size",
         ),
     ],
 )

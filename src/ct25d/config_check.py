@@ -183,9 +183,20 @@ def check_baselines(config: dict[str, Any]) -> list[str]:
                 thick_settings(entry, config.get("stage1", {}))
             elif kind == "volume":
                 args = {k: v for k, v in model.items() if not (k == "init" and v == "stage1")}
-                with torch.device("meta"):
-                    BASELINES.from_config(args, in_channels=len(chosen), num_classes=len(labels))
-        except Exception as exc:  # the constructor's own message names the bad argument
+                volume = block.get("volume", {})
+                shape = (
+                    1,
+                    len(chosen),
+                    volume.get("depth", 32),
+                    volume.get("size", 64),
+                    volume.get("size", 64),
+                )
+                with torch.device(
+                    "meta"
+                ):  # shapes only: a volume too small for the network's strides fails here
+                    net = BASELINES.from_config(args, in_channels=len(chosen), num_classes=len(labels)).eval()
+                    net(torch.empty(shape))
+        except Exception as exc:  # the constructor's (or the forward's) own message says what is wrong
             problems.append(f"{where}: {type(exc).__name__}: {exc}")
     return problems
 

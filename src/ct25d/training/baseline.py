@@ -85,7 +85,7 @@ def estimate_training_mb(
     """Memory one training step needs, from one forward pass on PyTorch's `meta` device (shapes only,
     no compute): weights, gradients and two Adam moments, plus every layer's output kept for the
     backward pass times the batch size. An upper bound: in-place layers and checkpointing keep less."""
-    probe = copy.deepcopy(model).to("meta")
+    probe = copy.deepcopy(model).to("meta").eval()  # eval: batch norm takes the batch of one
     outputs = 0
 
     def count(_: nn.Module, __: Any, out: Any) -> None:
@@ -184,7 +184,7 @@ def _forward(
     return model(batch["x"].to(device), batch["mask"].to(device)), None, batch["study_y"].to(device)
 
 
-class _Loss:
+class StudyLoss:
     """Weighted BCE on known study labels, plus the lesion loss on studies that have a mask."""
 
     def __init__(self, s: BaselineSettings) -> None:
@@ -217,7 +217,12 @@ def _autocast(device: str, s: BaselineSettings) -> Any:
 
 @torch.no_grad()
 def _predict(
-    model: nn.Module, inputs: _Inputs, subset: np.ndarray, s: BaselineSettings, loss_fn: _Loss, device: str
+    model: nn.Module,
+    inputs: _Inputs,
+    subset: np.ndarray,
+    s: BaselineSettings,
+    loss_fn: StudyLoss,
+    device: str,
 ) -> tuple[np.ndarray, float]:
     """(study probabilities, NaN outside `subset`; mean classification loss over `subset`)."""
     model.eval()
@@ -278,8 +283,9 @@ def train_baseline(
     meta = {**stamp("train-baseline", {"model": model_config, **s.learning_settings()}), "fold": fold}
     inputs = _Inputs(kind, studies, fold, s, volumes, embeddings)
     train_idx, val_idx = np.flatnonzero(inputs.split == "train"), np.flatnonzero(inputs.split == "validation")
-    if not len(train_idx) or not len(val_idx):
-        raise ConfigError(f"fold {fold}: {len(train_idx)} training and {len(val_idx)} validation studies")
+    if len(train_idx) < 2 or not len(val_idx):
+        raise ConfigError(f"fold {fold}: {len(train_idx)} training and {len(val_idx)} validation studies "
+                          f"(a baseline needs at least 2 to train: batch norm cannot learn from one)")  # fmt: skip
 
     with deterministic_kernels(s.deterministic):
         seed_everything(s.seed)
@@ -311,7 +317,7 @@ def train_baseline(
         summary = _fit(model, inputs, train_idx, val_idx, s, out, device, meta, model_config)
 
     model.load_state_dict(load_checkpoint(out / "best.pt")["model"])
-    prob, _ = _predict(model, inputs, np.arange(len(inputs.keys)), s, _Loss(s), device)
+    prob, _ = _predict(model, inputs, np.arange(len(inputs.keys)), s, StudyLoss(s), device)
     keys = inputs.keys.assign(split=inputs.split)
     if inputs.n_slices is not None:
         keys = keys.assign(n_slices=inputs.n_slices)
@@ -349,7 +355,7 @@ def _fit(
     """The epoch loop with per-epoch `last.pt` and resume; returns timing and the best epoch."""
     last_path, best_so_far = out / "last.pt", out / "best-so-far.pt"
     optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
-    loss_fn = _Loss(s)
+    loss_fn = StudyLoss(s)
     state: dict[str, Any] = {"epoch": 0, "history": [], "best": None, "seconds": []}
     identity = {
         "settings": s.learning_settings(),

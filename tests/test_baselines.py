@@ -1,0 +1,210 @@
+"""The baselines: each family trains on a tiny cohort and writes what Stage 2 writes; a 3D model can
+overfit; thickened input; memory and config checks that stop before training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from test_stage1_data import study_table, tiny_cohort
+
+from ct25d.config_check import check_baselines
+from ct25d.datasets.slice_dataset import SliceDataset
+from ct25d.errors import ConfigError
+from ct25d.labels import RSNA_LABELS
+from ct25d.models.baselines import BASELINES
+from ct25d.report.compare import comparison_table
+from ct25d.shards import shard_writer
+from ct25d.training.baseline import BaselineSettings, StudyLoss, train_baseline, train_thickened
+from ct25d.training.embed import extract_embeddings
+from ct25d.training.stage1 import train_stage1
+
+STAGE1 = dict(backbone="test_resnet", image_size=32, batch_size=8, epochs=1, num_workers=0)
+SETTINGS = dict(epochs=2, batch_size=4, seed=0)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Slice index, study table, Stage-1 run and embeddings, and a fixed volume store of the same studies
+    (each volume: the study's slices, lesion masks where a blob was drawn)."""
+    root = tmp_path_factory.mktemp("baselines")
+    index = tiny_cohort(root, size=64, depth=32)
+    studies = study_table(index)
+    train_stage1(index, 0, STAGE1, root / "stage1")
+    extract_embeddings(index, root / "stage1" / "best.pt", root / "emb", tta_flip=False, batch_size=16)
+    rows = []
+    from ct25d.slices.store import SliceReader
+
+    with shard_writer(root / "volumes.zarr", {"test": True}) as writer:
+        for (dataset, store, study_id), _ in index.groupby(["dataset", "store", "study_id"]):
+            slices = SliceReader(store).read_study(study_id)  # (Z, 3, S, S)
+            volume = slices.transpose(1, 0, 2, 3)
+            mask = (volume[0] > 200).astype(np.uint8) * 255
+            channels = ["brain", "subdural", "wide"]
+            if dataset == "rsna":
+                volume, channels = np.concatenate([volume, mask[None]]), [*channels, "mask"]
+            writer.write(study_id, np.ascontiguousarray(volume), {"channels": channels}, chunks=volume.shape)
+            rows.append({"dataset": dataset, "study_id": study_id, "store": str(root / "volumes.zarr"),
+                         "has_mask": dataset == "rsna"})  # fmt: skip
+    return {"root": root, "index": index, "studies": studies, "volumes": pd.DataFrame(rows)}
+
+
+def check_outputs(out: Path, studies: pd.DataFrame, method: str) -> dict:
+    for name in ("best.pt", "last.pt", "metrics.json", "learning_curve.png", "predictions_studies.parquet",
+                 "predictions_slices.parquet"):  # fmt: skip
+        assert (out / name).is_file(), name
+    predicted = pd.read_parquet(out / "predictions_studies.parquet")
+    assert set(predicted["study_id"]) == set(studies["study_id"])
+    assert set(predicted.query("dataset == 'cq500'")["split"]) == {"external"}
+    assert predicted[[f"prob_{n}" for n in RSNA_LABELS]].notna().all().all()
+    summary = json.loads((out / "metrics.json").read_text())
+    assert {f"validation/rsna/volume/{method}", f"external/cq500/volume/{method}"} <= set(summary["results"])
+    return summary
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"name": "resnet10", "conv1_t_stride": 2},
+        {"name": "unet_dual", "features": [4, 4, 8, 8, 16, 4]},
+        {"name": "acs", "backbone": "test_resnet", "mode": "acs", "init": "stage1"},
+        {"name": "acs", "backbone": "test_resnet", "mode": "2.5d"},
+    ],
+    ids=lambda e: f"{e['name']}-{e.get('mode', '')}",
+)
+def test_volume_families_write_the_stage2_artifacts(cohort: dict, entry: dict, tmp_path: Path) -> None:
+    summary = train_baseline(cohort["studies"], 0, entry, SETTINGS, tmp_path, volumes=cohort["volumes"],
+                             stage1_checkpoint=str(cohort["root"] / "stage1" / "best.pt"), method="run")  # fmt: skip
+    check_outputs(tmp_path, cohort["studies"], "run")
+    assert summary["inputs"] == "volume" and summary["parameters"] > 0 and summary["best_epoch"] in (0, 1)
+    assert pd.read_parquet(
+        tmp_path / "predictions_slices.parquet"
+    ).empty  # volume models have no slice scores
+
+
+def test_acs_from_stage1_starts_from_the_stage1_weights(cohort: dict) -> None:
+    from ct25d.training.checkpoint import load_checkpoint
+
+    best = cohort["root"] / "stage1" / "best.pt"
+    model = BASELINES.create("acs", in_channels=3, num_classes=6, backbone="test_resnet", init="stage1",
+                             stage1_checkpoint=str(best))  # fmt: skip
+    stage1 = load_checkpoint(best)["model"]
+    for name, value in stage1.items():
+        torch.testing.assert_close(model.state_dict()[f"net.{name}"], value)
+
+
+def test_2p5cnn_trains_on_frozen_embeddings(cohort: dict, tmp_path: Path) -> None:
+    entry = {"name": "cnn25", "backbone": "test_resnet", "slices": 8, "hidden": 16}
+    summary = train_baseline(
+        cohort["studies"], 0, entry, SETTINGS, tmp_path, embeddings=str(cohort["root"] / "emb")
+    )
+    check_outputs(tmp_path, cohort["studies"], "cnn25")
+    assert summary["inputs"] == "embeddings"
+
+
+def test_thickened_2d_scores_studies_by_their_max_slice(cohort: dict, tmp_path: Path) -> None:
+    entry = {"name": "thick2d", "k": 3, "multiplex": True, "slice_attention": True}
+    summary = train_thickened(cohort["index"], cohort["studies"], 0, entry, STAGE1, 0.5, tmp_path)
+    check_outputs(tmp_path, cohort["studies"], "thick2d")
+    assert "validation/rsna/slice/thick2d" in summary["results"]
+    slices = pd.read_parquet(tmp_path / "predictions_slices.parquet")
+    studies = pd.read_parquet(tmp_path / "predictions_studies.parquet").set_index("study_id")
+    np.testing.assert_allclose(
+        slices.groupby("study_id")["prob_any"].max(), studies["prob_any"].sort_index(), rtol=1e-6
+    )
+
+
+def test_thickened_items_stack_neighbours_and_repeat_the_ends(cohort: dict) -> None:
+    index = cohort["index"]
+    one, three = SliceDataset(index, image_size=32), SliceDataset(index, image_size=32, thickness=3)
+    first = int(index.index[(index["study_id"] == "rsna01") & (index["z"] == 0)][0])
+    image = three.load(first)
+    assert image.shape == (9, 32, 32)
+    torch.testing.assert_close(image[3:6], one.load(first))  # the centre is the row's own slice
+    torch.testing.assert_close(image[0:3], one.load(first))  # slice -1 repeats slice 0
+    torch.testing.assert_close(image[6:9], one.load(first + 1))
+
+
+def test_a_3d_model_overfits_eight_volumes() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(8, 2, 16, 32, 32)
+    y = torch.tensor(np.random.default_rng(0).integers(0, 2, size=(8, 6)), dtype=torch.float32)
+    model = BASELINES.create("resnet10", in_channels=2, num_classes=6, conv1_t_stride=2)
+    loss_fn = StudyLoss(BaselineSettings())
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(30):
+        loss = loss_fn(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0] / 10, losses
+
+
+def test_too_little_memory_stops_before_training(cohort: dict, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^baselines\.mem_mb: resnet10 on volumes \(3, 32, 64, 64\)"):
+        train_baseline(cohort["studies"], 0, {"name": "resnet10"}, {**SETTINGS, "mem_mb": 300}, tmp_path,
+                       volumes=cohort["volumes"])  # fmt: skip
+    assert not (tmp_path / "last.pt").exists()
+
+
+def test_resume_continues_from_last_pt(cohort: dict, tmp_path: Path) -> None:
+    entry = {"name": "cnn25", "backbone": "test_resnet", "slices": 8, "hidden": 16}
+    emb = str(cohort["root"] / "emb")
+    train_baseline(cohort["studies"], 0, entry, {**SETTINGS, "epochs": 3}, tmp_path / "full", embeddings=emb)
+    from ct25d.training.checkpoint import load_checkpoint, save_checkpoint
+
+    payload = load_checkpoint(tmp_path / "full" / "last.pt")
+    # A 3-epoch job killed after its second epoch: its last.pt, and no outputs.
+    partial = tmp_path / "partial"
+    train_baseline(cohort["studies"], 0, entry, {**SETTINGS, "epochs": 2}, partial, embeddings=emb)
+    two = load_checkpoint(partial / "last.pt")
+    two["identity"]["settings"]["epochs"] = 3
+    save_checkpoint(partial / "last.pt", two)
+    for name in ("best.pt", "metrics.json", "predictions_studies.parquet"):
+        (partial / name).unlink()
+    summary = train_baseline(cohort["studies"], 0, entry, {**SETTINGS, "epochs": 3}, partial, embeddings=emb)
+    resumed = load_checkpoint(partial / "last.pt")
+    assert len(resumed["state"]["history"]) == 3 and summary["best_epoch"] >= 0
+    for name, value in payload["model"].items():
+        torch.testing.assert_close(resumed["model"][name], value)
+
+
+def test_config_check_names_bad_baseline_keys() -> None:
+    config = {
+        "preprocess": {"windows": [{"name": "brain"}, {"name": "subdural"}, {"name": "wide"}]},
+        "stage1": {"backbones": ["resnet10t"]},
+        "baselines": {
+            "volume": {"windows": ["brain", "bone"]},
+            "models": {
+                "a": {"name": "acs", "backbone": "resnet18", "init": "stage1"},
+                "b": {"name": "resnet10", "widht": 2},
+                "c": {"name": "thick2d", "k": 4},
+                "d": {"name": "cnn25", "backbone": "resnet50"},
+                "ok": {"name": "unet_dual"},
+            },
+        },
+    }
+    problems = "\n".join(check_baselines(config))
+    assert "baselines.volume.windows: ['bone'] not in preprocess.windows" in problems
+    assert "baselines.models.a.backbone: 'resnet18' has no Stage-1 run" in problems
+    assert "baselines.models.b: TypeError" in problems and "widht" in problems
+    assert "baselines.models.c: ConfigError: thick2d k: an odd number" in problems
+    assert "baselines.models.d.backbone: 'resnet50' has no Stage-1 run" in problems
+    assert "models.ok" not in problems
+
+
+def test_comparison_lists_the_baselines_by_family(cohort: dict, tmp_path: Path) -> None:
+    entry = {"name": "cnn25", "backbone": "test_resnet", "slices": 8, "hidden": 16}
+    train_baseline(
+        cohort["studies"], 0, entry, SETTINGS, tmp_path, embeddings=str(cohort["root"] / "emb"), method="cnn"
+    )
+    table = comparison_table([], [], [tmp_path / "metrics.json"])
+    row = table.iloc[0]
+    assert row["approach"] == "2.5D stacked embeddings: cnn" and row["stage"] == "baseline"
+    assert row["parameters"] > 0 and "volume F1 (cq500)" in table
