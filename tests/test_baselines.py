@@ -48,14 +48,26 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> dict:
             if dataset == "rsna":
                 volume, channels = np.concatenate([volume, mask[None]]), [*channels, "mask"]
             writer.write(study_id, np.ascontiguousarray(volume), {"channels": channels}, chunks=volume.shape)
-            rows.append({"dataset": dataset, "study_id": study_id, "store": str(root / "volumes.zarr"),
-                         "has_mask": dataset == "rsna"})  # fmt: skip
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "study_id": study_id,
+                    "store": str(root / "volumes.zarr"),
+                    "has_mask": dataset == "rsna",
+                }
+            )
     return {"root": root, "index": index, "studies": studies, "volumes": pd.DataFrame(rows)}
 
 
 def check_outputs(out: Path, studies: pd.DataFrame, method: str) -> dict:
-    for name in ("best.pt", "last.pt", "metrics.json", "learning_curve.png", "predictions_studies.parquet",
-                 "predictions_slices.parquet"):  # fmt: skip
+    for name in (
+        "best.pt",
+        "last.pt",
+        "metrics.json",
+        "learning_curve.png",
+        "predictions_studies.parquet",
+        "predictions_slices.parquet",
+    ):
         assert (out / name).is_file(), name
     predicted = pd.read_parquet(out / "predictions_studies.parquet")
     assert set(predicted["study_id"]) == set(studies["study_id"])
@@ -77,8 +89,16 @@ def check_outputs(out: Path, studies: pd.DataFrame, method: str) -> dict:
     ids=lambda e: f"{e['name']}-{e.get('mode', '')}",
 )
 def test_volume_families_write_the_stage2_artifacts(cohort: dict, entry: dict, tmp_path: Path) -> None:
-    summary = train_baseline(cohort["studies"], 0, entry, SETTINGS, tmp_path, volumes=cohort["volumes"],
-                             stage1_checkpoint=str(cohort["root"] / "stage1" / "best.pt"), method="run")  # fmt: skip
+    summary = train_baseline(
+        cohort["studies"],
+        0,
+        entry,
+        SETTINGS,
+        tmp_path,
+        volumes=cohort["volumes"],
+        stage1_checkpoint=str(cohort["root"] / "stage1" / "best.pt"),
+        method="run",
+    )
     check_outputs(tmp_path, cohort["studies"], "run")
     assert summary["inputs"] == "volume" and summary["parameters"] > 0 and summary["best_epoch"] in (0, 1)
     assert pd.read_parquet(
@@ -90,8 +110,14 @@ def test_acs_from_stage1_starts_from_the_stage1_weights(cohort: dict) -> None:
     from ct25d.training.checkpoint import load_checkpoint
 
     best = cohort["root"] / "stage1" / "best.pt"
-    model = BASELINES.create("acs", in_channels=3, num_classes=6, backbone="test_resnet", init="stage1",
-                             stage1_checkpoint=str(best))  # fmt: skip
+    model = BASELINES.create(
+        "acs",
+        in_channels=3,
+        num_classes=6,
+        backbone="test_resnet",
+        init="stage1",
+        stage1_checkpoint=str(best),
+    )
     stage1 = load_checkpoint(best)["model"]
     for name, value in stage1.items():
         torch.testing.assert_close(model.state_dict()[f"net.{name}"], value)
@@ -148,8 +174,14 @@ def test_a_3d_model_overfits_eight_volumes() -> None:
 
 def test_too_little_memory_stops_before_training(cohort: dict, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^baselines\.mem_mb: resnet10 on volumes \(3, 32, 64, 64\)"):
-        train_baseline(cohort["studies"], 0, {"name": "resnet10"}, {**SETTINGS, "mem_mb": 300}, tmp_path,
-                       volumes=cohort["volumes"])  # fmt: skip
+        train_baseline(
+            cohort["studies"],
+            0,
+            {"name": "resnet10"},
+            {**SETTINGS, "mem_mb": 300},
+            tmp_path,
+            volumes=cohort["volumes"],
+        )
     assert not (tmp_path / "last.pt").exists()
 
 

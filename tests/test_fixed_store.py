@@ -34,8 +34,12 @@ def head(positions: list[float], shape: tuple[int, int] = (40, 36), value=None) 
     for k, p in enumerate(positions):
         hu[k][inside] = 30 if value is None else value(p)
     step = float(np.median(np.diff(positions)))
-    attrs = {"spacing_zyx": [step, 1.0, 1.0], "positions_mm": list(positions), "shape_zyx": list(hu.shape),
-             "origin_xyz": [0.0, 0.0, positions[0]]}  # fmt: skip
+    attrs = {
+        "spacing_zyx": [step, 1.0, 1.0],
+        "positions_mm": list(positions),
+        "shape_zyx": list(hu.shape),
+        "origin_xyz": [0.0, 0.0, positions[0]],
+    }
     return hu, attrs
 
 
@@ -101,7 +105,7 @@ def test_mask_follows_the_volume_geometry(tmp_path: Path) -> None:
     stored, info = read_fixed(tmp_path / "v.zarr", study_id)
     assert info["channels"][-1] == "mask"
     lesion = stored[-1] > 0
-    zs, ys, xs = np.nonzero(lesion)
+    zs, _, xs = np.nonzero(lesion)
     assert lesion.any() and set(np.unique(stored[-1])) <= {0, 255}
     assert 2 <= zs.mean() <= 4.5 and xs.mean() < 12  # the middle third of the depth, the left half
 

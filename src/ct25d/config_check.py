@@ -68,8 +68,10 @@ def check_datasets(config: dict[str, Any]) -> list[str]:
     for name, entry in datasets.items():
         layout = entry["layout"]
         if entry.get("stroke_type") == "from_labels" and layout != "dicom_tree":
-            problems.append(f"datasets.{name}.stroke_type: from_labels needs layout dicom_tree (a labels CSV "
-                            f"with a stroke_type column), not {layout}")  # fmt: skip
+            problems.append(
+                f"datasets.{name}.stroke_type: from_labels needs layout dicom_tree (a labels CSV "
+                f"with a stroke_type column), not {layout}"
+            )
         if entry.get("label_key") == "folder":
             _regex(entry.get("folder_pattern", ""), f"datasets.{name}.folder_pattern", problems, group=True)
         override = entry.get("series_override")
@@ -106,8 +108,10 @@ def check_stage1(stage1: dict[str, Any]) -> list[str]:
             close = timm.list_models(f"*{arch[:6]}*")[:5]
             problems.append(f"stage1.backbones: {backbone!r} is not a timm model (similar: {close})")
         elif tag and stage1.get("pretrained") is True and backbone not in timm.list_pretrained(f"{arch}.*"):
-            problems.append(f"stage1.backbones: timm has no pretrained tag {tag!r} for {arch} "
-                            f"(known: {timm.list_pretrained(f'{arch}.*')[:5]})")  # fmt: skip
+            problems.append(
+                f"stage1.backbones: timm has no pretrained tag {tag!r} for {arch} "
+                f"(known: {timm.list_pretrained(f'{arch}.*')[:5]})"
+            )
     pretrained = stage1.get("pretrained", False)
     if isinstance(pretrained, str) and not Path(pretrained).is_file():
         problems.append(f"stage1.pretrained: weights file {pretrained} does not exist")

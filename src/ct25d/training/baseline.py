@@ -284,8 +284,10 @@ def train_baseline(
     inputs = _Inputs(kind, studies, fold, s, volumes, embeddings)
     train_idx, val_idx = np.flatnonzero(inputs.split == "train"), np.flatnonzero(inputs.split == "validation")
     if len(train_idx) < 2 or not len(val_idx):
-        raise ConfigError(f"fold {fold}: {len(train_idx)} training and {len(val_idx)} validation studies "
-                          f"(a baseline needs at least 2 to train: batch norm cannot learn from one)")  # fmt: skip
+        raise ConfigError(
+            f"fold {fold}: {len(train_idx)} training and {len(val_idx)} validation studies "
+            f"(a baseline needs at least 2 to train: batch norm cannot learn from one)"
+        )
 
     with deterministic_kernels(s.deterministic):
         seed_everything(s.seed)
