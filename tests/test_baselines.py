@@ -240,3 +240,49 @@ def test_comparison_lists_the_baselines_by_family(cohort: dict, tmp_path: Path) 
     row = table.iloc[0]
     assert row["approach"] == "2.5D stacked embeddings: cnn" and row["stage"] == "baseline"
     assert row["parameters"] > 0 and "volume F1 (cq500)" in table
+
+
+def test_medicalnet_weights_load_into_a_windowed_resnet(tmp_path: Path) -> None:
+    """A MedicalNet file (single channel, `module.` prefixes, no classifier) starts every layer of the
+    3-window model; its stem is spread over the windows."""
+    source = BASELINES.create("resnet10", in_channels=1, num_classes=6, conv1_t_stride=2, shortcut_type="B",
+                              bias_downsample=False)  # fmt: skip
+    state = {f"module.{k}": v for k, v in source.state_dict().items() if not k.startswith("fc.")}
+    torch.save({"state_dict": state}, tmp_path / "resnet_10_23dataset.pth")
+    model = BASELINES.create("resnet10", in_channels=3, num_classes=6, conv1_t_stride=2,
+                             pretrained=str(tmp_path / "resnet_10_23dataset.pth"))  # fmt: skip
+    torch.testing.assert_close(model.conv1.weight, source.conv1.weight.repeat(1, 3, 1, 1, 1) / 3)
+    torch.testing.assert_close(model.layer4[0].conv1.weight, source.layer4[0].conv1.weight)
+    with pytest.raises(ConfigError, match="not a MedicalNet ResNet of this depth"):
+        BASELINES.create("resnet18", in_channels=3, num_classes=6, pretrained=str(tmp_path / "resnet_10_23dataset.pth"))
+
+
+def test_thickened_stem_spreads_the_pretrained_weights_over_the_slices(tmp_path: Path) -> None:
+    import timm
+
+    from ct25d.models.thick import ThickSliceClassifier
+
+    reference = timm.create_model("resnet10t", num_classes=0)
+    torch.save(reference.state_dict(), tmp_path / "weights.pth")
+    thick = ThickSliceClassifier("resnet10t", 6, k=3, pretrained=tmp_path / "weights.pth")
+    stem = reference.conv1[0].weight
+    torch.testing.assert_close(thick.encoder.conv1[0].weight, stem.repeat(1, 3, 1, 1) / 3)
+    image = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():  # k copies of one slice: the widened stem gives the 2D response
+        torch.testing.assert_close(thick.encoder.eval()(image.repeat(1, 3, 1, 1)), reference.eval()(image))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients() -> None:
+    from ct25d.models.baselines import enable_checkpointing
+
+    torch.manual_seed(0)
+    plain = BASELINES.create("resnet10", in_channels=1, num_classes=6, conv1_t_stride=2)
+    checkpointed = BASELINES.create("resnet10", in_channels=1, num_classes=6, conv1_t_stride=2)
+    checkpointed.load_state_dict(plain.state_dict())
+    assert enable_checkpointing(checkpointed) == 4  # layer1..layer4
+    x = torch.randn(2, 1, 16, 32, 32)
+    for model in (plain, checkpointed):
+        model(x).square().sum().backward()
+    for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, msg=name)
+    assert set(plain.state_dict()) == set(checkpointed.state_dict())  # names unchanged

@@ -13,14 +13,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
-from ct25d.errors import Ct25dError
-from ct25d.shards import shard_studies
 from ct25d.slices.store import SliceStoreWriter
 from ct25d.slices.window import Window, apply_windows
 from ct25d.volumes.crop import CropSettings, crop_head, fit_square
-from ct25d.volumes.store import read_volume
+from ct25d.volumes.store import prepared_studies
 
 log = logging.getLogger(__name__)
 
@@ -59,17 +56,16 @@ def build_slice_shard(
     Returns (one row per slice: study_id, z, store; one row per study that could not be prepared,
     e.g. an all-air volume: study_id, reason). A bad study is reported and skipped, never fatal.
     """
-    studies = shard_studies(resampled_store)
-    frames, rejected = [], []
+    frames: list[pd.DataFrame] = []
+    rejected: list[dict[str, str]] = []
+
+    def prepare(study_id: str, hu: np.ndarray, attrs: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+        return prepare_study(hu, attrs, crop, size, study_id)
+
     with SliceStoreWriter(out_store, provenance) as writer:
-        for study_id in tqdm(studies, desc=f"slices {Path(resampled_store).name}", disable=not progress):
-            hu, attrs = read_volume(resampled_store, study_id)
-            try:
-                fitted, info = prepare_study(hu, attrs, crop, size, study_id)
-            except Ct25dError as exc:
-                log.warning("skipping %s: %s", study_id, exc)
-                rejected.append({"study_id": study_id, "reason": str(exc)})
-                continue
+        for study_id, (fitted, info) in prepared_studies(
+            resampled_store, prepare, rejected, "slices", progress
+        ):
             info["windows"] = [{"name": w.name, "center": w.center, "width": w.width} for w in windows]
             info["source_store"] = str(resampled_store)
             writer.write_study(study_id, apply_windows(fitted, windows), info)

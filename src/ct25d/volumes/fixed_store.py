@@ -23,15 +23,14 @@ import numpy as np
 import pandas as pd
 import zarr
 from scipy import ndimage
-from tqdm import tqdm
 
 from ct25d.dicom.headers import pseudonym
-from ct25d.errors import ConfigError, Ct25dError
-from ct25d.shards import shard_studies, shard_writer
+from ct25d.errors import ConfigError
+from ct25d.shards import shard_writer
 from ct25d.slices.window import Window, apply_windows
 from ct25d.volumes.crop import CropSettings, crop_head, fit_square
 from ct25d.volumes.resample import is_irregular, regular_slices
-from ct25d.volumes.store import read_volume
+from ct25d.volumes.store import prepared_studies
 
 log = logging.getLogger(__name__)
 
@@ -152,22 +151,23 @@ def build_fixed_shard(
     """Write every study of a resampled HU shard; returns (one row per study written: study_id,
     store, has_mask, mask_note; one row per study that could not be prepared: study_id, reason)."""
     rows, rejected = [], []
+    notes: dict[str, str] = {}
+
+    def prepare(study_id: str, hu: np.ndarray, attrs: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+        mask, notes[study_id] = (
+            masks.mask_for(study_id, attrs) if masks is not None else (None, "no mask source")
+        )
+        return prepare_volume(hu, attrs, settings, study_id, mask)
+
     with shard_writer(out_store, provenance) as writer:
-        for study_id in tqdm(
-            shard_studies(resampled_store), desc=f"volumes {Path(resampled_store).name}", disable=not progress
+        for study_id, (volume, info) in prepared_studies(
+            resampled_store, prepare, rejected, "volumes", progress
         ):
-            hu, attrs = read_volume(resampled_store, study_id)
-            mask, note = masks.mask_for(study_id, attrs) if masks is not None else (None, "no mask source")
-            try:
-                volume, info = prepare_volume(hu, attrs, settings, study_id, mask)
-            except Ct25dError as exc:
-                log.warning("skipping %s: %s", study_id, exc)
-                rejected.append({"study_id": study_id, "reason": str(exc)})
-                continue
             writer.write(
                 study_id, volume, info, chunks=volume.shape, compressors=zarr.codecs.ZstdCodec(level=1)
             )
-            rows.append({"study_id": study_id, "has_mask": mask is not None, "mask_note": note})
+            has_mask = info["channels"][-1] == MASK_CHANNEL
+            rows.append({"study_id": study_id, "has_mask": has_mask, "mask_note": notes[study_id]})
     table = pd.DataFrame(rows, columns=["study_id", "has_mask", "mask_note"]).assign(store=str(out_store))
     log.info(
         "wrote %d volumes to %s (%d skipped, %d with masks)",

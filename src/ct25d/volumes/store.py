@@ -7,17 +7,22 @@ attributes; byte-shuffled Blosc compression.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import zarr
+from tqdm import tqdm
 from zarr.codecs import BloscCodec, BytesCodec
 
-from ct25d.errors import ConfigError
-from ct25d.shards import ShardWriter, shard_writer
+from ct25d.errors import ConfigError, Ct25dError
+from ct25d.shards import ShardWriter, shard_studies, shard_writer
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 COMPRESSORS = ("lz4", "zstd")
 
@@ -102,3 +107,26 @@ def read_volume(path: str | Path, study_id: str) -> tuple[np.ndarray, dict[str, 
     """(HU volume, attributes) of one study."""
     array = zarr.open_array(Path(path) / study_id, mode="r")
     return array[...], dict(array.attrs)
+
+
+def prepared_studies(
+    path: str | Path,
+    prepare: Callable[[str, np.ndarray, dict[str, Any]], T],
+    rejected: list[dict[str, str]],
+    desc: str,
+    progress: bool = True,
+) -> Iterator[tuple[str, T]]:
+    """`(study_id, prepare(study_id, hu, attrs))` for each study of a HU store, one in memory at a time.
+
+    A study `prepare` refuses (a `Ct25dError`, e.g. an all-air volume) is logged and appended to
+    `rejected` with its reason; it never stops the others.
+    """
+    for study_id in tqdm(shard_studies(path), desc=f"{desc} {Path(path).name}", disable=not progress):
+        hu, attrs = read_volume(path, study_id)
+        try:
+            result = prepare(study_id, hu, attrs)
+        except Ct25dError as exc:
+            log.warning("skipping %s: %s", study_id, exc)
+            rejected.append({"study_id": study_id, "reason": str(exc)})
+            continue
+        yield study_id, result
