@@ -179,6 +179,8 @@ def _convert_module(module: nn.Module, mode: str, name: str) -> nn.Module | None
         bn.load_state_dict(module.state_dict())
         return bn.train(module.training)
     if isinstance(module, nn.MaxPool2d):
+        if _pair(module.dilation) != (1, 1):
+            raise Ct25dError(f"{name}: dilated max pooling has no 3D conversion here")
         return nn.MaxPool3d(
             **_pool_geometry(module.kernel_size, module.stride, module.padding, mode),
             dilation=1,
