@@ -245,16 +245,24 @@ def test_comparison_lists_the_baselines_by_family(cohort: dict, tmp_path: Path) 
 def test_medicalnet_weights_load_into_a_windowed_resnet(tmp_path: Path) -> None:
     """A MedicalNet file (single channel, `module.` prefixes, no classifier) starts every layer of the
     3-window model; its stem is spread over the windows."""
-    source = BASELINES.create("resnet10", in_channels=1, num_classes=6, conv1_t_stride=2, shortcut_type="B",
-                              bias_downsample=False)  # fmt: skip
+    source = BASELINES.create(
+        "resnet10", in_channels=1, num_classes=6, conv1_t_stride=2, shortcut_type="B", bias_downsample=False
+    )
     state = {f"module.{k}": v for k, v in source.state_dict().items() if not k.startswith("fc.")}
     torch.save({"state_dict": state}, tmp_path / "resnet_10_23dataset.pth")
-    model = BASELINES.create("resnet10", in_channels=3, num_classes=6, conv1_t_stride=2,
-                             pretrained=str(tmp_path / "resnet_10_23dataset.pth"))  # fmt: skip
+    model = BASELINES.create(
+        "resnet10",
+        in_channels=3,
+        num_classes=6,
+        conv1_t_stride=2,
+        pretrained=str(tmp_path / "resnet_10_23dataset.pth"),
+    )
     torch.testing.assert_close(model.conv1.weight, source.conv1.weight.repeat(1, 3, 1, 1, 1) / 3)
     torch.testing.assert_close(model.layer4[0].conv1.weight, source.layer4[0].conv1.weight)
     with pytest.raises(ConfigError, match="not a MedicalNet ResNet of this depth"):
-        BASELINES.create("resnet18", in_channels=3, num_classes=6, pretrained=str(tmp_path / "resnet_10_23dataset.pth"))
+        BASELINES.create(
+            "resnet18", in_channels=3, num_classes=6, pretrained=str(tmp_path / "resnet_10_23dataset.pth")
+        )
 
 
 def test_thickened_stem_spreads_the_pretrained_weights_over_the_slices(tmp_path: Path) -> None:
