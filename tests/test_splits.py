@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ct25d.datasets.splits import EXTERNAL_FOLD, assign_folds
+from ct25d.datasets.splits import study_splits, EXTERNAL_FOLD, assign_folds
 from ct25d.errors import ConfigError
 
 
@@ -26,7 +26,7 @@ def test_no_patient_on_both_sides_and_external_outside_training() -> None:
     studies = cohort()
     folds = assign_folds(studies, 5, seed=1)
     assert len(folds) == len(studies)
-    assert list(folds.columns) == ["dataset", "role", "study_id", "patient_id", "fold"]
+    assert list(folds.columns) == ["dataset", "role", "study_id", "patient_id", "fold", "inner_for"]
     train = folds[folds["role"] == "train"]
     assert train.groupby("patient_id")["fold"].nunique().max() == 1
     assert sorted(train["fold"].unique()) == [0, 1, 2, 3, 4]
@@ -61,3 +61,23 @@ def test_more_folds_than_patients_is_an_error() -> None:
         assign_folds(studies, 1, seed=0)
     with pytest.raises(ConfigError, match="role"):
         assign_folds(studies.assign(role="validation"), 2, seed=0)
+
+
+@pytest.mark.parametrize("k", [2, 4, 5])
+def test_inner_split_is_patient_level_and_apart_from_the_outer_fold(k: int) -> None:
+    """For every outer fold: train, inner and outer share no patient; externals are only scored;
+    every inner split holds positives and about 1/k of the training patients."""
+    studies = cohort()
+    folds = assign_folds(studies, k, seed=3).merge(studies[["dataset", "study_id", "any"]])
+    for fold in range(k):
+        split = study_splits(folds, fold)
+        patients = {
+            name: set(folds.loc[split == name, "patient_id"]) for name in ("train", "inner", "validation")
+        }
+        assert not patients["train"] & patients["inner"]
+        assert not (patients["train"] | patients["inner"]) & patients["validation"]
+        assert set(split[folds["role"] == "external"]) == {"external"}
+        assert (folds.loc[split == "validation", "fold"] == fold).all()
+        assert folds.loc[split == "inner", "any"].sum() > 0
+        share = len(patients["inner"]) / (len(patients["train"]) + len(patients["inner"]))
+        assert abs(share - 1 / k) < 0.1, share

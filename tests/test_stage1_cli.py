@@ -39,7 +39,8 @@ def test_train_embed_evaluate(tmp_path: Path) -> None:
     table = pd.read_csv(tmp_path / "eval" / "stage1_eval.csv")
     any_rows = table[table["label"] == "any"]
     assert set(zip(any_rows["split"], any_rows["level"], strict=True)) == {
-        ("validation", "slice"), ("validation", "volume"), ("external", "volume"),
+        ("inner", "slice"), ("inner", "volume"), ("validation", "slice"), ("validation", "volume"),
+        ("external", "volume"),
     }  # fmt: skip
     assert set(any_rows["method"]) == {"head", "cosine"}
     assert any_rows["f1"].between(0, 1).all()

@@ -15,8 +15,16 @@ from ct25d.labels import RSNA_LABELS
 from ct25d.slices.store import SliceStoreWriter
 
 
+def inner_for(s: int, role: str) -> int:
+    """Studies 8-11 are the other fold's inner split (one bleed, one not each); 0-7 never are."""
+    if role != "train":
+        return -1
+    fold = (s // 2) % 2
+    return 1 - fold if s >= 8 else fold
+
+
 def tiny_cohort(
-    root: Path, size: int = 32, n_train: int = 8, n_external: int = 3, depth: int = 6
+    root: Path, size: int = 32, n_train: int = 12, n_external: int = 3, depth: int = 6
 ) -> pd.DataFrame:
     """A slice index over two real slice stores: `n_train` train-role studies in 2 folds (one patient
     per study, each fold with both classes) and `n_external` external studies with study labels
@@ -48,7 +56,8 @@ def tiny_cohort(
                         "dataset": dataset, "role": role, "site": "A" if role == "train" else "B",
                         "study_id": study_id, "patient_id": f"p{dataset}{s}", "z": z,
                         "slice_id": f"{study_id}_{z}", "position_mm": 5.0 * z, "store": str(store),
-                        "fold": (s // 2) % 2 if role == "train" else -1, **label,
+                        "fold": (s // 2) % 2 if role == "train" else -1, "inner_for": inner_for(s, role),
+                        **label,
                     })  # fmt: skip
                 writer.write_study(study_id, volume, {"spacing": [5.0, 1.0, 1.0]})
     index = pd.DataFrame(rows)
@@ -57,7 +66,7 @@ def tiny_cohort(
 
 def study_table(index: pd.DataFrame) -> pd.DataFrame:
     """Study-level labels: the max over slices, and for external studies the 'reads' (bleed = odd id)."""
-    keys = ["dataset", "role", "study_id", "patient_id", "fold"]
+    keys = ["dataset", "role", "study_id", "patient_id", "fold", "inner_for"]
     studies = index.groupby(keys, sort=True).agg(n_slices=("z", "size")).reset_index()
     for label in RSNA_LABELS:
         truth = index.groupby("study_id")[label].max()

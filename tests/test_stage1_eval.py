@@ -55,10 +55,11 @@ def fake_embeddings(root: Path, index: pd.DataFrame, emb: np.ndarray, logits: np
     return root
 
 
-def slices(study: str, dataset: str, role: str, fold: int, any_labels: list, vectors: list) -> list[dict]:
+def slices(study: str, dataset: str, role: str, fold: int, any_labels: list, vectors: list,
+           inner_for: int = 1) -> list[dict]:  # fmt: skip
     return [
         {"dataset": dataset, "role": role, "study_id": study, "patient_id": study, "z": z, "store": "st",
-         "fold": fold, **dict.fromkeys(RSNA_LABELS[:-1], 0 if y is not pd.NA else pd.NA), "any": y, "vec": v}
+         "fold": fold, "inner_for": inner_for if role == "train" else -1, **dict.fromkeys(RSNA_LABELS[:-1], 0 if y is not pd.NA else pd.NA), "any": y, "vec": v}
         for z, (y, v) in enumerate(zip(any_labels, vectors, strict=True))
     ]  # fmt: skip
 
@@ -81,7 +82,7 @@ def test_evaluate_head_and_cosine_at_slice_and_volume_level(tmp_path: Path) -> N
     for study, z in (("v1", 0), ("v2", 1), ("e2", 0)):
         logits[((index["study_id"] == study) & (index["z"] == z)).to_numpy(), 5] = 5.0
     studies = (
-        index.groupby(["dataset", "role", "study_id", "patient_id", "fold"])[list(RSNA_LABELS)]
+        index.groupby(["dataset", "role", "study_id", "patient_id", "fold", "inner_for"])[list(RSNA_LABELS)]
         .max()
         .reset_index()
     )

@@ -47,7 +47,7 @@ def test_outputs_cover_every_study_of_every_dataset(embedded, trained: Path) -> 
     studies = pd.read_parquet(trained / "predictions_studies.parquet")
     assert set(studies["study_id"]) == set(embedded[1]["study_id"])
     assert set(studies.query("dataset == 'cq500'")["split"]) == {"external"}
-    assert set(studies.query("dataset == 'rsna'")["split"]) == {"train", "validation"}
+    assert set(studies.query("dataset == 'rsna'")["split"]) == {"train", "inner", "validation"}
     summary = json.loads((trained / "metrics.json").read_text())
     assert {
         "validation/rsna/slice/bilstm",

@@ -18,11 +18,11 @@ from ct25d.slices.store import SliceReader
 
 SLICE_COLUMNS = [
     "dataset", "role", "site", "study_id", "patient_id", "z", "slice_id", "position_mm", "store", "fold",
-    *RSNA_LABELS, "stroke_type",
+    "inner_for", *RSNA_LABELS, "stroke_type",
 ]  # fmt: skip
 STUDY_COLUMNS = [
-    "dataset", "role", "site", "study_id", "patient_id", "n_slices", "store", "fold", *RSNA_LABELS,
-    "stroke_type",
+    "dataset", "role", "site", "study_id", "patient_id", "n_slices", "store", "fold", "inner_for",
+    *RSNA_LABELS, "stroke_type",
 ]  # fmt: skip
 
 
@@ -84,6 +84,7 @@ def _study_table(ds: DatasetTables, folds: pd.DataFrame) -> pd.DataFrame:
             f"{ds.name}: study {out.loc[fold.isna(), 'study_id'].iloc[0]} has no fold in the splits"
         )
     out["fold"] = fold.astype("int64")
+    out["inner_for"] = out["study_id"].map(folds.set_index("study_id")["inner_for"]).astype("int64")
     return out[STUDY_COLUMNS]
 
 
@@ -130,7 +131,7 @@ def build_index(datasets: Sequence[DatasetTables], splits: pd.DataFrame) -> tupl
         raise IndexMismatchError(
             f"slice id {slice_index.loc[slice_index['slice_id'].duplicated(), 'slice_id'].iloc[0]} twice"
         )
-    return slice_index.astype({"z": "int64", "fold": "int64"}), study_table
+    return slice_index.astype({"z": "int64", "fold": "int64", "inner_for": "int64"}), study_table
 
 
 def verify_stores(slice_table: pd.DataFrame) -> None:

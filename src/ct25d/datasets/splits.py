@@ -3,6 +3,12 @@
 Studies of one patient share anatomy and often scanner and disease, so they must never sit on
 both sides of a split. Folds are balanced on the study-level `any` label where the counts allow.
 External datasets get fold -1: they never enter training or model selection.
+
+Nested protocol: for outer fold f, the studies of fold f are only ever scored; a patient-level
+*inner* split carved from the other folds (the patients whose `inner_for` is f) is where everything
+chosen is chosen (best epoch, thresholds, temperature); the rest trains. Each training patient has
+one `inner_for`: a fold other than its own, spread evenly and balanced on `any` within each fold,
+so each outer fold's inner split holds about 1/(folds-1) of its training patients.
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ from ct25d.errors import ConfigError
 
 EXTERNAL_FOLD = -1
 ROLES = ("train", "external")
-SPLIT_COLUMNS = ["dataset", "role", "study_id", "patient_id", "fold"]
+SPLIT_COLUMNS = ["dataset", "role", "study_id", "patient_id", "fold", "inner_for"]
+# What a study is for, given an outer fold (`study_splits`).
+SPLITS = ("train", "inner", "validation", "external", "unused")
 
 
 def assign_folds(studies: pd.DataFrame, folds: int, seed: int) -> pd.DataFrame:
@@ -44,7 +52,43 @@ def assign_folds(studies: pd.DataFrame, folds: int, seed: int) -> pd.DataFrame:
         fold[train] = _train_folds(table[train], folds, seed)
     out = table[["dataset", "role", "study_id", "patient_id"]].copy()
     out["fold"] = fold
-    return out.astype({"dataset": str, "role": str, "study_id": str, "patient_id": str, "fold": "int64"})
+    inner = np.full(len(table), EXTERNAL_FOLD, dtype=np.int64)
+    if train.any():
+        inner[train] = _inner_for(table[train].assign(fold=fold[train]), folds, seed)
+    out["inner_for"] = inner
+    return out.astype({"dataset": str, "role": str, "study_id": str, "patient_id": str, "fold": "int64",
+                       "inner_for": "int64"})  # fmt: skip
+
+
+def _inner_for(train: pd.DataFrame, folds: int, seed: int) -> np.ndarray:
+    """Per study, the outer fold whose inner split its patient joins (its own fold: none)."""
+    patients = (
+        train.assign(any=train["any"].fillna(0).astype(int))
+        .groupby("patient_id", sort=True)
+        .agg(fold=("fold", "first"), any=("any", "max"))
+    )
+    rng = np.random.default_rng([seed, 0x1E7])
+    patients["order"] = rng.permutation(len(patients))
+    inner = pd.Series(EXTERNAL_FOLD, index=patients.index, dtype=np.int64)
+    for k, group in patients.groupby("fold"):
+        # Positives first, then negatives, dealt round-robin (starting past the patient's own fold):
+        # each outer fold gets its share of both.
+        ranked = group.sort_values(["any", "order"], ascending=[False, True]).index
+        inner[ranked] = [(k + 1 + i) % folds for i in range(len(ranked))]
+    return train["patient_id"].map(inner).to_numpy(dtype=np.int64)
+
+
+def study_splits(frame: pd.DataFrame, fold: int) -> pd.Series:
+    """What each row (study or slice) is for when `fold` is the outer fold: `train`, `inner` (all
+    selection), `validation` (the outer fold: scored only), `external` (scored only) or `unused`."""
+    train_role = (frame["role"] == "train") & (frame["fold"] >= 0)
+    inner = train_role & (frame["fold"] != fold) & (frame["inner_for"] == fold)
+    split = np.select(
+        [train_role & (frame["fold"] == fold), inner, train_role, frame["role"] == "external"],
+        ["validation", "inner", "train", "external"],
+        default="unused",
+    )
+    return pd.Series(split, index=frame.index)
 
 
 def _train_folds(train: pd.DataFrame, folds: int, seed: int) -> np.ndarray:

@@ -18,19 +18,8 @@ import pandas as pd
 from ct25d.atomic import write_json, write_parquet
 from ct25d.evaluation.tables import report_rows, summarise
 
-SCORED_SPLITS = ("validation", "external")
+SCORED_SPLITS = ("inner", "validation", "external")
 COLUMNS = ["split", "dataset", "level", "method", "label", "n", "n_pos", "f1", "auc"]
-
-
-def assign_splits(studies: pd.DataFrame, fold: int) -> pd.Series:
-    """train / validation / external per study (other-role studies never train or select)."""
-    train_role = (studies["role"] == "train") & (studies["fold"] >= 0)
-    split = np.select(
-        [train_role & (studies["fold"] == fold), train_role, studies["role"] == "external"],
-        ["validation", "train", "external"],
-        default="unused",
-    )
-    return pd.Series(split, index=studies.index)
 
 
 def prediction_frame(

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ct25d.datasets.slice_dataset import multiclass_targets, multilabel_targets
+from ct25d.datasets.splits import study_splits
 from ct25d.errors import Ct25dError
 from ct25d.evaluation.metrics import ClassMeans, cosine_margin, volume_max
 from ct25d.evaluation.tables import report_rows
@@ -102,8 +103,8 @@ def evaluate_stage1(
     names, model = list(attrs["class_names"]), attrs["provenance"]["settings"]["model"]
     truth = _targets(frame, model, names)
 
-    train_role = (frame["role"] == "train") & (frame["fold"] >= 0)
-    is_train = (train_role & (frame["fold"] != fold)).to_numpy()
+    split = study_splits(frame, fold).to_numpy()
+    is_train = split == "train"  # the class means see the training split only, like the head
     means = ClassMeans(len(names), 0)
     for shard in shards:
         for rows, emb in _chunks(frame[is_train], embeddings_dir, shard):
@@ -112,9 +113,7 @@ def evaluate_stage1(
             means.add(emb, truth[rows.index])
     positive, negative = means.means()
 
-    evaluated = (
-        ~is_train & ((train_role & (frame["fold"] == fold)) | (frame["role"] == "external")).to_numpy()
-    )
+    evaluated = np.isin(split, ("inner", "validation", "external"))
     margin = np.full((len(frame), len(names)), np.nan)
     logits = np.full((len(frame), len(names)), np.nan, dtype=np.float32)
     for shard in shards:
@@ -127,20 +126,19 @@ def evaluate_stage1(
     per_slice = {"head": (head_score, head_pred), "cosine": (margin, margin > 0)}
 
     study_truth = studies.set_index("study_id")
-    validation = (train_role & (frame["fold"] == fold)).to_numpy()
-    external = (frame["role"] == "external").to_numpy()
     table: list[dict[str, Any]] = []
-    for split, members in (("validation", validation), ("external", external)):
+    for name in ("inner", "validation", "external"):
+        members = split == name
         for dataset in sorted(frame.loc[members, "dataset"].unique()):
             mask = members & (frame["dataset"] == dataset).to_numpy()
             rows, slice_truth = frame.loc[mask], truth[mask]
             scores = {m: (s[mask], p[mask]) for m, (s, p) in per_slice.items()}
-            table += report_rows(split, dataset, "slice", slice_truth, scores, names)
+            table += report_rows(name, dataset, "slice", slice_truth, scores, names)
             ids = rows["study_id"].to_numpy()
             volume = {m: (volume_max(ids, s), volume_max(ids, p)) for m, (s, p) in scores.items()}
             vol_truth = _study_truth(study_truth, volume["head"][0].index, rows, model, names, slice_truth)
             vol_scores = {m: (s.to_numpy(), p.to_numpy() > 0) for m, (s, p) in volume.items()}
-            table += report_rows(split, dataset, "volume", vol_truth, vol_scores, names)
+            table += report_rows(name, dataset, "volume", vol_truth, vol_scores, names)
     stats = {
         "positive": positive,
         "negative": negative,

@@ -16,6 +16,8 @@ VALIDATION = {"slice": "slice F1 (val)", "volume": "volume F1 (val)", "volume/au
 def column(split: str, dataset: str, level: str, metric: str = "F1") -> str | None:
     """The table column of one result: validation pooled over the training datasets, each external
     dataset on its own (pooling two external sets would hide how each one fares)."""
+    if split == "inner":  # where choices were made: never reported as a score
+        return None
     if split == "validation":
         return VALIDATION.get(level if metric == "F1" else f"{level}/auc")
     return f"{level} {metric} ({dataset})" if level == "volume" else None

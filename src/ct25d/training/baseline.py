@@ -2,7 +2,7 @@
 
 Volume and embedding families (`ct25d.models.baselines`) train here: study-level weighted BCE (plus
 the lesion loss of the dual-task U-Net on studies with a mask), the epoch chosen on the fold's
-validation studies, every study of every dataset predicted. `last.pt` is written atomically after
+inner-validation studies, every study of every dataset predicted. `last.pt` is written atomically after
 every epoch and a killed job resumes from it. The thickened 2D family is a slice model: it trains
 with Stage 1's trainer (same sampler, resume and selection) and its slice predictions become
 study predictions by the max over slices.
@@ -32,10 +32,11 @@ from tqdm import tqdm
 
 from ct25d.datasets.sequences import StudySequences, pad_batch
 from ct25d.datasets.slice_dataset import Augment, SliceDataset, multilabel_targets
+from ct25d.datasets.splits import study_splits
 from ct25d.datasets.volume_dataset import VolumeDataset
 from ct25d.errors import ConfigError
 from ct25d.evaluation.metrics import auc_or_nan, f1_or_nan, volume_max
-from ct25d.evaluation.predictions import assign_splits, empty_slices, prediction_frame, write_outputs
+from ct25d.evaluation.predictions import empty_slices, prediction_frame, write_outputs
 from ct25d.models.baselines import BASELINES, enable_checkpointing, inputs_of
 from ct25d.models.stage2 import masked_slice_loss
 from ct25d.models.thick import ThickSliceClassifier
@@ -152,7 +153,7 @@ class _Inputs:
             self.train_data = self.eval_data = _Keyed(data)
             self.collate = pad_batch
         index = pd.MultiIndex.from_frame(self.keys)
-        self.split = assign_splits(keyed, fold).reindex(index).to_numpy()
+        self.split = study_splits(keyed.reset_index(), fold).set_axis(keyed.index).reindex(index).to_numpy()
         self.missing = len(keyed.index.difference(index))
         self.n_slices = keyed["n_slices"].reindex(index).to_numpy() if "n_slices" in keyed else None
 
@@ -282,10 +283,10 @@ def train_baseline(
     out.mkdir(parents=True, exist_ok=True)
     meta = {**stamp("train-baseline", {"model": model_config, **s.learning_settings()}), "fold": fold}
     inputs = _Inputs(kind, studies, fold, s, volumes, embeddings)
-    train_idx, val_idx = np.flatnonzero(inputs.split == "train"), np.flatnonzero(inputs.split == "validation")
+    train_idx, val_idx = np.flatnonzero(inputs.split == "train"), np.flatnonzero(inputs.split == "inner")
     if len(train_idx) < 2 or not len(val_idx):
         raise ConfigError(
-            f"fold {fold}: {len(train_idx)} training and {len(val_idx)} validation studies "
+            f"fold {fold}: {len(train_idx)} training and {len(val_idx)} inner-validation studies "
             f"(a baseline needs at least 2 to train: batch norm cannot learn from one)"
         )
 
@@ -493,7 +494,8 @@ def train_thickened(
     order = pd.MultiIndex.from_tuples(
         [tuple(k.split("/", 1)) for k in per_study.index], names=["dataset", "study_id"]
     )
-    keys = order.to_frame(index=False).assign(split=assign_splits(keyed, fold).reindex(order).to_numpy())
+    split = study_splits(keyed.reset_index(), fold).set_axis(keyed.index)
+    keys = order.to_frame(index=False).assign(split=split.reindex(order).to_numpy())
     keys = keys.assign(n_slices=frame.groupby(["dataset", "study_id"]).size().reindex(order).to_numpy())
     studies_out = prediction_frame(
         keys, per_study.to_numpy(), multilabel_targets(keyed.loc[order].reset_index(), labels), labels

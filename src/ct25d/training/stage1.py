@@ -39,6 +39,7 @@ from ct25d.datasets.slice_dataset import (
     multilabel_targets,
     worker_init,
 )
+from ct25d.datasets.splits import study_splits
 from ct25d.errors import ConfigError
 from ct25d.evaluation.metrics import auc_or_nan, f1_or_nan
 from ct25d.labels import RSNA_LABELS
@@ -214,16 +215,16 @@ class Task:
 
 
 def split_fold(index: pd.DataFrame, fold: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train, validation) rows: train-role slices of the other folds / of fold `fold`.
-
-    Folds are assigned per patient upstream, so no patient is on both sides.
-    """
-    pool = index[(index["role"] == "train") & (index["fold"] >= 0)]
-    val = pool[pool["fold"] == fold].reset_index(drop=True)
-    train = pool[pool["fold"] != fold].reset_index(drop=True)
-    if val.empty or train.empty:
-        raise ConfigError(f"fold {fold}: {len(train)} training and {len(val)} validation slices; need both")
-    return train, val
+    """(train, inner) rows for outer fold `fold`: the epoch is chosen on the inner split; the outer
+    fold itself is never seen here (`ct25d.datasets.splits`). Patient-level, like the folds."""
+    split = study_splits(index, fold)
+    train = index[split == "train"].reset_index(drop=True)
+    inner = index[split == "inner"].reset_index(drop=True)
+    if inner.empty or train.empty:
+        raise ConfigError(
+            f"fold {fold}: {len(train)} training and {len(inner)} inner-validation slices; need both"
+        )
+    return train, inner
 
 
 def build_model(

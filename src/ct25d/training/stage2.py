@@ -21,8 +21,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ct25d.datasets.sequences import StudySequences, pad_batch
+from ct25d.datasets.splits import study_splits
 from ct25d.errors import ConfigError
-from ct25d.evaluation.predictions import assign_splits, metric_table, prediction_frame, write_outputs
+from ct25d.evaluation.predictions import metric_table, prediction_frame, write_outputs
 from ct25d.labels import RSNA_LABELS
 from ct25d.models.stage2 import STAGE2, masked_slice_loss, volume_logits
 from ct25d.provenance import stamp
@@ -130,11 +131,11 @@ def prediction_frames(data: StudySequences, split: np.ndarray, slice_prob: np.nd
 
 def validate(model: torch.nn.Module, data: StudySequences, split: np.ndarray, val_idx: np.ndarray,
              s: Stage2Settings, device: str) -> dict[str, float]:  # fmt: skip
-    """Validation loss and volume-level F1/AUC, for model selection."""
+    """Inner-split loss and volume-level F1/AUC, for model selection."""
     slice_prob, study_prob, loss = predict(model, data, val_idx, s, device)
     table = metric_table(*prediction_frames(data, split, slice_prob, study_prob, s.labels), s.labels, "model",
                          s.threshold)  # fmt: skip
-    volume = table[(table["split"] == "validation") & (table["level"] == "volume")]
+    volume = table[(table["split"] == "inner") & (table["level"] == "volume")]
     any_row = volume[volume["label"] == "any"]
     return {
         "val_loss": loss,
@@ -153,7 +154,7 @@ def train_stage2(
     out_dir: str | os.PathLike[str],
     device: str = "cpu",
 ) -> dict[str, Any]:
-    """Train, select on validation, predict every study; returns the metrics summary."""
+    """Train, select on the fold's inner split, predict every study; returns the metrics summary."""
     s = settings if isinstance(settings, Stage2Settings) else Stage2Settings.from_dict(settings)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -161,11 +162,17 @@ def train_stage2(
     rows = pd.read_parquet(Path(embeddings_dir) / "rows.parquet")
     data = StudySequences(embeddings_dir, rows, studies, s.labels)
     keyed = studies.set_index(["dataset", "study_id"])
-    split = assign_splits(keyed, fold).reindex(pd.MultiIndex.from_frame(data.spans[["dataset", "study_id"]]))
+    split = (
+        study_splits(keyed.reset_index(), fold)
+        .set_axis(keyed.index)
+        .reindex(pd.MultiIndex.from_frame(data.spans[["dataset", "study_id"]]))
+    )
     split = split.to_numpy()
-    train_idx, val_idx = np.flatnonzero(split == "train"), np.flatnonzero(split == "validation")
+    train_idx, val_idx = np.flatnonzero(split == "train"), np.flatnonzero(split == "inner")
     if not len(train_idx) or not len(val_idx):
-        raise ConfigError(f"fold {fold}: {len(train_idx)} training and {len(val_idx)} validation studies")
+        raise ConfigError(
+            f"fold {fold}: {len(train_idx)} training and {len(val_idx)} inner-validation studies"
+        )
 
     seed_everything(s.seed)
     in_dim = int(data[0][0].shape[1])
