@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ct25d.datasets.splits import study_splits, EXTERNAL_FOLD, assign_folds
+from ct25d.datasets.splits import EXTERNAL_FOLD, assign_folds, study_splits
 from ct25d.errors import ConfigError
 
 

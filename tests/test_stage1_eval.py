@@ -59,7 +59,8 @@ def slices(study: str, dataset: str, role: str, fold: int, any_labels: list, vec
            inner_for: int = 1) -> list[dict]:  # fmt: skip
     return [
         {"dataset": dataset, "role": role, "study_id": study, "patient_id": study, "z": z, "store": "st",
-         "fold": fold, "inner_for": inner_for if role == "train" else -1, **dict.fromkeys(RSNA_LABELS[:-1], 0 if y is not pd.NA else pd.NA), "any": y, "vec": v}
+         "fold": fold, "inner_for": inner_for if role == "train" else -1,
+         **dict.fromkeys(RSNA_LABELS[:-1], 0 if y is not pd.NA else pd.NA), "any": y, "vec": v}
         for z, (y, v) in enumerate(zip(any_labels, vectors, strict=True))
     ]  # fmt: skip
 
