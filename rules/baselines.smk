@@ -135,7 +135,7 @@ rule train_baseline:
     log:
         f"{RESULTS}/logs/train_baseline/{{baseline}}-{{fold}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/train_baseline/{{baseline}}-{{fold}}.tsv"
+        f"{BL}/benchmark.tsv"
     threads: 1
     resources:
         gpu=1,

@@ -16,6 +16,8 @@ rule train_slices:
         out=S1,
     log:
         f"{RESULTS}/logs/train_slices/{{backbone}}-{{fold}}.log",
+    benchmark:
+        f"{S1}/benchmark.tsv"
     threads: 2
     resources:
         gpu=1,
@@ -54,6 +56,8 @@ rule eval_stage1:
     output:
         json=f"{S1}/eval/stage1_eval.json",
         table=report(f"{S1}/eval/stage1_eval.csv", category="Stage 1", labels={"backbone": "{backbone}", "fold": "{fold}", "table": "evaluation"}),
+        head=f"{S1}/eval/head/metrics.json",
+        cosine=f"{S1}/eval/cosine/metrics.json",
     params:
         settings=eval_settings,
         out=f"{S1}/eval",

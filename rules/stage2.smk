@@ -20,6 +20,8 @@ rule train_sequence:
         out=S2,
     log:
         f"{RESULTS}/logs/train_sequence/{{model}}-{{backbone}}-{{fold}}.log",
+    benchmark:
+        f"{S2}/benchmark.tsv"
     threads: 1
     resources:
         gpu=1,

@@ -91,7 +91,7 @@ def test_evaluate_head_and_cosine_at_slice_and_volume_level(tmp_path: Path) -> N
     studies.loc[studies["study_id"] == "e2", "any"] = 0
     store = fake_embeddings(tmp_path, index, emb, logits)
 
-    table, means = evaluate_stage1(index, studies, store, fold=0)
+    table, means, predictions = evaluate_stage1(index, studies, store, fold=0)
     np.testing.assert_allclose(means["positive"][5], [10.0, 0.0])
     f1 = table[table["label"] == "any"].set_index(["split", "level", "method"])["f1"]
     # Slices: cosine finds v1/z1 (TP), misses v3/z1 (FN), no FP -> F1 = 2/3. Head: 0 TP, 2 FP -> 0.
@@ -106,6 +106,15 @@ def test_evaluate_head_and_cosine_at_slice_and_volume_level(tmp_path: Path) -> N
     assert f1["external", "volume", "head"] == 0.0  # head calls only e2, which is negative
     summary = summarise(table, fold=0)
     assert summary["results"]["validation/rsna/volume/cosine"]["f1_any"] == pytest.approx(2 / 3)
+    # The prediction files the comparison scores: the same rules, study = max over its slices.
+    study_frame, slice_frame = predictions["cosine"]
+    assert set(study_frame["study_id"]) == {"v1", "v2", "v3", "e1", "e2"}  # never the training studies
+    by_study = study_frame.set_index("study_id")
+    assert by_study.loc["e1", "split"] == "external" and by_study.loc["v1", "split"] == "validation"
+    assert (by_study.loc[["v1", "e1"], "prob_any"] > 0.5).all() and by_study.loc["v3", "prob_any"] < 0.5
+    maxima = slice_frame.groupby("study_id")["prob_any"].max()
+    np.testing.assert_allclose(by_study["prob_any"].sort_index(), maxima.sort_index())
+    assert by_study.loc["e1", "any"] == 1 and by_study.loc["e2", "any"] == 0  # study labels, not slices
 
     with pytest.raises(EmbeddingMismatchError):
         evaluate_stage1(index.assign(z=index["z"] + 100), studies, store, fold=0)

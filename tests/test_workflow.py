@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = yaml.safe_load("""
 results: results
 datasets:
-  rsna: {layout: rsna, role: train, shards: 2, synthetic: {n_studies: 6, seed: 1, site: A}}
+  rsna: {layout: rsna, role: train, shards: 2, synthetic: {n_studies: 10, seed: 1, site: A}}
   cq500: {layout: cq500, role: external, shards: 1, synthetic: {n_studies: 3, seed: 2, site: B}}
   hospital:
     layout: dicom_tree
@@ -173,7 +173,7 @@ def test_stage_outputs(workdir: Path) -> None:
     assert (results / "stage2" / "bilstm" / "resnet10t" / "fold0" / "predictions_studies.parquet").is_file()
     for baseline in ("r3d", "acs", "cnn25", "thick"):
         assert (results / "baselines" / baseline / "fold0" / "predictions_studies.parquet").is_file()
-    assert (results / "benchmarks" / "train_baseline" / "r3d-0.tsv").is_file()
+    assert (results / "baselines" / "r3d" / "fold0" / "benchmark.tsv").is_file()
     table = pd.read_csv(results / "comparison" / "comparison.csv")
     assert len(table) == 7  # Stage-1 head, Stage-1 cosine, Stage-2 bilstm, 4 baselines
     assert set(table.loc[table["stage"] == "baseline", "approach"]) == {
@@ -228,3 +228,24 @@ def test_real_archive_config_plans_the_whole_dag(cohorts, tmp_path: Path) -> Non
     planned = planned_rules(output)
     assert "synth_cohort" not in planned
     assert {"scan", "ingest_shard", "train_slices", "train_sequence", "compare"} <= planned
+
+
+@pytest.mark.workflow
+def test_report_opens_in_headless_chromium(workdir: Path) -> None:
+    """`snakemake all --report` builds the HTML report; Chromium loads it without a script error and
+    its app renders the result categories, the comparison among them."""
+    import shutil
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed (apt-get install chromium; .ci/run installs it)")
+    report = workdir / "results" / "report.html"
+    snakemake(workdir, TINY, "--report", str(report))
+    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
+           "--enable-logging=stderr", "--v=0", "--dump-dom", report.as_uri()]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if "CONSOLE" in line and "Uncaught" in line]
+    assert not errors, errors
+    for category in ("Comparison", "Baselines", "Stage 1", "Preprocessing"):
+        assert f"<span>{category}</span>" in proc.stdout  # rendered by the report's app, not just data

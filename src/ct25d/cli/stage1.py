@@ -62,6 +62,7 @@ def cmd_eval_stage1(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from ct25d.atomic import write_csv, write_json, write_npz
+    from ct25d.evaluation.predictions import write_outputs
     from ct25d.evaluation.stage1 import evaluate_stage1
     from ct25d.evaluation.tables import summarise
     from ct25d.provenance import stamp
@@ -69,8 +70,24 @@ def cmd_eval_stage1(args: argparse.Namespace) -> None:
 
     settings = Stage1Settings.from_dict(args.settings)
     index, studies = pd.read_parquet(args.index), pd.read_parquet(args.studies)
-    table, means = evaluate_stage1(index, studies, args.embeddings, args.fold, settings.threshold)
+    table, means, predictions = evaluate_stage1(
+        index, studies, args.embeddings, args.fold, settings.threshold
+    )
     out = Path(args.out)
+    for method, (study_frame, slice_frame) in predictions.items():  # what the comparison scores
+        meta = {**stamp("eval-stage1", settings.to_dict()), "fold": args.fold}
+        labels = [c for c in study_frame if f"prob_{c}" in study_frame]
+        write_outputs(
+            out / method,
+            study_frame,
+            slice_frame,
+            labels,
+            method,
+            args.fold,
+            meta,
+            settings.threshold,
+            {"inputs": "slices", "backbone": settings.backbone},
+        )
     write_csv(out / "stage1_eval.csv", table)
     write_json(
         out / "stage1_eval.json", {**stamp("eval-stage1", settings.to_dict()), **summarise(table, args.fold)}

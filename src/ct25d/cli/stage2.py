@@ -28,8 +28,18 @@ def cmd_train_sequence(args: argparse.Namespace) -> None:
 def cmd_compare(args: argparse.Namespace) -> None:
     from ct25d.report.compare import write_comparison
 
-    table = write_comparison(args.stage1, args.stage2, args.out, args.baselines)
-    log.info("\n%s", table.to_string(index=False))
+    s = args.settings
+    table = write_comparison(
+        args.stage1,
+        args.stage2,
+        args.out,
+        args.baselines,
+        s.get("labels"),
+        s.get("reference"),
+        int(s.get("bootstrap", 1000)),
+        int(s.get("seed", 0)),
+    )
+    log.info("%d approaches compared; see %s/comparison.md", len(table), args.out)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -51,8 +61,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "compare", help="one table of every model's slice and volume F1 (validation, external)"
     )
-    p.add_argument("--stage1", nargs="*", default=[], help="stage1_eval.json files (head and cosine rows)")
+    p.add_argument(
+        "--stage1", nargs="*", default=[], help="metrics.json of the Stage-1 rules (eval/head, eval/cosine)"
+    )
     p.add_argument("--stage2", nargs="*", default=[], help="Stage-2 metrics.json files")
     p.add_argument("--baselines", nargs="*", default=[], help="baseline metrics.json files")
+    p.add_argument(
+        "--settings",
+        type=json_object,
+        default={},
+        help="config `compare`: reference approach, bootstrap replicates, seed (JSON)",
+    )
     p.add_argument("--out", required=True, help="folder: comparison.csv, comparison.md, comparison.png")
     p.set_defaults(func=cmd_compare)

@@ -23,6 +23,7 @@ from ct25d.datasets.slice_dataset import multiclass_targets, multilabel_targets
 from ct25d.datasets.splits import study_splits
 from ct25d.errors import Ct25dError
 from ct25d.evaluation.metrics import ClassMeans, cosine_margin, volume_max
+from ct25d.evaluation.predictions import prediction_frame
 from ct25d.evaluation.tables import report_rows
 from ct25d.training.embed import read_embeddings
 
@@ -145,13 +146,47 @@ def evaluate_stage1(
         "n_positive": means.counts[1],
         "n_negative": means.counts[0],
     }
-    return pd.DataFrame(table), stats
+    probabilities = {"head": head_score, "cosine": 1 / (1 + np.exp(-margin))}  # cosine: margin > 0 is p > 0.5
+    keep = np.isin(split, ("inner", "validation", "external"))
+    predictions = {
+        method: _prediction_frames(frame[keep], split[keep], prob[keep], truth[keep], studies, names)
+        for method, prob in probabilities.items()
+    }
+    return pd.DataFrame(table), stats, predictions
+
+
+def _prediction_frames(
+    rows: pd.DataFrame,
+    split: np.ndarray,
+    prob: np.ndarray,
+    truth: np.ndarray,
+    studies: pd.DataFrame,
+    names: list[str],
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(study predictions = max over slices, with their split; slice predictions) of one rule."""
+    columns = [c for c in ("dataset", "study_id", "z", "slice_id") if c in rows]
+    slices = prediction_frame(rows[columns], prob, truth, names)
+    keys = ["dataset", "study_id"]
+    per_study = slices.assign(split=split).groupby(keys, sort=True)
+    study_prob = per_study[[f"prob_{n}" for n in names]].max()
+    from_slices = per_study[names].max()
+    table = studies.set_index(keys).reindex(study_prob.index)
+    known = table[names].astype("Float64") if set(names) <= set(table.columns) else from_slices * np.nan
+    study_truth = known.astype(np.float64).fillna(from_slices).to_numpy()
+    out = study_prob.index.to_frame(index=False).assign(
+        split=per_study["split"].first().to_numpy(), n_slices=per_study.size().to_numpy()
+    )
+    return prediction_frame(out, study_prob.to_numpy(), study_truth, names), slices
 
 
 def _study_truth(
-    studies: pd.DataFrame, ids: pd.Index, rows: pd.DataFrame, model: dict[str, Any], names: list[str],
+    studies: pd.DataFrame,
+    ids: pd.Index,
+    rows: pd.DataFrame,
+    model: dict[str, Any],
+    names: list[str],
     slice_truth: np.ndarray,
-) -> np.ndarray:  # fmt: skip
+) -> np.ndarray:
     """Study labels from the study table where it has them, else the max over slice labels."""
     from_slices = volume_max(rows["study_id"].to_numpy(), slice_truth).reindex(ids).to_numpy()
     if model.get("task", "multilabel") != "multilabel" or not set(names) <= set(studies.columns):

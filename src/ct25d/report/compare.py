@@ -1,112 +1,343 @@
-"""The comparison table of the main seed: every approach's slice and volume F1 side by side."""
+"""The comparison: every approach scored the same way, with intervals, against one reference.
+
+Each run (one approach on one outer fold) wrote its study predictions with their split. Here, per
+run and label, a temperature and a threshold are fitted on the *inner* split only and applied
+unchanged to the outer fold and the external sets. Internal scores pool the outer folds'
+predictions (out-of-fold); external sets are scored by the mean of the fold models' calibrated
+probabilities (each study once). Every score carries a 95% bootstrap interval over studies, and
+each approach's AUC is compared with the reference's by a paired bootstrap on the same studies:
+an interval that contains 0 means the data cannot tell the two apart.
+"""
 
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from ct25d.atomic import atomic_path, write_csv
-
-VALIDATION = {"slice": "slice F1 (val)", "volume": "volume F1 (val)", "volume/auc": "volume AUC (val)"}
-
-
-def column(split: str, dataset: str, level: str, metric: str = "F1") -> str | None:
-    """The table column of one result: validation pooled over the training datasets, each external
-    dataset on its own (pooling two external sets would hide how each one fares)."""
-    if split == "inner":  # where choices were made: never reported as a score
-        return None
-    if split == "validation":
-        return VALIDATION.get(level if metric == "F1" else f"{level}/auc")
-    return f"{level} {metric} ({dataset})" if level == "volume" else None
-
-
-def _rows(summary: dict[str, Any], label: str, stage: str, settings: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per method in a summary's `results` (keys `split/dataset/level/method`)."""
-    by_method: dict[str, dict[str, Any]] = {}
-    for key, value in summary["results"].items():
-        split, dataset, level, method = key.split("/")
-        row = by_method.setdefault(method, {"approach": label.format(method=method), "stage": stage,
-                                            "fold": summary.get("fold"), **settings})  # fmt: skip
-        for metric, field in (("F1", "f1_any"), ("AUC", "auc_any")):
-            name = column(split, dataset, level, metric)
-            if name:
-                row[name] = value[field]
-        row.setdefault("datasets", set()).add(dataset)
-    return list(by_method.values())
-
+from ct25d.atomic import atomic_path, write_csv, write_json
+from ct25d.evaluation.scoring import (
+    Interval,
+    apply_temperature,
+    auc_rows,
+    best_threshold,
+    bootstrap_auc,
+    bootstrap_f1,
+    fit_temperature,
+    paired_auc_difference,
+    point_metrics,
+    resample,
+)
 
 # How the table names a baseline by what it reads.
 FAMILIES = {"volume": "3D", "embeddings": "2.5D stacked embeddings", "slices": "2D thickened"}
+INTERNAL = "internal (OOF)"
 
 
-def comparison_table(
-    stage1: list[str | Path], stage2: list[str | Path], baselines: list[str | Path] = ()
-) -> pd.DataFrame:
-    """F1/AUC of `any` per approach: Stage-1 head and cosine rules, every Stage-2 model, every baseline."""
-    rows: list[dict[str, Any]] = []
-    for path in stage1:
-        summary = json.loads(Path(path).read_text())
-        backbone = summary["settings"]["backbone"]
-        names = {"head": "2D {backbone}: thresholded head", "cosine": "2D {backbone}: cosine to class means"}
-        for row in _rows(summary, "{method}", "stage1", {"backbone": backbone}):
-            row["approach"] = names[row["approach"]].format(backbone=backbone)
+@dataclass
+class Run:
+    """One approach on one outer fold: where its predictions are and how the table names it."""
+
+    approach: str
+    stage: str
+    fold: int
+    folder: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def load_runs(stage1: list[str | Path], stage2: list[str | Path], baselines: list[str | Path]) -> list[Run]:
+    """Runs from their `metrics.json` files (the predictions lie beside them)."""
+    runs = []
+    for kind, paths in (("stage1", stage1), ("stage2", stage2), ("baseline", baselines)):
+        for path in paths:
+            summary = json.loads(Path(path).read_text())
+            method = (
+                next(iter(summary["results"])).split("/")[-1]
+                if summary["results"]
+                else Path(path).parent.name
+            )
+            if kind == "stage1":
+                rule = "thresholded head" if method == "head" else "cosine to class means"
+                approach = f"2D {summary['backbone']}: {rule}"
+            elif kind == "stage2":
+                approach = f"2.5D: Stage 2 {method}"
+            else:
+                approach = f"{FAMILIES[summary['inputs']]}: {method}"
+            extra = {k: summary[k] for k in ("parameters", "seconds_per_epoch") if k in summary}
+            folder = Path(path).parent
+            # The training job's `benchmark:` file: Stage-1 rules share their backbone's training run.
+            bench = (folder.parent.parent if kind == "stage1" else folder) / "benchmark.tsv"
+            if bench.is_file():
+                row = pd.read_csv(bench, sep="\t").iloc[-1]
+                extra.update(train_s=float(row["s"]), peak_mb=float(row["max_rss"]))
+            runs.append(Run(approach, kind, int(summary["fold"]), folder, extra))
+    return runs
+
+
+def inner_choices(studies: pd.DataFrame, labels: list[str]) -> dict[str, tuple[float, float]]:
+    """Per label, (temperature, threshold) fitted on the inner split's studies only."""
+    inner = studies[studies["split"] == "inner"]
+    choices = {}
+    for name in labels:
+        known = inner[name].notna()
+        y, p = inner.loc[known, name].to_numpy(float), inner.loc[known, f"prob_{name}"].to_numpy(float)
+        temperature = fit_temperature(y, p) if len(y) else 1.0
+        choices[name] = (temperature, best_threshold(y, apply_temperature(p, temperature)) if len(y) else 0.5)
+    return choices
+
+
+def scored_predictions(runs: list[Run], labels: list[str]) -> dict[str, pd.DataFrame]:
+    """Per approach: one row per scored study (`set`: internal or an external dataset), calibrated
+    `p_<label>` and `t_<label>` (threshold), from the inner choices of the run that made it."""
+    by_approach: dict[str, list[pd.DataFrame]] = {}
+    for run in runs:
+        studies = pd.read_parquet(run.folder / "predictions_studies.parquet")
+        present = [n for n in labels if n in studies]
+        choices = inner_choices(studies, present)
+        scored = studies[studies["split"].isin(["validation", "external"])].copy()
+        scored["set"] = np.where(scored["split"] == "validation", INTERNAL, scored["dataset"])
+        for name, (temperature, threshold) in choices.items():
+            scored[f"p_{name}"] = apply_temperature(scored[f"prob_{name}"].to_numpy(float), temperature)
+            scored[f"t_{name}"] = threshold
+        by_approach.setdefault(run.approach, []).append(scored.assign(fold=run.fold))
+    out = {}
+    for approach, frames in by_approach.items():
+        frame = pd.concat(frames, ignore_index=True)
+        internal = frame[frame["set"] == INTERNAL]
+        # External: the mean over fold models of their calibrated probabilities and thresholds.
+        numeric = [c for c in frame if c.startswith(("p_", "t_"))] + [n for n in labels if n in frame]
+        external = (
+            frame[frame["set"] != INTERNAL]
+            .groupby(["set", "dataset", "study_id"], as_index=False)[numeric]
+            .mean()
+        )
+        out[approach] = pd.concat([internal, external], ignore_index=True).sort_values(
+            ["set", "dataset", "study_id"]
+        )
+    return out
+
+
+def _one_set(
+    frame: pd.DataFrame, reference: pd.DataFrame | None, labels: list[str], replicates: int, seed: int
+) -> dict[str, Any]:
+    """Scores of one approach on one set of studies (`any` with intervals, macro AUC, difference)."""
+    known = frame["any"].notna().to_numpy()
+    part = frame[known]
+    y, p, t = part["any"].to_numpy(float), part["p_any"].to_numpy(float), part["t_any"].to_numpy(float)
+    index = resample(len(part), replicates, seed)
+    row: dict[str, Any] = {
+        "n": len(part),
+        "n_pos": int(y.sum()),
+        "auc": bootstrap_auc(y, p, index),
+        "f1": bootstrap_f1(y, p > t, index),
+        **point_metrics(y, p, float(np.mean(t)) if len(t) else 0.5),
+    }
+    aucs = []
+    for name in labels:
+        if f"p_{name}" in frame and frame[name].notna().any():
+            sub = frame[frame[name].notna()]
+            aucs.append(float(auc_rows(sub[name].to_numpy(float), sub[f"p_{name}"].to_numpy(float))[0]))
+    present = [a for a in aucs if not math.isnan(a)]  # labels with positives and negatives here
+    row["macro_auc"] = float(np.mean(present)) if present else math.nan
+    row["labels_present"] = len(present)
+    if reference is not None:
+        matched = part[["dataset", "study_id"]].merge(reference, on=["dataset", "study_id"], how="left")
+        if matched["p_any"].notna().all() and len(matched):
+            row["delta_auc"] = paired_auc_difference(y, p, matched["p_any"].to_numpy(float), index)
+    return row
+
+
+def comparison(
+    runs: list[Run], labels: list[str], reference: str | None, replicates: int = 1000, seed: int = 0
+) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """(long table: one row per approach and set of studies; the scored predictions per approach)."""
+    predictions = scored_predictions(runs, labels)
+    meta: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        entry = meta.setdefault(run.approach, {"stage": run.stage, "folds": set(), "train_s": 0.0,
+                                               "peak_mb": math.nan})  # fmt: skip
+        entry["folds"].add(run.fold)
+        entry.update({k: v for k, v in run.extra.items() if k not in ("train_s", "peak_mb")})
+        entry["train_s"] += run.extra.get("train_s", math.nan)  # all folds' training jobs
+        peak = run.extra.get("peak_mb", math.nan)
+        entry["peak_mb"] = peak if math.isnan(entry["peak_mb"]) else max(entry["peak_mb"], peak)
+    rows = []
+    for approach, frame in predictions.items():
+        for name, part in frame.groupby("set", sort=True):
+            ref = None
+            if reference and reference in predictions and approach != reference:
+                ref_frame = predictions[reference]
+                ref = ref_frame[ref_frame["set"] == name][["dataset", "study_id", "p_any"]]
+            rows.append(
+                {
+                    "approach": approach,
+                    "set": name,
+                    **meta[approach],
+                    "folds": ", ".join(map(str, sorted(meta[approach]["folds"]))),
+                    **_one_set(part, ref, labels, replicates, seed),
+                }
+            )
+    return pd.DataFrame(rows), predictions
+
+
+def slice_f1(runs: list[Run]) -> dict[str, float]:
+    """The seed's slice F1 of `any` on the pooled outer folds, each run's threshold chosen on its inner
+    slices (approaches without slice predictions are absent)."""
+    pooled: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for run in runs:
+        slices = pd.read_parquet(run.folder / "predictions_slices.parquet")
+        studies = pd.read_parquet(
+            run.folder / "predictions_studies.parquet", columns=["dataset", "study_id", "split"]
+        )
+        if slices.empty or "prob_any" not in slices:
+            continue
+        slices = slices.merge(studies, on=["dataset", "study_id"])
+        inner = slices[(slices["split"] == "inner") & slices["any"].notna()]
+        threshold = best_threshold(inner["any"].to_numpy(float), inner["prob_any"].to_numpy(float))
+        outer = slices[(slices["split"] == "validation") & slices["any"].notna()]
+        pooled.setdefault(run.approach, []).append(
+            (outer["any"].to_numpy(float), outer["prob_any"].to_numpy() > threshold)
+        )
+    out = {}
+    for approach, parts in pooled.items():
+        y, pred = np.concatenate([a for a, _ in parts]).astype(bool), np.concatenate([b for _, b in parts])
+        out[approach] = float(2 * (y & pred).sum() / max(pred.sum() + y.sum(), 1)) if y.any() else math.nan
+    return out
+
+
+def wide_table(long: pd.DataFrame, slice_scores: dict[str, float], reference: str | None) -> pd.DataFrame:
+    """One row per approach: the seed's columns plus AUCs with intervals and the paired differences."""
+    rows = []
+    for approach, group in long.groupby("approach", sort=False):
+        first = group.iloc[0]
+        row: dict[str, Any] = {"approach": approach, "stage": first["stage"], "folds": first["folds"]}
+        row["slice F1 (OOF)"] = slice_scores.get(approach, math.nan)
+        for _, r in group.sort_values("set", key=lambda s: s != INTERNAL).iterrows():
+            where = "OOF" if r["set"] == INTERNAL else r["set"]
+            row[f"volume F1 ({where})"] = r["f1"]
+            row[f"volume AUC ({where})"] = r["auc"]
+            if where == "OOF":
+                row["macro AUC (OOF)"] = r["macro_auc"]
+                row["sens / spec (OOF)"] = f"{r['sensitivity']:.2f} / {r['specificity']:.2f}"
+                row["ECE (OOF)"] = r["ece"]
+            if reference and isinstance(r.get("delta_auc"), Interval):
+                row[f"ΔAUC vs ref ({where})"] = r["delta_auc"]
+        parameters = first.get("parameters")
+        row["parameters"] = (
+            int(parameters) if isinstance(parameters, int | float) and parameters == parameters else None
+        )
+        row["s/epoch"] = first.get("seconds_per_epoch")
+        row["training s (all folds)"] = first.get("train_s")
+        row["peak RSS GB"] = first.get("peak_mb", math.nan) / 1024
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# The CQ500 paper's findings and the labels they are scored as (readers' majority, ct25d.labels).
+FINDINGS = {"ICH": "any", "IPH": "intraparenchymal", "IVH": "intraventricular", "SDH": "subdural",
+            "EDH": "epidural", "SAH": "subarachnoid"}  # fmt: skip
+
+
+def findings_table(predictions: dict[str, pd.DataFrame], replicates: int, seed: int) -> pd.DataFrame:
+    """Study-level AUC per finding (as the CQ500 paper scores it), per approach and set of studies;
+    a finding without both classes in a set is left empty, not scored."""
+    rows = []
+    for approach, frame in predictions.items():
+        for name, part in frame.groupby("set", sort=True):
+            row: dict[str, Any] = {"approach": approach, "set": name}
+            for finding, label in FINDINGS.items():
+                known = part[part[label].notna()] if label in part else part.iloc[:0]
+                y = known[label].to_numpy(float) if len(known) else np.zeros(0)
+                if len(y) and 0 < y.sum() < len(y):
+                    index = resample(len(y), replicates, seed)
+                    row[f"{finding} AUC"] = bootstrap_auc(y, known[f"p_{label}"].to_numpy(float), index)
+                    row[f"{finding} n+"] = int(y.sum())
             rows.append(row)
-    for path in stage2:
-        summary = json.loads(Path(path).read_text())
-        rows += _rows(summary, "2.5D: Stage 2 {method}", "stage2", {})
-    for path in baselines:
-        summary = json.loads(Path(path).read_text())
-        family = FAMILIES[summary["inputs"]]
-        extra = {"parameters": summary["parameters"], "s/epoch": round(summary["seconds_per_epoch"], 1)}
-        rows += _rows(summary, f"{family}: {{method}}", "baseline", extra)
-    table = pd.DataFrame(rows)
-    table["datasets"] = table["datasets"].map(lambda d: ", ".join(sorted(d)))
-    if "parameters" in table:
-        table["parameters"] = table["parameters"].astype("Int64")
-    external = sorted(c for c in table if c.startswith("volume ") and c not in VALIDATION.values())
-    ordered = [
-        "approach",
-        "stage",
-        "fold",
-        *[c for c in VALIDATION.values() if c in table],
-        *external,
-        *[c for c in ("parameters", "s/epoch") if c in table],
-        "datasets",
-    ]
-    return table[ordered].round(3)
+    return pd.DataFrame(rows)
 
 
-def write_comparison(stage1: list[str | Path], stage2: list[str | Path], out_dir: str | Path,
-                     baselines: list[str | Path] = ()) -> pd.DataFrame:  # fmt: skip
-    """comparison.csv, comparison.md (the seed's table) and comparison.png (a bar chart)."""
+def _text(value: Any) -> Any:
+    if isinstance(value, Interval):
+        return value.text()
+    if isinstance(value, float):
+        return "n/a" if math.isnan(value) else round(value, 3)
+    return value
+
+
+def verdicts(long: pd.DataFrame, reference: str | None) -> list[str]:
+    """What the paired intervals say, one line per approach and set."""
+    lines = []
+    for r in long.itertuples():
+        delta = getattr(r, "delta_auc", None)
+        if not isinstance(delta, Interval) or math.isnan(delta.value):
+            continue
+        if math.isnan(delta.low):
+            verdict = "too few studies for an interval"
+        elif delta.excludes_zero():
+            verdict = "better than" if delta.low > 0 else "worse than"
+        else:
+            verdict = f"cannot be told apart from (interval {delta.width:.2f} wide, contains 0)"
+        lines.append(f"- {r.approach} on {r.set}: ΔAUC {delta.text()}: {verdict} {reference}")
+    return lines
+
+
+def write_comparison(
+    stage1: list[str | Path],
+    stage2: list[str | Path],
+    out_dir: str | Path,
+    baselines: list[str | Path] = (),
+    labels: list[str] | None = None,
+    reference: str | None = None,
+    replicates: int = 1000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """comparison.csv / .md (wide table + verdicts), comparison_long.csv, comparison.png (intervals),
+    reliability.png and roc.png."""
+    from ct25d.labels import RSNA_LABELS
+
+    labels = list(labels or RSNA_LABELS)
     out = Path(out_dir)
-    table = comparison_table(stage1, stage2, baselines)
-    write_csv(out / "comparison.csv", table)
+    runs = load_runs(stage1, stage2, baselines)
+    long, predictions = comparison(runs, labels, reference, replicates, seed)
+    table = wide_table(long, slice_f1(runs), reference)
+    write_csv(out / "comparison.csv", table.map(_text))
+    write_csv(out / "comparison_long.csv", long.map(_text))
+    lines = [
+        f"Scores: internal = pooled outer folds (OOF); external = mean of the fold models. Thresholds and "
+        f"temperatures chosen on each fold's inner split. 95% bootstrap intervals over studies ({replicates} "
+        f"replicates, seed {seed}); ΔAUC: paired bootstrap against the reference ({reference or 'none'}). "
+        f"Training s: the approach's own training jobs over all folds (Stage-2 and 2.5CNN rows exclude the "
+        f"Stage-1 run they read); peak RSS from the same `benchmark:` files.",
+        "",
+        table.map(_text).to_markdown(index=False),
+        "",
+        *verdicts(long, reference),
+    ]
     with atomic_path(out / "comparison.md") as tmp:
-        tmp.write_text(table.to_markdown(index=False) + "\n")
-    _plot(table, out / "comparison.png")
+        tmp.write_text("\n".join(lines) + "\n")
+    write_json(
+        out / "comparison.json",
+        {
+            "reference": reference,
+            "replicates": replicates,
+            "seed": seed,
+            "rows": json.loads(long.map(_text).to_json(orient="records")),
+        },
+    )
+    from ct25d.report.figures import plot_intervals, plot_reliability, plot_roc
+
+    findings = findings_table(predictions, replicates, seed).map(_text)
+    write_csv(out / "findings.csv", findings)
+    with atomic_path(out / "findings.md") as tmp:
+        tmp.write_text("Study-level AUC per finding (CQ500 paper's names; labels: the majority of the three "
+                       "readers), 95% bootstrap intervals over studies.\n\n"
+                       + findings.to_markdown(index=False) + "\n")  # fmt: skip
+    plot_intervals(long, out / "comparison.png")
+    plot_reliability(predictions, out / "reliability.png")
+    plot_roc(predictions, out / "roc.png")
     return table
-
-
-def _plot(table: pd.DataFrame, path: Path) -> None:
-    from matplotlib.figure import Figure
-
-    metrics = [c for c in table if " F1 (" in c]
-    fig = Figure(figsize=(10, 0.5 * len(table) + 1.5))
-    ax = fig.subplots()
-    height = 0.8 / len(metrics)
-    for k, metric in enumerate(metrics):
-        ys = [i + k * height for i in range(len(table))]
-        ax.barh(ys, table[metric].fillna(0), height=height, label=metric)
-    ax.set_yticks([i + 0.4 - height / 2 for i in range(len(table))], table["approach"], fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("F1 of 'any hemorrhage'")
-    ax.legend(loc="lower right", fontsize=8)
-    ax.set_title("2D vs 2.5D vs 3D: Stage-1 rules, Stage-2 sequence models, baselines")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)

@@ -1,0 +1,103 @@
+"""The comparison's pictures: AUC intervals per approach, reliability diagrams, ROC curves."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from sklearn.metrics import roc_curve
+
+from ct25d.atomic import atomic_path
+from ct25d.evaluation.scoring import Interval
+
+
+def _save(fig: Figure, path: Path) -> None:
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+
+
+def _grid(n: int) -> tuple[int, int]:
+    cols = min(4, max(n, 1))
+    return math.ceil(max(n, 1) / cols), cols
+
+
+def plot_intervals(long: pd.DataFrame, path: Path) -> None:
+    """Forest plot: volume AUC of `any` with its 95% interval, per approach and set of studies."""
+    approaches = list(dict.fromkeys(long["approach"]))
+    sets = sorted(long["set"].unique(), key=lambda s: (not s.startswith("internal"), s))
+    fig = Figure(figsize=(10, 0.45 * len(approaches) * len(sets) / 2 + 2))
+    ax = fig.subplots()
+    step = 0.8 / max(len(sets), 1)
+    for k, name in enumerate(sets):
+        for i, approach in enumerate(approaches):
+            row = long[(long["approach"] == approach) & (long["set"] == name)]
+            if row.empty or not isinstance(row["auc"].iloc[0], Interval):
+                continue
+            auc = row["auc"].iloc[0]
+            y = i + k * step
+            ax.errorbar(
+                auc.value,
+                y,
+                xerr=[[auc.value - auc.low], [auc.high - auc.value]] if not math.isnan(auc.low) else None,
+                fmt="o",
+                color=f"C{k}",
+                label=name if i == 0 else None,
+            )
+    ax.set_yticks([i + 0.4 - step / 2 for i in range(len(approaches))], approaches, fontsize=8)
+    ax.invert_yaxis()
+    ax.axvline(0.5, color="grey", lw=0.8, ls=":")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("volume AUC of 'any' (95% bootstrap interval)")
+    ax.legend(loc="lower left", fontsize=8)
+    ax.set_title("2D vs 2.5D vs 3D: internal (pooled outer folds) and external sets")
+    _save(fig, path)
+
+
+def plot_reliability(predictions: dict[str, pd.DataFrame], path: Path, bins: int = 10) -> None:
+    """Observed rate of `any` against the calibrated probability, internal (OOF) studies."""
+    rows, cols = _grid(len(predictions))
+    fig = Figure(figsize=(3 * cols, 3 * rows))
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax, (approach, frame) in zip(axes, predictions.items(), strict=False):
+        part = frame[frame["set"].str.startswith("internal") & frame["any"].notna()]
+        p, y = part["p_any"].to_numpy(float), part["any"].to_numpy(float)
+        which = np.minimum((p * bins).astype(int), bins - 1)
+        centres = [(p[which == b].mean(), y[which == b].mean(), (which == b).sum()) for b in np.unique(which)]
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
+        if centres:
+            x, obs, n = zip(*centres, strict=True)
+            ax.scatter(x, obs, s=[10 + 4 * k for k in n])
+            ax.plot(x, obs)
+        ax.set_title(approach, fontsize=8)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+    for ax in axes[len(predictions) :]:
+        ax.axis("off")
+    fig.supxlabel("calibrated probability of 'any' (temperature fitted on the inner split)")
+    fig.supylabel("observed rate")
+    _save(fig, path)
+
+
+def plot_roc(predictions: dict[str, pd.DataFrame], path: Path) -> None:
+    """ROC curves of `any`: internal (OOF) against each external set, per approach."""
+    rows, cols = _grid(len(predictions))
+    fig = Figure(figsize=(3 * cols, 3 * rows))
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax, (approach, frame) in zip(axes, predictions.items(), strict=False):
+        for k, (name, part) in enumerate(frame[frame["any"].notna()].groupby("set")):
+            y = part["any"].to_numpy(float)
+            if 0 < y.sum() < len(y):
+                fpr, tpr, _ = roc_curve(y, part["p_any"].to_numpy(float))
+                ax.plot(fpr, tpr, color=f"C{k}", label=name)
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
+        ax.set_title(approach, fontsize=8)
+        ax.legend(fontsize=6, loc="lower right")
+    for ax in axes[len(predictions) :]:
+        ax.axis("off")
+    fig.supxlabel("false positive rate")
+    fig.supylabel("true positive rate")
+    _save(fig, path)

@@ -1,0 +1,154 @@
+"""Scores, intervals and choices of the comparison: against scikit-learn and hand-computed cases; choices
+that never see the outer fold or the external sets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import f1_score, roc_auc_score
+
+from ct25d.evaluation.predictions import prediction_frame
+from ct25d.evaluation.scoring import (
+    apply_temperature,
+    auc_rows,
+    best_threshold,
+    bootstrap_auc,
+    expected_calibration_error,
+    f1_rows,
+    fit_temperature,
+    paired_auc_difference,
+    resample,
+)
+from ct25d.labels import RSNA_LABELS
+from ct25d.report.compare import INTERNAL, comparison, inner_choices, load_runs, write_comparison
+
+rng = np.random.default_rng(0)
+
+
+def test_auc_and_f1_match_scikit_learn_with_ties() -> None:
+    y = rng.integers(0, 2, size=(20, 50))
+    p = np.round(rng.random((20, 50)), 1)  # many ties
+    expected = [roc_auc_score(a, b) for a, b in zip(y, p, strict=True)]
+    np.testing.assert_allclose(auc_rows(y, p), expected)
+    pred = p > 0.5
+    np.testing.assert_allclose(f1_rows(y, pred), [f1_score(a, b) for a, b in zip(y, pred, strict=True)])
+    assert np.isnan(auc_rows(np.ones(5), np.arange(5))[0])  # one class: undefined, not 0.5
+    assert np.isnan(f1_rows(np.zeros(5), np.ones(5))[0])  # no positive: F1 undefined, not 0
+
+
+def test_bootstrap_is_reproducible_for_a_seed_and_brackets_the_value() -> None:
+    y = rng.integers(0, 2, 80).astype(float)
+    p = np.clip(y * 0.3 + rng.random(80) * 0.7, 0, 1)
+    a = bootstrap_auc(y, p, resample(80, 500, seed=4))
+    b = bootstrap_auc(y, p, resample(80, 500, seed=4))
+    c = bootstrap_auc(y, p, resample(80, 500, seed=5))
+    assert a == b and a != c
+    assert a.low < a.value < a.high and a.value == pytest.approx(roc_auc_score(y, p))
+    perfect = bootstrap_auc(np.array([0, 0, 1, 1.0]), np.array([0.1, 0.2, 0.8, 0.9]), resample(4, 200, 0))
+    assert (perfect.value, perfect.high) == (1.0, 1.0)
+
+
+def test_paired_difference_of_a_model_with_itself_is_exactly_zero() -> None:
+    y = rng.integers(0, 2, 60).astype(float)
+    p = rng.random(60)
+    same = paired_auc_difference(y, p, p, resample(60, 300, 1))
+    assert (same.value, same.low, same.high) == (0.0, 0.0, 0.0) and not same.excludes_zero()
+    better = paired_auc_difference(y, y * 0.5 + p * 0.5, p, resample(60, 300, 1))
+    assert better.excludes_zero() and better.low > 0
+
+
+def test_temperature_recovers_overconfidence_and_keeps_the_auc() -> None:
+    z = rng.normal(0, 2, 4000)
+    y = (rng.random(4000) < 1 / (1 + np.exp(-z))).astype(float)
+    overconfident = 1 / (1 + np.exp(-3 * z))
+    t = fit_temperature(y, overconfident)
+    assert t == pytest.approx(3.0, rel=0.1)
+    calibrated = apply_temperature(overconfident, t)
+    assert roc_auc_score(y, calibrated) == pytest.approx(roc_auc_score(y, overconfident))
+    assert expected_calibration_error(y, calibrated) < expected_calibration_error(y, overconfident) / 3
+
+
+def test_threshold_and_ece_hand_cases() -> None:
+    assert best_threshold(np.array([0, 0, 1, 1.0]), np.array([0.1, 0.3, 0.35, 0.9])) == pytest.approx(0.325)
+    assert best_threshold(np.zeros(3), np.array([0.1, 0.2, 0.3])) == 0.5
+    p = np.full(10, 0.8)
+    assert expected_calibration_error(np.array([1.0] * 8 + [0.0] * 2), p) == pytest.approx(0.0)
+    assert expected_calibration_error(np.zeros(10), p) == pytest.approx(0.8)
+
+
+def fake_run(folder: Path, fold: int, method: str, quality: float, seed: int) -> Path:
+    """A run folder as every trainer writes it: inner, outer (validation) and external studies."""
+    r = np.random.default_rng(seed)
+    rows = []
+    for split, n, dataset in (
+        ("train", 10, "rsna"),
+        ("inner", 12, "rsna"),
+        ("validation", 12, "rsna"),
+        ("external", 15, "cq500"),
+    ):
+        for i in range(n):
+            study = f"{dataset}-{split if split != 'validation' else f'f{fold}'}-{i}"
+            if split == "external":
+                study = f"cq-{i}"
+            rows.append({"dataset": dataset, "study_id": study, "split": split, "truth": i % 2})
+    keys = pd.DataFrame(rows)
+    truth = np.repeat(keys[["truth"]].to_numpy(float), len(RSNA_LABELS), axis=1)
+    prob = np.clip(quality * truth + (1 - quality) * r.random(truth.shape), 0.01, 0.99)
+    studies = prediction_frame(keys.drop(columns="truth"), prob, truth, RSNA_LABELS)
+    folder.mkdir(parents=True)
+    studies.to_parquet(folder / "predictions_studies.parquet")
+    prediction_frame(
+        pd.DataFrame({"dataset": [], "study_id": [], "z": [], "slice_id": []}),
+        np.zeros((0, 6)),
+        np.zeros((0, 6)),
+        RSNA_LABELS,
+    ).to_parquet(folder / "predictions_slices.parquet")
+    key = f"validation/rsna/volume/{method}"
+    (folder / "metrics.json").write_text(
+        json.dumps(
+            {
+                "fold": fold,
+                "results": {key: {}},
+                "inputs": "volume",
+                "parameters": 10,
+                "seconds_per_epoch": 1.0,
+            }
+        )
+    )
+    return folder / "metrics.json"
+
+
+def test_choices_never_see_the_outer_fold_or_external_predictions(tmp_path: Path) -> None:
+    studies = pd.read_parquet(
+        Path(fake_run(tmp_path / "r", 0, "m", 0.4, 1)).parent / "predictions_studies.parquet"
+    )
+    choices = inner_choices(studies, list(RSNA_LABELS))
+    scored = studies["split"].isin(["validation", "external"]).to_numpy()
+    for column in [f"prob_{n}" for n in RSNA_LABELS]:
+        studies.loc[scored, column] = rng.random(scored.sum()).astype(np.float32)  # anything at all
+    assert inner_choices(studies, list(RSNA_LABELS)) == choices
+    studies.loc[studies["split"] == "inner", "prob_any"] = rng.random(12).astype(np.float32)
+    assert inner_choices(studies, list(RSNA_LABELS))["any"] != choices["any"]  # the inner split does decide
+
+
+def test_comparison_pools_outer_folds_and_averages_external_models(tmp_path: Path) -> None:
+    good = [fake_run(tmp_path / f"good{f}", f, "good", 0.6, f) for f in (0, 1)]
+    weak = [fake_run(tmp_path / f"weak{f}", f, "weak", 0.05, 10 + f) for f in (0, 1)]
+    runs = load_runs([], good, weak)
+    long, predictions = comparison(runs, list(RSNA_LABELS), "2.5D: Stage 2 good", replicates=200)
+    internal = long[(long["set"] == INTERNAL)].set_index("approach")
+    assert internal.loc["2.5D: Stage 2 good", "n"] == 24  # 12 outer-fold studies from each of 2 folds
+    external = predictions["3D: weak"].query("set == 'cq500'")
+    assert len(external) == 15 and external["study_id"].is_unique  # each external study once
+    delta = internal.loc["3D: weak", "delta_auc"]
+    assert delta.value < 0 and delta.excludes_zero()
+    table = write_comparison([], good, tmp_path / "out", weak, reference="2.5D: Stage 2 good", replicates=200)
+    assert {"volume AUC (OOF)", "volume AUC (cq500)", "ΔAUC vs ref (OOF)"} <= set(table.columns)
+    text = (tmp_path / "out" / "comparison.md").read_text()
+    assert "3D: weak on internal (OOF): ΔAUC" in text and "worse than 2.5D: Stage 2 good" in text
+    for name in ("comparison.png", "reliability.png", "roc.png", "comparison.csv", "comparison_long.csv"):
+        assert (tmp_path / "out" / name).is_file()
