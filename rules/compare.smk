@@ -8,11 +8,16 @@ def compare_reference():
     return f"2.5D: Stage 2 {config['stage2']['models'][name]['name']}" if name in config["stage2"]["models"] else None
 
 
+# External sets in the CQ500 layout: their reads.csv gives each reader's calls.
+CQ500_SETS = [d for d in DATASETS if DATASETS[d]["layout"] == "cq500" and DATASETS[d]["role"] == "external"]
+
+
 rule compare:
     input:
         stage1=[f"{RESULTS}/stage1/{b}/fold{f}/eval/{rule}/metrics.json" for b, f in STAGE1_RUNS for rule in ("head", "cosine")],
         stage2=[f"{RESULTS}/stage2/{m}/{b}/fold{f}/metrics.json" for m, b, f in STAGE2_RUNS],
         baselines=rules.baselines.input,
+        reads=[synthetic_dir(d) if is_synthetic(d) else label_file(d) for d in CQ500_SETS],
     output:
         csv=report(f"{RESULTS}/comparison/comparison.csv", category="Comparison"),
         md=f"{RESULTS}/comparison/comparison.md",
@@ -23,16 +28,18 @@ rule compare:
         roc=report(f"{RESULTS}/comparison/roc.png", category="Comparison", subcategory="ROC curves"),
         findings=report(f"{RESULTS}/comparison/findings.csv", category="Comparison", subcategory="Per finding"),
         findings_md=f"{RESULTS}/comparison/findings.md",
+        readers=report(f"{RESULTS}/comparison/readers.csv", category="Comparison", subcategory="Agreement with readers"),
     params:
         out=f"{RESULTS}/comparison",
-        settings=as_json({**config["compare"], "reference": compare_reference()}),
+        settings=as_json({**config["compare"], "reference": compare_reference(), "salt": config["ingest"]["pseudonym_salt"]}),
+        readers=[f"{d}={label_file(d)}" for d in CQ500_SETS],
     log:
         f"{RESULTS}/logs/compare/compare.log",
     conda:
         "../envs/ct25d.yaml"
     shell:
         "ct25d compare --stage1 {input.stage1} --stage2 {input.stage2} --baselines {input.baselines} "
-        "--settings {params.settings:q} --out {params.out} > {log} 2>&1"
+        "--readers {params.readers} --settings {params.settings:q} --out {params.out} > {log} 2>&1"
 
 
 rule comparison:

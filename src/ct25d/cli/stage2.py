@@ -7,6 +7,7 @@ import json
 import logging
 
 from ct25d.cli.common import add_runtime, json_object
+from ct25d.cli.preprocess import named
 
 log = logging.getLogger("ct25d")
 
@@ -38,6 +39,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
         s.get("reference"),
         int(s.get("bootstrap", 1000)),
         int(s.get("seed", 0)),
+        dict(args.readers or []),
+        s.get("salt", ""),
     )
     log.info("%d approaches compared; see %s/comparison.md", len(table), args.out)
 
@@ -66,6 +69,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--stage2", nargs="*", default=[], help="Stage-2 metrics.json files")
     p.add_argument("--baselines", nargs="*", default=[], help="baseline metrics.json files")
+    p.add_argument("--readers", nargs="*", type=named, default=[],
+                   help="DATASET=reads.csv of CQ500-layout sets: kappa with each reader")  # fmt: skip
     p.add_argument(
         "--settings",
         type=json_object,

@@ -261,6 +261,38 @@ def findings_table(predictions: dict[str, pd.DataFrame], replicates: int, seed: 
     return pd.DataFrame(rows)
 
 
+def reader_kappas(predictions: dict[str, pd.DataFrame], dataset: str, reads: str | Path,
+                  salt: str) -> pd.DataFrame:  # fmt: skip
+    """Cohen's kappa of each approach's ICH call (calibrated `any` above its inner threshold) with each
+    CQ500 reader, beside the readers' kappas with each other (the CQ500 paper reports the latter)."""
+    from sklearn.metrics import cohen_kappa_score
+
+    from ct25d.dicom.headers import pseudonym
+    from ct25d.labels import CQ500_READERS
+
+    raw = pd.read_csv(reads)
+    numbers = raw["name"].astype(str).str.extract(r"CQ500-CT-(\d+)$")[0]
+    # A CQ500 study is its folder `CQ500CT<N> CQ500CT<N>` (ct25d.dicom.scan), pseudonymised at ingest.
+    raw["study_id"] = [pseudonym(f"CQ500CT{n} CQ500CT{n}", salt, "st-") for n in numbers]
+    calls = {r: raw.set_index("study_id")[f"{r}:ICH"].astype(int) for r in CQ500_READERS}
+    rows: list[dict[str, Any]] = []
+    for a in CQ500_READERS:
+        row = {"rater": f"reader {a}", "studies": len(raw)}
+        row.update({f"κ vs {b}": cohen_kappa_score(calls[a], calls[b]) for b in CQ500_READERS if b != a})
+        rows.append(row)
+    for approach, frame in predictions.items():
+        part = frame[frame["set"] == dataset].set_index("study_id")
+        part = part[part.index.isin(raw["study_id"])]
+        if part.empty:
+            continue
+        call = (part["p_any"] > part["t_any"]).astype(int)
+        row: dict[str, Any] = {"rater": approach, "studies": len(part)}
+        for reader in CQ500_READERS:
+            row[f"κ vs {reader}"] = cohen_kappa_score(calls[reader].reindex(part.index), call)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def _text(value: Any) -> Any:
     if isinstance(value, Interval):
         return value.text()
@@ -295,9 +327,12 @@ def write_comparison(
     reference: str | None = None,
     replicates: int = 1000,
     seed: int = 0,
+    readers: dict[str, str] | None = None,
+    salt: str = "",
 ) -> pd.DataFrame:
-    """comparison.csv / .md (wide table + verdicts), comparison_long.csv, comparison.png (intervals),
-    reliability.png and roc.png."""
+    """comparison.csv / .md (wide table + verdicts), comparison_long.csv, findings.csv / .md (per
+    finding), readers.csv (kappa with each CQ500 reader, for `readers` {dataset: reads.csv}),
+    comparison.png (intervals), reliability.png and roc.png."""
     from ct25d.labels import RSNA_LABELS
 
     labels = list(labels or RSNA_LABELS)
@@ -337,6 +372,11 @@ def write_comparison(
         tmp.write_text("Study-level AUC per finding (CQ500 paper's names; labels: the majority of the three "
                        "readers), 95% bootstrap intervals over studies.\n\n"
                        + findings.to_markdown(index=False) + "\n")  # fmt: skip
+    kappas = [
+        reader_kappas(predictions, d, path, salt).assign(dataset=d) for d, path in (readers or {}).items()
+    ]
+    table_k = pd.concat(kappas, ignore_index=True) if kappas else pd.DataFrame(columns=["rater", "dataset"])
+    write_csv(out / "readers.csv", table_k.map(_text))
     plot_intervals(long, out / "comparison.png")
     plot_reliability(predictions, out / "reliability.png")
     plot_roc(predictions, out / "roc.png")
