@@ -150,5 +150,38 @@ def test_comparison_pools_outer_folds_and_averages_external_models(tmp_path: Pat
     assert {"volume AUC (OOF)", "volume AUC (cq500)", "ΔAUC vs ref (OOF)"} <= set(table.columns)
     text = (tmp_path / "out" / "comparison.md").read_text()
     assert "3D: weak on internal (OOF): ΔAUC" in text and "worse than 2.5D: Stage 2 good" in text
-    for name in ("comparison.png", "reliability.png", "roc.png", "comparison.csv", "comparison_long.csv"):
+    for name in (
+        "comparison.png",
+        "reliability.png",
+        "roc.png",
+        "pr.png",
+        "confusion.png",
+        "comparison.csv",
+        "comparison_long.csv",
+        "findings.md",
+        "readers.csv",
+    ):
         assert (tmp_path / "out" / name).is_file()
+
+
+def test_kappa_with_each_cq500_reader(tmp_path: Path) -> None:
+    from sklearn.metrics import cohen_kappa_score
+
+    from ct25d.dicom.headers import pseudonym
+    from ct25d.report.compare import reader_kappas
+
+    r1 = np.array([1, 1, 0, 0, 1, 0, 1, 0])
+    r2 = np.array([1, 0, 0, 0, 1, 0, 1, 1])
+    reads = pd.DataFrame(
+        {"name": [f"CQ500-CT-{n}" for n in range(8)], "R1:ICH": r1, "R2:ICH": r2, "R3:ICH": r1}
+    )
+    reads.to_csv(tmp_path / "reads.csv", index=False)
+    ids = [pseudonym(f"CQ500CT{n} CQ500CT{n}", "salt", "st-") for n in range(8)]
+    p = np.array([0.9, 0.8, 0.1, 0.2, 0.7, 0.6, 0.3, 0.1])
+    frame = pd.DataFrame({"set": "cq500", "study_id": ids, "p_any": p, "t_any": 0.5})
+    table = reader_kappas({"model": frame}, "cq500", tmp_path / "reads.csv", "salt").set_index("rater")
+    call = (p > 0.5).astype(int)
+    assert table.loc["model", "κ vs R1"] == pytest.approx(cohen_kappa_score(r1, call))
+    assert table.loc["model", "κ vs R2"] == pytest.approx(cohen_kappa_score(r2, call))
+    assert table.loc["reader R1", "κ vs R3"] == 1.0
+    assert table.loc["reader R1", "κ vs R2"] == pytest.approx(cohen_kappa_score(r1, r2))

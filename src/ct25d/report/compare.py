@@ -332,7 +332,7 @@ def write_comparison(
 ) -> pd.DataFrame:
     """comparison.csv / .md (wide table + verdicts), comparison_long.csv, findings.csv / .md (per
     finding), readers.csv (kappa with each CQ500 reader, for `readers` {dataset: reads.csv}),
-    comparison.png (intervals), reliability.png and roc.png."""
+    comparison.png (intervals), reliability.png, roc.png, pr.png and confusion.png."""
     from ct25d.labels import RSNA_LABELS
 
     labels = list(labels or RSNA_LABELS)
@@ -364,7 +364,7 @@ def write_comparison(
             "rows": json.loads(long.map(_text).to_json(orient="records")),
         },
     )
-    from ct25d.report.figures import plot_intervals, plot_reliability, plot_roc
+    from ct25d.report.figures import plot_confusion, plot_curves, plot_intervals, plot_reliability
 
     findings = findings_table(predictions, replicates, seed).map(_text)
     write_csv(out / "findings.csv", findings)
@@ -379,5 +379,7 @@ def write_comparison(
     write_csv(out / "readers.csv", table_k.map(_text))
     plot_intervals(long, out / "comparison.png")
     plot_reliability(predictions, out / "reliability.png")
-    plot_roc(predictions, out / "roc.png")
+    plot_curves(predictions, out / "roc.png", "roc")
+    plot_curves(predictions, out / "pr.png", "pr")
+    plot_confusion(predictions, out / "confusion.png")
     return table

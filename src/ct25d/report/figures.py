@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from sklearn.metrics import roc_curve
+from sklearn.metrics import precision_recall_curve, roc_curve
 
 from ct25d.atomic import atomic_path
 from ct25d.evaluation.scoring import Interval
@@ -82,22 +82,50 @@ def plot_reliability(predictions: dict[str, pd.DataFrame], path: Path, bins: int
     _save(fig, path)
 
 
-def plot_roc(predictions: dict[str, pd.DataFrame], path: Path) -> None:
-    """ROC curves of `any`: internal (OOF) against each external set, per approach."""
+def plot_curves(predictions: dict[str, pd.DataFrame], path: Path, kind: str = "roc") -> None:
+    """ROC (`kind="roc"`) or precision-recall (`"pr"`) curves of `any`: internal (OOF) against each
+    external set, per approach."""
     rows, cols = _grid(len(predictions))
     fig = Figure(figsize=(3 * cols, 3 * rows))
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
     for ax, (approach, frame) in zip(axes, predictions.items(), strict=False):
         for k, (name, part) in enumerate(frame[frame["any"].notna()].groupby("set")):
-            y = part["any"].to_numpy(float)
+            y, p = part["any"].to_numpy(float), part["p_any"].to_numpy(float)
             if 0 < y.sum() < len(y):
-                fpr, tpr, _ = roc_curve(y, part["p_any"].to_numpy(float))
-                ax.plot(fpr, tpr, color=f"C{k}", label=name)
-        ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
+                if kind == "roc":
+                    x, yy, _ = roc_curve(y, p)
+                else:
+                    yy, x, _ = precision_recall_curve(y, p)
+                ax.plot(x, yy, color=f"C{k}", label=name)
+        if kind == "roc":
+            ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
         ax.set_title(approach, fontsize=8)
-        ax.legend(fontsize=6, loc="lower right")
+        ax.legend(fontsize=6, loc="lower right" if kind == "roc" else "lower left")
     for ax in axes[len(predictions) :]:
         ax.axis("off")
-    fig.supxlabel("false positive rate")
-    fig.supylabel("true positive rate")
+    fig.supxlabel("false positive rate" if kind == "roc" else "recall")
+    fig.supylabel("true positive rate" if kind == "roc" else "precision")
+    _save(fig, path)
+
+
+def plot_confusion(predictions: dict[str, pd.DataFrame], path: Path) -> None:
+    """Confusion matrices of `any` on the internal (OOF) studies, at each fold's inner threshold."""
+    rows, cols = _grid(len(predictions))
+    fig = Figure(figsize=(2.6 * cols, 2.6 * rows))
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax, (approach, frame) in zip(axes, predictions.items(), strict=False):
+        part = frame[frame["set"].str.startswith("internal") & frame["any"].notna()]
+        truth, call = part["any"].to_numpy(int), (part["p_any"] > part["t_any"]).to_numpy(int)
+        matrix = np.array([[((truth == t) & (call == c)).sum() for c in (0, 1)] for t in (0, 1)])
+        ax.imshow(matrix, cmap="Blues")
+        for t in (0, 1):
+            for c in (0, 1):
+                ax.text(c, t, str(matrix[t, c]), ha="center", va="center")
+        ax.set_xticks([0, 1], ["no bleed", "bleed"], fontsize=7)
+        ax.set_yticks([0, 1], ["no bleed", "bleed"], fontsize=7)
+        ax.set_title(approach, fontsize=7)
+    for ax in axes[len(predictions) :]:
+        ax.axis("off")
+    fig.supxlabel("called")
+    fig.supylabel("truth")
     _save(fig, path)
