@@ -81,3 +81,19 @@ def test_inner_split_is_patient_level_and_apart_from_the_outer_fold(k: int) -> N
         assert folds.loc[split == "inner", "any"].sum() > 0
         share = len(patients["inner"]) / (len(patients["train"]) + len(patients["inner"]))
         assert abs(share - 1 / k) < 0.1, share
+
+
+def test_held_out_features_halve_the_inner_split_by_patient() -> None:
+    from ct25d.datasets.splits import held_out_features
+
+    studies = cohort()
+    folds = assign_folds(studies, 4, seed=3)
+    split = study_splits(folds, 1).to_numpy()
+    out = held_out_features(split, folds["patient_id"].to_numpy())
+    assert set(out[split == "train"]) == {"unused"}  # Stage 1 trained on them: never Stage 2's features
+    kept = np.isin(split, ["validation", "external"])
+    np.testing.assert_array_equal(out[kept], split[kept])
+    inner = split == "inner"
+    assert set(out[inner]) == {"train", "inner"}
+    halves = {name: set(folds.loc[inner & (out == name), "patient_id"]) for name in ("train", "inner")}
+    assert not halves["train"] & halves["inner"] and abs(len(halves["train"]) - len(halves["inner"])) <= 1

@@ -81,3 +81,52 @@ def test_same_seed_same_weights(embedded, trained: Path, tmp_path: Path) -> None
     train_stage2(embedded[0], embedded[1], 0, BILSTM, STAGE2, tmp_path)
     a, b = load_checkpoint(trained / "best.pt")["model"], load_checkpoint(tmp_path / "best.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_selection_never_sees_the_outer_fold_or_external_studies(
+    embedded, trained: Path, tmp_path: Path
+) -> None:
+    """Replace the embeddings of every outer-fold and external study by noise: the chosen epoch, the
+    selection history and the weights stay exactly the same."""
+    import shutil
+
+    import zarr
+
+    from ct25d.datasets.splits import study_splits
+
+    emb_dir, studies = embedded
+    noisy = tmp_path / "emb"
+    shutil.copytree(emb_dir, noisy)
+    rows = pd.read_parquet(noisy / "rows.parquet")
+    split = study_splits(studies, 0).set_axis(studies["study_id"])
+    scored = rows["study_id"].map(split).isin(["validation", "external"]).to_numpy()
+    assert scored.any()
+    for shard, part in rows[scored].groupby("shard"):
+        array = zarr.open_array(noisy / f"{shard}.zarr" / "embedding", mode="r+")
+        values = array[:]
+        values[part["row"].to_numpy()] = np.random.default_rng(1).normal(size=(len(part), values.shape[1]))
+        array[:] = values
+    train_stage2(noisy, studies, 0, BILSTM, STAGE2, tmp_path / "out")
+    a, b = load_checkpoint(trained / "best.pt"), load_checkpoint(tmp_path / "out" / "best.pt")
+    assert a["epoch"] == b["epoch"]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    pd.testing.assert_frame_equal(
+        pd.read_csv(trained / "metrics.csv"), pd.read_csv(tmp_path / "out" / "metrics.csv")
+    )
+    predicted = pd.read_parquet(tmp_path / "out" / "predictions_studies.parquet")
+    original = pd.read_parquet(trained / "predictions_studies.parquet")
+    outer = predicted["split"].isin(["validation", "external"])
+    assert not np.allclose(
+        predicted.loc[outer, "prob_any"], original.loc[outer, "prob_any"]
+    )  # they are scored
+
+
+def test_held_out_features_train_only_on_studies_stage1_never_saw(embedded, tmp_path: Path) -> None:
+    emb_dir, studies = embedded
+    train_stage2(emb_dir, studies, 0, BILSTM, {**STAGE2, "train_features": "held_out"}, tmp_path)
+    predicted = pd.read_parquet(tmp_path / "predictions_studies.parquet").set_index("study_id")
+    from ct25d.datasets.splits import study_splits
+
+    original = study_splits(studies, 0).set_axis(studies["study_id"])
+    assert set(predicted.loc[original[original == "train"].index, "split"]) == {"unused"}
+    assert set(predicted.loc[original[original == "inner"].index, "split"]) == {"train", "inner"}

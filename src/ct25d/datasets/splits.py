@@ -13,6 +13,7 @@ so each outer fold's inner split holds about 1/(folds-1) of its training patient
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 
 import numpy as np
@@ -119,3 +120,16 @@ def _train_folds(train: pd.DataFrame, folds: int, seed: int) -> np.ndarray:
     for k, (_, test) in enumerate(parts):
         fold[test] = k
     return fold
+
+
+def held_out_features(split: np.ndarray, patient_ids: np.ndarray) -> np.ndarray:
+    """Splits for a model that must learn from features of studies Stage 1 never trained on
+    (`stage2.train_features: held_out`): the inner split's patients are halved (alternately, in the
+    order of their pseudonyms' hash) into `train` and `inner` (selection); Stage 1's training studies
+    become `unused`; the outer fold and the external sets are unchanged."""
+    out = np.where(split == "train", "unused", split).astype(object)
+    inner = split == "inner"
+    patients = sorted(set(patient_ids[inner]), key=lambda p: hashlib.sha256(str(p).encode()).hexdigest())
+    first_half = set(patients[::2])
+    out[inner] = np.where([p in first_half for p in patient_ids[inner]], "train", "inner")
+    return out.astype(str)

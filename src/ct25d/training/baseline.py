@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from ct25d.datasets.sequences import StudySequences, pad_batch
 from ct25d.datasets.slice_dataset import Augment, SliceDataset, multilabel_targets
-from ct25d.datasets.splits import study_splits
+from ct25d.datasets.splits import held_out_features, study_splits
 from ct25d.datasets.volume_dataset import VolumeDataset
 from ct25d.errors import ConfigError
 from ct25d.evaluation.metrics import auc_or_nan, f1_or_nan, volume_max
@@ -154,6 +154,12 @@ class _Inputs:
             self.collate = pad_batch
         index = pd.MultiIndex.from_frame(self.keys)
         self.split = study_splits(keyed.reset_index(), fold).set_axis(keyed.index).reindex(index).to_numpy()
+        if s.train_features == "held_out":
+            if kind != "embeddings":
+                raise ConfigError(
+                    "baselines.train_features: held_out applies to embedding models (cnn25) only"
+                )
+            self.split = held_out_features(self.split, keyed["patient_id"].reindex(index).to_numpy())
         self.missing = len(keyed.index.difference(index))
         self.n_slices = keyed["n_slices"].reindex(index).to_numpy() if "n_slices" in keyed else None
 

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ct25d.datasets.sequences import StudySequences, pad_batch
-from ct25d.datasets.splits import study_splits
+from ct25d.datasets.splits import held_out_features, study_splits
 from ct25d.errors import ConfigError
 from ct25d.evaluation.predictions import metric_table, prediction_frame, write_outputs
 from ct25d.labels import RSNA_LABELS
@@ -49,6 +49,9 @@ class Stage2Settings:
     threshold: float = 0.5
     seed: int = 0
     device: str = "auto"
+    # in_fold: learn from the embeddings of Stage 1's own training studies (select on the inner split);
+    # held_out: learn only from studies Stage 1 never trained on (half the inner split; select on the other)
+    train_features: str = "in_fold"
 
     @classmethod
     def from_dict(cls, settings: dict[str, Any]) -> Self:
@@ -168,6 +171,12 @@ def train_stage2(
         .reindex(pd.MultiIndex.from_frame(data.spans[["dataset", "study_id"]]))
     )
     split = split.to_numpy()
+    if s.train_features == "held_out":
+        split = held_out_features(
+            split, keyed["patient_id"].reindex(data.spans.set_index(["dataset", "study_id"]).index).to_numpy()
+        )
+    elif s.train_features != "in_fold":
+        raise ConfigError(f"stage2.train_features: expected in_fold or held_out, got {s.train_features!r}")
     train_idx, val_idx = np.flatnonzero(split == "train"), np.flatnonzero(split == "inner")
     if not len(train_idx) or not len(val_idx):
         raise ConfigError(
