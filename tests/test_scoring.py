@@ -148,6 +148,8 @@ def test_comparison_pools_outer_folds_and_averages_external_models(tmp_path: Pat
     assert delta.value < 0 and delta.excludes_zero()
     table = write_comparison([], good, tmp_path / "out", weak, reference="2.5D: Stage 2 good", replicates=200)
     assert {"volume AUC (OOF)", "volume AUC (cq500)", "ΔAUC vs ref (OOF)"} <= set(table.columns)
+    spread = table.set_index("approach").loc["3D: weak", "fold AUCs (cq500)"]
+    assert len(spread.split(", ")) == 2  # each fold model alone, beside the averaged score
     text = (tmp_path / "out" / "comparison.md").read_text()
     assert "3D: weak on internal (OOF): ΔAUC" in text and "worse than 2.5D: Stage 2 good" in text
     for name in (

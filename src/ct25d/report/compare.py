@@ -122,6 +122,19 @@ def scored_predictions(runs: list[Run], labels: list[str]) -> dict[str, pd.DataF
     return out
 
 
+def fold_aucs(runs: list[Run]) -> dict[tuple[str, str], list[float]]:
+    """AUC of `any` of each fold model alone on each external set: the spread behind the averaged score."""
+    out: dict[tuple[str, str], list[float]] = {}
+    for run in runs:
+        studies = pd.read_parquet(run.folder / "predictions_studies.parquet")
+        for dataset, part in studies[(studies["split"] == "external") & studies["any"].notna()].groupby(
+            "dataset"
+        ):
+            auc = auc_rows(part["any"].to_numpy(float), part["prob_any"].to_numpy(float))[0]
+            out.setdefault((run.approach, dataset), []).append(float(auc))
+    return out
+
+
 def _one_set(
     frame: pd.DataFrame, reference: pd.DataFrame | None, labels: list[str], replicates: int, seed: int
 ) -> dict[str, Any]:
@@ -166,6 +179,7 @@ def comparison(
         entry["train_s"] += run.extra.get("train_s", math.nan)  # all folds' training jobs
         peak = run.extra.get("peak_mb", math.nan)
         entry["peak_mb"] = peak if math.isnan(entry["peak_mb"]) else max(entry["peak_mb"], peak)
+    spread = fold_aucs(runs)
     rows = []
     for approach, frame in predictions.items():
         for name, part in frame.groupby("set", sort=True):
@@ -180,6 +194,7 @@ def comparison(
                     **meta[approach],
                     "folds": ", ".join(map(str, sorted(meta[approach]["folds"]))),
                     **_one_set(part, ref, labels, replicates, seed),
+                    "fold AUCs": ", ".join(f"{a:.3f}" for a in spread.get((approach, name), [])),
                 }
             )
     return pd.DataFrame(rows), predictions
@@ -210,6 +225,23 @@ def slice_f1(runs: list[Run]) -> dict[str, float]:
     return out
 
 
+def outer_slices(runs: list[Run], fold: int | None = None) -> dict[str, pd.DataFrame]:
+    """Slice predictions on one outer fold (the first run's), per approach that predicts slices."""
+    out = {}
+    for run in runs:
+        fold = run.fold if fold is None else fold
+        if run.fold != fold:
+            continue
+        slices = pd.read_parquet(run.folder / "predictions_slices.parquet")
+        if slices.empty or "prob_any" not in slices:
+            continue
+        split = pd.read_parquet(
+            run.folder / "predictions_studies.parquet", columns=["dataset", "study_id", "split"]
+        )
+        out[run.approach] = slices.merge(split, on=["dataset", "study_id"]).query("split == 'validation'")
+    return out
+
+
 def wide_table(long: pd.DataFrame, slice_scores: dict[str, float], reference: str | None) -> pd.DataFrame:
     """One row per approach: the seed's columns plus AUCs with intervals and the paired differences."""
     rows = []
@@ -221,6 +253,8 @@ def wide_table(long: pd.DataFrame, slice_scores: dict[str, float], reference: st
             where = "OOF" if r["set"] == INTERNAL else r["set"]
             row[f"volume F1 ({where})"] = r["f1"]
             row[f"volume AUC ({where})"] = r["auc"]
+            if where != "OOF" and "," in str(r["folds"]):
+                row[f"fold AUCs ({where})"] = r["fold AUCs"]  # each fold model alone, for the spread
             if where == "OOF":
                 row["macro AUC (OOF)"] = r["macro_auc"]
                 row["sens / spec (OOF)"] = f"{r['sensitivity']:.2f} / {r['specificity']:.2f}"
@@ -332,7 +366,7 @@ def write_comparison(
 ) -> pd.DataFrame:
     """comparison.csv / .md (wide table + verdicts), comparison_long.csv, findings.csv / .md (per
     finding), readers.csv (kappa with each CQ500 reader, for `readers` {dataset: reads.csv}),
-    comparison.png (intervals), reliability.png, roc.png, pr.png and confusion.png."""
+    comparison.png (intervals), reliability.png, roc.png, pr.png, confusion.png and strips.png."""
     from ct25d.labels import RSNA_LABELS
 
     labels = list(labels or RSNA_LABELS)
@@ -364,7 +398,13 @@ def write_comparison(
             "rows": json.loads(long.map(_text).to_json(orient="records")),
         },
     )
-    from ct25d.report.figures import plot_confusion, plot_curves, plot_intervals, plot_reliability
+    from ct25d.report.figures import (
+        plot_confusion,
+        plot_curves,
+        plot_intervals,
+        plot_reliability,
+        plot_strips,
+    )
 
     findings = findings_table(predictions, replicates, seed).map(_text)
     write_csv(out / "findings.csv", findings)
@@ -382,4 +422,5 @@ def write_comparison(
     plot_curves(predictions, out / "roc.png", "roc")
     plot_curves(predictions, out / "pr.png", "pr")
     plot_confusion(predictions, out / "confusion.png")
+    plot_strips(outer_slices(runs), out / "strips.png")
     return table

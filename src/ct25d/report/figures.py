@@ -129,3 +129,31 @@ def plot_confusion(predictions: dict[str, pd.DataFrame], path: Path) -> None:
     fig.supxlabel("called")
     fig.supylabel("truth")
     _save(fig, path)
+
+
+def plot_strips(slices: dict[str, pd.DataFrame], path: Path, studies: int = 4) -> None:
+    """For a few outer-fold studies (bleeds first), each approach's slice probability of `any` along
+    z, over the slices' truth (shaded): where along the head each model fires."""
+    if not slices:
+        return
+    first = next(iter(slices.values()))
+    truth = (
+        first[first["any"].notna()].groupby(["dataset", "study_id"])["any"].max().sort_values(ascending=False)
+    )
+    chosen = list(truth.index[: max(studies - 1, 1)]) + list(truth.index[truth == 0][:1])
+    fig = Figure(figsize=(11, 2.2 * len(chosen)))
+    axes = np.atleast_1d(fig.subplots(len(chosen), 1, squeeze=False)).ravel()
+    for ax, (dataset, study) in zip(axes, chosen, strict=False):
+        reference = first[(first["dataset"] == dataset) & (first["study_id"] == study)].sort_values("z")
+        ax.fill_between(
+            reference["z"], 0, reference["any"].fillna(0), step="mid", color="0.85", label="truth"
+        )
+        for k, (approach, frame) in enumerate(slices.items()):
+            part = frame[(frame["dataset"] == dataset) & (frame["study_id"] == study)].sort_values("z")
+            ax.plot(part["z"], part["prob_any"], color=f"C{k % 10}", lw=1, label=approach)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("p(any)")
+        ax.set_title(f"{dataset} {study}", fontsize=8)
+    axes[0].legend(fontsize=6, ncol=3, loc="upper left")
+    axes[-1].set_xlabel("slice (z)")
+    _save(fig, path)
