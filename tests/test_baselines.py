@@ -17,7 +17,7 @@ from ct25d.datasets.slice_dataset import SliceDataset
 from ct25d.errors import ConfigError
 from ct25d.labels import RSNA_LABELS
 from ct25d.models.baselines import BASELINES
-from ct25d.report.compare import comparison_table
+from ct25d.report.compare import write_comparison
 from ct25d.shards import shard_writer
 from ct25d.training.baseline import BaselineSettings, StudyLoss, train_baseline, train_thickened
 from ct25d.training.embed import extract_embeddings
@@ -233,10 +233,9 @@ def test_config_check_names_bad_baseline_keys() -> None:
 
 def test_comparison_lists_the_baselines_by_family(cohort: dict, tmp_path: Path) -> None:
     entry = {"name": "cnn25", "backbone": "test_resnet", "slices": 8, "hidden": 16}
-    train_baseline(
-        cohort["studies"], 0, entry, SETTINGS, tmp_path, embeddings=str(cohort["root"] / "emb"), method="cnn"
-    )
-    table = comparison_table([], [], [tmp_path / "metrics.json"])
+    emb = str(cohort["root"] / "emb")
+    train_baseline(cohort["studies"], 0, entry, SETTINGS, tmp_path / "run", embeddings=emb, method="cnn")
+    table = write_comparison([], [], tmp_path / "out", [tmp_path / "run" / "metrics.json"], replicates=100)
     row = table.iloc[0]
     assert row["approach"] == "2.5D stacked embeddings: cnn" and row["stage"] == "baseline"
     assert row["parameters"] > 0 and "volume F1 (cq500)" in table

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -263,7 +264,7 @@ def wide_table(long: pd.DataFrame, slice_scores: dict[str, float], reference: st
                 row[f"ΔAUC vs ref ({where})"] = r["delta_auc"]
         parameters = first.get("parameters")
         row["parameters"] = (
-            int(parameters) if isinstance(parameters, int | float) and parameters == parameters else None
+            int(parameters) if isinstance(parameters, numbers.Number) and parameters == parameters else None
         )
         row["s/epoch"] = first.get("seconds_per_epoch")
         row["training s (all folds)"] = first.get("train_s")
