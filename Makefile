@@ -1,4 +1,4 @@
-# `make demo`: set up .venv if missing and run the workflow on the embedded synthetic cohort.
+# `make demo`: set up .venv if missing, run the workflow on the embedded synthetic cohort, build the HTML report.
 # `make test`: set up .venv if missing, lint, and run the tests.
 PYTHON ?= python3
 VENV   ?= .venv
@@ -16,6 +16,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: $(VENV)/.installed
 	snakemake all --cores $(CORES)
+	snakemake all --report results/report.html
 
 dry-run: $(VENV)/.installed
 	snakemake all -n

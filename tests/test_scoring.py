@@ -187,3 +187,20 @@ def test_kappa_with_each_cq500_reader(tmp_path: Path) -> None:
     assert table.loc["model", "κ vs R2"] == pytest.approx(cohen_kappa_score(r2, call))
     assert table.loc["reader R1", "κ vs R3"] == 1.0
     assert table.loc["reader R1", "κ vs R2"] == pytest.approx(cohen_kappa_score(r1, r2))
+
+
+def test_cq500_findings_are_scored_on_their_own_labels() -> None:
+    from ct25d.report.compare import FINDINGS, findings_table
+
+    assert FINDINGS == {"ICH": "any", "IPH": "intraparenchymal", "IVH": "intraventricular",
+                        "SDH": "subdural", "EDH": "epidural", "SAH": "subarachnoid"}  # fmt: skip
+    n = 40
+    frame = pd.DataFrame({"set": "cq500", "dataset": "cq500", "study_id": [f"s{i}" for i in range(n)]})
+    for k, label in enumerate(FINDINGS.values()):
+        frame[label] = (np.arange(n) % (k + 2) == 0).astype(float)
+        frame[f"p_{label}"] = rng.random(n)
+    frame["p_subdural"] = frame["subdural"] * 0.5 + 0.25  # only SDH is predicted perfectly
+    table = findings_table({"m": frame}, replicates=100, seed=0).set_index("approach")
+    assert table.loc["m", "SDH AUC"].value == 1.0
+    assert table.loc["m", "SDH n+"] == int(frame["subdural"].sum())
+    assert all(table.loc["m", f"{f} AUC"].value < 1.0 for f in FINDINGS if f != "SDH")
