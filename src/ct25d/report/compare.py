@@ -270,7 +270,9 @@ def wide_table(long: pd.DataFrame, slice_scores: dict[str, float], reference: st
         row["training s (all folds)"] = first.get("train_s")
         row["peak RSS GB"] = first.get("peak_mb", math.nan) / 1024
         rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    table["parameters"] = table["parameters"].astype("Int64")
+    return table
 
 
 # The CQ500 paper's findings and the labels they are scored as (readers' majority, ct25d.labels).
@@ -329,6 +331,8 @@ def reader_kappas(predictions: dict[str, pd.DataFrame], dataset: str, reads: str
 
 
 def _text(value: Any) -> Any:
+    if value is pd.NA or value is None:
+        return "n/a"
     if isinstance(value, Interval):
         return value.text()
     if isinstance(value, float):
