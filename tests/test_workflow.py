@@ -227,7 +227,15 @@ def test_real_archive_config_plans_the_whole_dag(cohorts, tmp_path: Path) -> Non
     output = snakemake(tmp_path, real, "-n", "--quiet", "rules", "--replace-workflow-config")
     planned = planned_rules(output)
     assert "synth_cohort" not in planned
-    assert {"scan", "ingest_shard", "train_slices", "train_sequence", "compare"} <= planned
+    assert {
+        "scan",
+        "ingest_shard",
+        "train_slices",
+        "train_sequence",
+        "volume_shard",
+        "train_baseline",
+        "compare",
+    } <= planned
 
 
 @pytest.mark.workflow
