@@ -34,6 +34,7 @@ from ct25d.evaluation.scoring import (
     point_metrics,
     resample,
 )
+from ct25d.provenance import stamp
 
 # How the table names a baseline by what it reads.
 FAMILIES = {"volume": "3D", "embeddings": "2.5D stacked embeddings", "slices": "2D thickened"}
@@ -397,9 +398,10 @@ def write_comparison(
     write_json(
         out / "comparison.json",
         {
-            "reference": reference,
-            "replicates": replicates,
-            "seed": seed,
+            **stamp(
+                "compare", {"reference": reference, "replicates": replicates, "seed": seed, "labels": labels}
+            ),
+            "runs": [str(run.folder) for run in runs],
             "rows": json.loads(long.map(_text).to_json(orient="records")),
         },
     )
