@@ -350,6 +350,8 @@ def verdicts(long: pd.DataFrame, reference: str | None) -> list[str]:
             continue
         if math.isnan(delta.low):
             verdict = "too few studies for an interval"
+        elif delta.width == 0 and delta.value == 0:
+            verdict = "orders these studies' positives and negatives exactly as"
         elif delta.excludes_zero():
             verdict = "better than" if delta.low > 0 else "worse than"
         else:
