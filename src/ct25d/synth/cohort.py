@@ -11,6 +11,7 @@ the end, so an interrupted run never looks complete.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import math
@@ -25,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 
 from ct25d.atomic import atomic_path, write_parquet
 from ct25d.errors import ConfigError
@@ -40,14 +42,18 @@ from ct25d.synth.dicom_writer import (
 )
 from ct25d.synth.phantom import (
     BIT,
+    DIFFICULTIES,
     LESION_KINDS,
+    NO_MIMICS,
     Anatomy,
     Lesion,
+    Mimics,
     PlaneStack,
     acquire,
     keep_contiguous,
     random_anatomy,
     random_lesions,
+    random_mimics,
     render_planes,
     slab_average,
 )
@@ -92,6 +98,8 @@ class CohortSpec:
     site_params: Mapping[str, float]
     fractions: Mapping[str, float]
     broken: Mapping[int, str] = field(default_factory=dict)
+    difficulty: str = "demo"  # lesion sizes/contrasts and atrophy (ct25d.synth.phantom.DIFFICULTIES)
+    mimics: bool = False  # calcifications, dense sinuses, beam-hardening streaks
 
 
 @dataclass
@@ -113,6 +121,7 @@ class _StudyResult:
     csv_images: list[tuple[str, tuple[int, ...]]]  # rsna: (ID_<hex>, 6 labels)
     label_row: dict[str, Any] | None  # cq500: the reads.csv row; dicom_tree: the labels.csv row
     n_files: int
+    lesions: list[dict[str, Any]] = field(default_factory=list)  # size and contrast as written
 
 
 # --------------------------------------------------------------------------------------- public
@@ -145,6 +154,9 @@ def generate_cohort(
     site_params = {"hu_offset": 0.0, "blur_mm": 0.5, **sites[site]}
     fractions = {k: float(synthetic.get(k, v)) for k, v in _DEFAULT_FRACTIONS.items()}
     n_broken = min(int(synthetic.get("broken_studies", 0)), n_studies, len(BROKEN_KINDS[layout]))
+    difficulty, mimics = str(synthetic.get("difficulty", "demo")), bool(synthetic.get("mimics", False))
+    if difficulty not in DIFFICULTIES:
+        raise ConfigError(f"synthetic.difficulty: expected one of {DIFFICULTIES}, got {difficulty!r}")
     broken = broken_assignment(layout, n_studies, n_broken)
     if workers is None:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -164,7 +176,7 @@ def generate_cohort(
         import zarr
 
         zarr.open_group(str(tmp / "truth" / "masks.zarr"), mode="w", zarr_format=3)
-        spec = CohortSpec(str(tmp), layout, seed, site, site_params, fractions, broken)
+        spec = CohortSpec(str(tmp), layout, seed, site, site_params, fractions, broken, difficulty, mimics)
         results = _run_studies(spec, n_studies, workers, progress)
         _write_tables(tmp, spec, results, settings)
         n_files = sum(r.n_files for r in results)
@@ -246,6 +258,15 @@ def _write_tables(tmp: Path, spec: CohortSpec, results: list[_StudyResult], sett
     rej_cols = ["study_uid", "series_uid", "sop_uid", "scope", "reason_kind", "path"]
     rej = pd.DataFrame([x for r in results for x in r.rejections], columns=rej_cols)
     rej.to_csv(truth / "expected_rejections.csv", index=False, lineterminator="\n")
+    lesions = pd.DataFrame([x for r in results for x in r.lesions],
+                           columns=["study_uid", "kind", "nominal_hu", "size_mm", "thickness_mm", "volume_ml",
+                                    "contrast_hu", "slices"])  # fmt: skip
+    write_parquet(truth / "lesions.parquet", lesions, meta)
+    summary = lesions.groupby("kind")[["volume_ml", "contrast_hu", "slices"]].describe(
+        percentiles=[0.1, 0.5, 0.9]
+    )
+    summary.columns = [f"{a} {b}" for a, b in summary.columns]
+    summary.round(2).to_csv(truth / "lesion_summary.csv", lineterminator="\n")
     if spec.layout == "rsna":
         _write_rsna_csv(tmp / f"{RSNA_FOLDER}.csv", [im for r in results for im in r.csv_images], spec.seed)
     else:
@@ -295,11 +316,13 @@ def generate_study(spec: CohortSpec, k: int) -> _StudyResult:
     p = patient_index(seed, k)
     prng = np.random.default_rng([seed, p, 2])
     srng = np.random.default_rng([seed, k, 3])
-    anat = random_anatomy(prng, srng)
+    anat = random_anatomy(prng, srng, spec.difficulty)
     fr = spec.fractions
     hemorrhage = bool(srng.random() < fr["hemorrhage_fraction"])
     ischemic = bool(srng.random() < fr["ischemic_fraction"])
-    lesions = random_lesions(srng, anat, hemorrhage, ischemic)
+    lesions = random_lesions(srng, anat, hemorrhage, ischemic, spec.difficulty)
+    # Mimics come from a stream of their own: switching them on changes nothing else in the study.
+    mimics = random_mimics(np.random.default_rng([seed, k, 7])) if spec.mimics else NO_MIMICS
 
     uid = _uid_factory(layout, seed, k)
     study_uid = uid("study")
@@ -330,7 +353,7 @@ def generate_study(spec: CohortSpec, k: int) -> _StudyResult:
     def render(n: int, slab_mm: float, sub_planes: int, contrast: bool) -> _Stack:
         """This study's anatomy and acquisition geometry at one slab thickness."""
         return _render_stack(
-            anat, lesions, n, slab_mm, z_top, row_dir, col_dir, spacing, matrix, sub_planes, contrast
+            anat, lesions, n, slab_mm, z_top, row_dir, col_dir, spacing, matrix, sub_planes, contrast, mimics
         )
 
     def make_series(
@@ -381,9 +404,11 @@ def generate_study(spec: CohortSpec, k: int) -> _StudyResult:
         series.append(make_series(2, names.contrast, thickness, render(n_slices, thickness, n_sub, True)))
     if names.bone:
         series.append(make_series(3, names.bone, thickness, plain_stack, kernel_idx=3))
-    return _write_study(
+    result = _write_study(
         spec, k, p, study_uid, series, plain, lesions, bool(names.contrast), uid, next(series_no)
     )
+    result.study.update({f"mimic_{name}": value for name, value in dataclasses.asdict(mimics).items()})
+    return result
 
 
 @dataclass(frozen=True)
@@ -492,6 +517,7 @@ def _render_stack(
     matrix: int,
     n_sub: int,
     contrast: bool,
+    mimics: Mimics = NO_MIMICS,
 ) -> _Stack:
     """Noise-free slabs (Z, Y, X) sorted inferior -> superior and their ImagePositionPatient (Z, 3).
 
@@ -506,7 +532,7 @@ def _render_stack(
     offsets = (np.arange(n_sub) - (n_sub - 1) / 2) * (thickness / n_sub)
     origins = (positions[:, None, :] + offsets[None, :, None] * normal[None, None, :]).reshape(-1, 3)
     planes = PlaneStack(origins, row_dir, col_dir, spacing, matrix, matrix)
-    hu, bits = render_planes(anat, lesions, planes, contrast=contrast)
+    hu, bits = render_planes(anat, lesions, planes, contrast=contrast, mimics=mimics)
     hu, bits = slab_average(hu, bits, n_sub)
     return hu, bits, positions
 
@@ -759,7 +785,28 @@ def _write_study(
         "broken": w.kind,
         "reads_majority_error": majority_error,
     }
-    return _StudyResult(study, w.rows, w.rejections, w.csv_images, label_row, w.n_files)
+    measured = lesion_statistics(plain, plain_keep, lesions, study_uid)
+    return _StudyResult(study, w.rows, w.rejections, w.csv_images, label_row, w.n_files, measured)
+
+
+def lesion_statistics(
+    plain: _Series, keep: list[int], lesions: list[Lesion], study_uid: str
+) -> list[dict[str, Any]]:
+    """Per lesion kind, as the plain series shows it: volume (ml) from the mask, and contrast (HU):
+    median inside the mask minus the median of the brain-range voxels in a 2-voxel ring around it."""
+    hu, bits = plain.hu[keep].astype(np.float32), plain.bits[keep]
+    voxel_ml = plain.spacing**2 * float(plain.header.slice_thickness) / 1000.0
+    rows = []
+    for les in lesions:
+        mask = (bits & BIT[les.kind]) > 0
+        ring = ndimage.binary_dilation(mask, iterations=2) & ~mask & (hu > 0) & (hu < 100)
+        inside = float(np.median(hu[mask])) if mask.any() else float("nan")
+        around = float(np.median(hu[ring])) if ring.any() else float("nan")
+        rows.append({"study_uid": study_uid, "kind": les.kind, "nominal_hu": float(les.hu),
+                     "size_mm": float(les.radius), "thickness_mm": float(les.thickness),
+                     "volume_ml": float(mask.sum() * voxel_ml), "contrast_hu": inside - around,
+                     "slices": int(mask.any(axis=(1, 2)).sum())})  # fmt: skip
+    return rows
 
 
 def stroke_type(labels: dict[str, int]) -> str:

@@ -30,6 +30,61 @@ TABLE_FOAM_HU = -300.0
 
 _MAX_POINTS = 1 << 19  # points evaluated per vectorised batch (bounds temporaries to ~100 MB)
 
+# Lesion sizes (mm) and blood HU by difficulty. `demo`: large, bright lesions (the default; the
+# demo's cohort depends on it). `clinical` reaches into the hard cases of the clinical range: thin
+# (2-5 mm) and isodense/subacute (30-45 HU) subdurals, small IPH (3-10 mm), small cortical and
+# sulcal SAH, IVH layering as a thin level, smaller and fainter epidurals. Each draw keeps its place
+# in the random stream, so the difficulty changes sizes and contrasts, never which studies bleed.
+DIFFICULTIES = ("demo", "clinical")
+_RANGES: dict[str, dict[str, tuple[float, float]]] = {
+    "demo": {
+        "edh_extent": (22, 35), "edh_thickness": (8, 18), "edh_hu": (60, 90),
+        "sdh_extent": (55, 85), "sdh_thickness": (4, 10), "sdh_hu": (50, 80),
+        "iph_radius": (7, 18), "iph_hu": (60, 85), "ivh_level": (2.0, 18.0), "ivh_hu": (55, 75),
+        "sah_cistern": (28, 40), "sah_convexity": (25, 40), "sah_hu": (45, 70),
+        "ventricle_scale": (0.8, 1.35), "csf_rim_mm": (1.2, 3.0), "sulcus_depth_mm": (10.0, 16.0),
+    },
+    "clinical": {
+        "edh_extent": (15, 35), "edh_thickness": (3, 18), "edh_hu": (50, 90),
+        "sdh_extent": (40, 85), "sdh_thickness": (2, 10), "sdh_hu": (30, 80),
+        "iph_radius": (3, 18), "iph_hu": (50, 85), "ivh_level": (0.5, 18.0), "ivh_hu": (45, 75),
+        "sah_cistern": (12, 40), "sah_convexity": (8, 40), "sah_hu": (40, 65),
+        # atrophy: wide ventricles, CSF rim and sulci in older heads
+        "ventricle_scale": (0.8, 1.8), "csf_rim_mm": (1.2, 4.5), "sulcus_depth_mm": (10.0, 20.0),
+    },
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Mimics:
+    """Bright things a slice classifier can mistake for blood (none set any mask bit): calcified
+    choroid plexus, pineal and falx calcification, dense venous sinuses, beam-hardening streaks
+    near the skull base. The defaults are the demo's normal anatomy."""
+
+    choroid_hu: float = 45.0
+    pineal_hu: float = 0.0  # 0: no pineal calcification
+    falx_hu: float = 55.0  # above 55: calcified plaques along the falx
+    sinus_hu: float = 50.0
+    streak_hu: float = 0.0  # amplitude of the alternating streak bands
+    streak_angle: float = 0.0
+
+
+NO_MIMICS = Mimics()
+PINEAL_CENTER = (0.0, 24.0, 2.0)  # head-local mm, behind the third ventricle
+PINEAL_RADIUS = 3.5
+
+
+def random_mimics(rng: np.random.Generator) -> Mimics:
+    """Mimics of one study, from its own random stream (the demo's draws are untouched)."""
+    return Mimics(
+        choroid_hu=float(rng.uniform(120, 300)) if rng.random() < 0.5 else 45.0,
+        pineal_hu=float(rng.uniform(150, 400)) if rng.random() < 0.4 else 0.0,
+        falx_hu=float(rng.uniform(120, 250)) if rng.random() < 0.3 else 55.0,
+        sinus_hu=float(rng.uniform(62, 75)) if rng.random() < 0.4 else 50.0,
+        streak_hu=float(rng.uniform(15, 40)) if rng.random() < 0.5 else 0.0,
+        streak_angle=float(rng.uniform(0, np.pi)),
+    )
+
 
 @dataclass(frozen=True)
 class Anatomy:
@@ -95,8 +150,11 @@ class PlaneStack:
         return n / np.linalg.norm(n)
 
 
-def random_anatomy(patient_rng: np.random.Generator, study_rng: np.random.Generator) -> Anatomy:
+def random_anatomy(
+    patient_rng: np.random.Generator, study_rng: np.random.Generator, difficulty: str = "demo"
+) -> Anatomy:
     """Head shape from the patient's RNG (same for all their studies), pose from the study's."""
+    r = _RANGES[difficulty]
     a = patient_rng.uniform(68.0, 78.0)
     b = patient_rng.uniform(88.0, 100.0)
     c_up = patient_rng.uniform(82.0, 92.0)
@@ -108,10 +166,10 @@ def random_anatomy(patient_rng: np.random.Generator, study_rng: np.random.Genera
         "table_mm": patient_rng.uniform(1.4, 2.0),
         "cortical_hu": patient_rng.uniform(1300.0, 1750.0),
         "diploe_hu": patient_rng.uniform(450.0, 750.0),
-        "csf_rim_mm": patient_rng.uniform(1.2, 3.0),
+        "csf_rim_mm": patient_rng.uniform(*r["csf_rim_mm"]),
         "cortex_mm": patient_rng.uniform(2.5, 3.5),
-        "sulcus_depth_mm": patient_rng.uniform(10.0, 16.0),
-        "ventricle_scale": patient_rng.uniform(0.8, 1.35),
+        "sulcus_depth_mm": patient_rng.uniform(*r["sulcus_depth_mm"]),
+        "ventricle_scale": patient_rng.uniform(*r["ventricle_scale"]),
         "grey_hu": patient_rng.uniform(35.0, 41.0),
         "white_hu": patient_rng.uniform(25.0, 30.0),
         "gyral_phase": tuple(float(p) for p in patient_rng.uniform(0, 2 * np.pi, 6)),
@@ -166,6 +224,7 @@ def _render_points(
     px: np.ndarray,
     py: np.ndarray,
     contrast: bool,
+    mimics: Mimics = NO_MIMICS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """HU (float32) and lesion bits (uint8) at points given in local (u*) and patient (p*) mm."""
     f32 = np.float32
@@ -254,8 +313,14 @@ def _render_points(
     brain_tissue = ~csf
     c_hu[csf] = CSF_HU
     c_hu[falx] = 95.0 if contrast else 55.0
-    c_hu[choroid & ventricle] = 150.0 if contrast else 45.0
-    c_hu[sinus] = 180.0 if contrast else 50.0
+    c_hu[choroid & ventricle] = 150.0 if contrast else mimics.choroid_hu
+    c_hu[sinus] = 180.0 if contrast else mimics.sinus_hu
+    if mimics.falx_hu != NO_MIMICS.falx_hu:  # calcified plaques, a few mm long, along the falx
+        c_hu[falx & (np.sin(0.25 * cy + 0.15 * cz) > 0.55)] = f32(mimics.falx_hu)
+    if mimics.pineal_hu:
+        pc = PINEAL_CENTER
+        pineal = (cx - pc[0]) ** 2 + (cy - pc[1]) ** 2 + (cz - pc[2]) ** 2 < PINEAL_RADIUS**2
+        c_hu[pineal] = f32(mimics.pineal_hu)
 
     c_bits = np.zeros(cx.shape, dtype=np.uint8)
     fields = {
@@ -280,6 +345,14 @@ def _render_points(
         else:
             c_hu[region] = f32(value) + _texture(cx[region], cy[region], cz[region], les.phases)
         c_bits[region] |= np.uint8(BIT[les.kind])
+    if mimics.streak_hu:  # beam hardening: alternating bands fading upwards from the skull base
+        a = mimics.streak_angle
+        fade = np.clip(1.0 - (cz - _skull_base(cy)) / 25.0, 0.0, 1.0)
+        c_hu += (
+            f32(mimics.streak_hu)
+            * np.cos(0.6 * (cx * np.cos(a) + cy * np.sin(a))).astype(f32)
+            * fade.astype(f32)
+        )
 
     hu[idx] = c_hu
     bits[idx] = c_bits
@@ -345,20 +418,24 @@ def inner_surface_point(anat: Anatomy, direction: Sequence[float]) -> tuple[floa
     return tuple(float(q) for q in v * t)  # type: ignore[return-value]
 
 
-def random_lesions(rng: np.random.Generator, anat: Anatomy, hemorrhage: bool, ischemic: bool) -> list[Lesion]:
-    """Sample 1-3 hemorrhage subtypes and/or one ischemic wedge with realistic sizes and HU."""
+def random_lesions(
+    rng: np.random.Generator, anat: Anatomy, hemorrhage: bool, ischemic: bool, difficulty: str = "demo"
+) -> list[Lesion]:
+    """Sample 1-3 hemorrhage subtypes and/or one ischemic wedge with sizes and HU of `difficulty`."""
     lesions: list[Lesion] = []
     if hemorrhage:
         n = int(rng.choice([1, 2, 3], p=[0.7, 0.25, 0.05]))
         kinds = rng.choice(list(SUBTYPES), size=n, replace=False, p=[0.13, 0.3, 0.12, 0.2, 0.25])
         for kind in kinds:
-            lesions.append(_random_lesion(str(kind), rng, anat))
+            lesions.append(_random_lesion(str(kind), rng, anat, _RANGES[difficulty]))
     if ischemic:
-        lesions.append(_random_lesion("ischemic", rng, anat))
+        lesions.append(_random_lesion("ischemic", rng, anat, _RANGES[difficulty]))
     return lesions
 
 
-def _random_lesion(kind: str, rng: np.random.Generator, anat: Anatomy) -> Lesion:
+def _random_lesion(
+    kind: str, rng: np.random.Generator, anat: Anatomy, r: dict[str, tuple[float, float]]
+) -> Lesion:
     side = int(rng.choice([-1, 1]))
     phases = tuple(float(p) for p in rng.uniform(0, 2 * np.pi, 3))
     if kind in ("epidural", "subdural"):
@@ -370,14 +447,20 @@ def _random_lesion(kind: str, rng: np.random.Generator, anat: Anatomy) -> Lesion
             return Lesion(
                 kind,
                 center,
-                rng.uniform(22, 35),
-                rng.uniform(8, 18),
-                rng.uniform(60, 90),
+                rng.uniform(*r["edh_extent"]),
+                rng.uniform(*r["edh_thickness"]),
+                rng.uniform(*r["edh_hu"]),
                 side,
                 phases=phases,
             )
         return Lesion(
-            kind, center, rng.uniform(55, 85), rng.uniform(4, 10), rng.uniform(50, 80), side, phases=phases
+            kind,
+            center,
+            rng.uniform(*r["sdh_extent"]),
+            rng.uniform(*r["sdh_thickness"]),
+            rng.uniform(*r["sdh_hu"]),
+            side,
+            phases=phases,
         )
     if kind == "intraparenchymal":
         if rng.random() < 0.5:  # hypertensive: basal ganglia
@@ -386,25 +469,32 @@ def _random_lesion(kind: str, rng: np.random.Generator, anat: Anatomy) -> Lesion
             center = (side * rng.uniform(22, 38), rng.uniform(-35, 35), rng.uniform(8, 35))
         edema = float(rng.uniform(0.25, 0.5)) if rng.random() < 0.6 else 0.0
         return Lesion(
-            kind, center, rng.uniform(7, 18), 0.0, rng.uniform(60, 85), side, edema=edema, phases=phases
+            kind,
+            center,
+            rng.uniform(*r["iph_radius"]),
+            0.0,
+            rng.uniform(*r["iph_hu"]),
+            side,
+            edema=edema,
+            phases=phases,
         )
     if kind == "intraventricular":
         both = rng.random() < 0.35
-        level = rng.uniform(2.0, 18.0)  # fluid level in local y: blood layers posteriorly
+        level = rng.uniform(*r["ivh_level"])  # fluid level in local y: blood layers posteriorly
         return Lesion(
-            kind, (0.0, 0.0, 0.0), 0.0, level, rng.uniform(55, 75), 2 if both else side, phases=phases
+            kind, (0.0, 0.0, 0.0), 0.0, level, rng.uniform(*r["ivh_hu"]), 2 if both else side, phases=phases
         )
     if kind == "subarachnoid":
         if rng.random() < 0.5:  # basal cisterns
             center = (rng.uniform(-6, 6), rng.uniform(0, 12), rng.uniform(-26, -14))
-            radius = rng.uniform(28, 40)
+            radius = rng.uniform(*r["sah_cistern"])
         else:  # convexity sulci
             theta = (0.0 if side > 0 else np.pi) + rng.uniform(-1.0, 1.0)
             phi = rng.uniform(0.1, 0.8)
             v = (np.cos(phi) * np.cos(theta), np.cos(phi) * np.sin(theta), np.sin(phi))
             center = inner_surface_point(anat, v)
-            radius = rng.uniform(25, 40)
-        return Lesion(kind, center, radius, 0.0, rng.uniform(45, 70), side, phases=phases)
+            radius = rng.uniform(*r["sah_convexity"])
+        return Lesion(kind, center, radius, 0.0, rng.uniform(*r["sah_hu"]), side, phases=phases)
     if kind == "ischemic":
         apex = (side * rng.uniform(8, 14), rng.uniform(-6, 6), rng.uniform(-4, 8))
         d = np.array([side * 1.0, rng.uniform(-0.5, 0.5), rng.uniform(-0.1, 0.35)])
@@ -423,7 +513,12 @@ def _random_lesion(kind: str, rng: np.random.Generator, anat: Anatomy) -> Lesion
 
 
 def render_planes(
-    anat: Anatomy, lesions: Sequence[Lesion], planes: PlaneStack, *, contrast: bool = False
+    anat: Anatomy,
+    lesions: Sequence[Lesion],
+    planes: PlaneStack,
+    *,
+    contrast: bool = False,
+    mimics: Mimics = NO_MIMICS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Noise-free HU (N, rows, cols) float32 and lesion bits (N, rows, cols) uint8 on the planes."""
     n = len(planes.origins)
@@ -450,7 +545,7 @@ def render_planes(
 
         ux, uy, uz = (grid(k, lo, row, col) for k in range(3))
         px, py = (grid(k, o, prow, pcol) for k in range(2))
-        hu[start:stop], bits[start:stop] = _render_points(anat, lesions, ux, uy, uz, px, py, contrast)
+        hu[start:stop], bits[start:stop] = _render_points(anat, lesions, ux, uy, uz, px, py, contrast, mimics)
     return hu, bits
 
 
