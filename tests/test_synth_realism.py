@@ -107,3 +107,4 @@ def test_harder_cohort_is_deterministic_and_writes_its_lesion_statistics(tmp_pat
     assert {"kind", "volume_ml 50%", "contrast_hu 50%"} <= set(summary.columns)
     studies = pd.read_parquet(tmp_path / "a" / "truth" / "studies.parquet")
     assert {"mimic_pineal_hu", "mimic_streak_hu"} <= set(studies.columns)
+    assert (tmp_path / "a" / "truth" / "qc_montage.png").stat().st_size > 1000

@@ -122,6 +122,7 @@ class _StudyResult:
     label_row: dict[str, Any] | None  # cq500: the reads.csv row; dicom_tree: the labels.csv row
     n_files: int
     lesions: list[dict[str, Any]] = field(default_factory=list)  # size and contrast as written
+    thumbnail: tuple[np.ndarray, np.ndarray] | None = None  # (HU, lesion bits) of the QC slice
 
 
 # --------------------------------------------------------------------------------------- public
@@ -267,12 +268,47 @@ def _write_tables(tmp: Path, spec: CohortSpec, results: list[_StudyResult], sett
     )
     summary.columns = [f"{a} {b}" for a, b in summary.columns]
     summary.round(2).to_csv(truth / "lesion_summary.csv", lineterminator="\n")
+    _write_montage(truth / "qc_montage.png", results)
     if spec.layout == "rsna":
         _write_rsna_csv(tmp / f"{RSNA_FOLDER}.csv", [im for r in results for im in r.csv_images], spec.seed)
     else:
         table = pd.DataFrame([r.label_row for r in results])
         name = "reads.csv" if spec.layout == "cq500" else "labels.csv"
         table.to_csv(tmp / name, index=False, lineterminator="\n")
+
+
+def _write_montage(path: Path, results: list[_StudyResult], n: int = 12) -> None:
+    """Brain-window slices of the first studies, lesion masks outlined in red: the cohort at a glance."""
+    from matplotlib.figure import Figure
+
+    shown = [r for r in results if r.thumbnail is not None][:n]
+    if not shown:
+        return
+    cols = min(4, len(shown))
+    rows = -(-len(shown) // cols)
+    fig = Figure(figsize=(3 * cols, 3 * rows))
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax, r in zip(axes, shown, strict=False):
+        hu, bits = r.thumbnail  # type: ignore[misc]
+        ax.imshow(np.clip((hu - 0.0) / 80.0, 0, 1), cmap="gray")
+        if bits.any():
+            ax.contour(bits > 0, levels=[0.5], colors="red", linewidths=0.6)
+        kinds = sorted({x["kind"] for x in r.lesions}) or ["no lesion"]
+        mimic = [
+            k.removeprefix("mimic_")
+            for k, v in r.study.items()
+            if k.startswith("mimic_") and k != "mimic_streak_angle" and v not in (0.0, 45.0, 50.0, 55.0)
+        ]
+        ax.set_title(
+            f"{r.study['study_index']}: {', '.join(kinds)}" + (f"\n+ {', '.join(mimic)}" if mimic else ""),
+            fontsize=7,
+        )
+        ax.axis("off")
+    for ax in axes[len(shown) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=80)
 
 
 def _write_rsna_csv(path: Path, images: list[tuple[str, tuple[int, ...]]], seed: int) -> None:
@@ -786,7 +822,17 @@ def _write_study(
         "reads_majority_error": majority_error,
     }
     measured = lesion_statistics(plain, plain_keep, lesions, study_uid)
-    return _StudyResult(study, w.rows, w.rejections, w.csv_images, label_row, w.n_files, measured)
+    return _StudyResult(study, w.rows, w.rejections, w.csv_images, label_row, w.n_files, measured,
+                        qc_slice(plain, plain_keep))  # fmt: skip
+
+
+def qc_slice(plain: _Series, keep: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The plain series' slice with the most lesion voxels, else the one 55% up the head (through the
+    ventricles, where the calcification mimics sit), for the cohort's QC montage."""
+    hu, bits = plain.hu[keep], plain.bits[keep]
+    area = (bits > 0).sum(axis=(1, 2))
+    z = int(area.argmax()) if area.any() else int(0.55 * (len(keep) - 1))
+    return hu[z].astype(np.int16), bits[z]
 
 
 def lesion_statistics(
