@@ -257,3 +257,15 @@ def test_report_opens_in_headless_chromium(workdir: Path) -> None:
     assert not errors, errors
     for category in ("Comparison", "Baselines", "Stage 1", "Preprocessing"):
         assert f"<span>{category}</span>" in proc.stdout  # rendered by the report's app, not just data
+
+
+@pytest.mark.workflow
+def test_study_config_plans_every_family_on_every_fold(tmp_path: Path) -> None:
+    """config/study.yaml (the harder cohort, all folds) validates alone and plans the whole comparison."""
+    study = yaml.safe_load((ROOT / "config" / "study.yaml").read_text())
+    assert study["synthetic"]["difficulty"] == "clinical" and study["synthetic"]["mimics"]
+    output = snakemake(tmp_path, study, "-n", "--quiet", "rules", "--replace-workflow-config")
+    planned = planned_rules(output)
+    assert {"synth_cohort", "train_slices", "train_sequence", "train_baseline", "compare"} <= planned
+    runs = re.search(r"^train_baseline\s+(\d+)\s*$", output, flags=re.M)
+    assert runs and int(runs.group(1)) == len(study["baselines"]["models"]) * len(study["stage1"]["folds"])
