@@ -21,6 +21,7 @@ from ct25d.evaluation.scoring import (
     f1_rows,
     fit_temperature,
     paired_auc_difference,
+    paired_f1_difference,
     resample,
 )
 from ct25d.labels import RSNA_LABELS
@@ -59,6 +60,9 @@ def test_paired_difference_of_a_model_with_itself_is_exactly_zero() -> None:
     assert (same.value, same.low, same.high) == (0.0, 0.0, 0.0) and not same.excludes_zero()
     better = paired_auc_difference(y, y * 0.5 + p * 0.5, p, resample(60, 300, 1))
     assert better.excludes_zero() and better.low > 0
+    same_f1 = paired_f1_difference(y, p > 0.5, p > 0.5, resample(60, 300, 1))
+    assert (same_f1.value, same_f1.low, same_f1.high) == (0.0, 0.0, 0.0)
+    assert paired_f1_difference(y, y > 0.5, p > 0.5, resample(60, 300, 1)).low > 0  # perfect calls win
 
 
 def test_temperature_recovers_overconfidence_and_keeps_the_auc() -> None:
@@ -147,7 +151,9 @@ def test_comparison_pools_outer_folds_and_averages_external_models(tmp_path: Pat
     delta = internal.loc["3D: weak", "delta_auc"]
     assert delta.value < 0 and delta.excludes_zero()
     table = write_comparison([], good, tmp_path / "out", weak, reference="2.5D: Stage 2 good", replicates=200)
-    assert {"volume AUC (OOF)", "volume AUC (cq500)", "ΔAUC vs ref (OOF)"} <= set(table.columns)
+    assert {"volume AUC (OOF)", "volume AUC (cq500)", "ΔAUC vs ref (OOF)", "ΔF1 vs ref (OOF)"} <= set(
+        table.columns
+    )
     spread = table.set_index("approach").loc["3D: weak", "fold AUCs (cq500)"]
     assert len(spread.split(", ")) == 2  # each fold model alone, beside the averaged score
     text = (tmp_path / "out" / "comparison.md").read_text()

@@ -136,6 +136,14 @@ def paired_auc_difference(y: np.ndarray, p: np.ndarray, reference: np.ndarray, i
     return _percentiles(value, auc_rows(y[index], p[index]) - auc_rows(y[index], reference[index]))
 
 
+def paired_f1_difference(
+    y: np.ndarray, pred: np.ndarray, reference: np.ndarray, index: np.ndarray
+) -> Interval:
+    """F1(pred) - F1(reference calls) on the same studies, with the paired bootstrap interval."""
+    value = float(f1_rows(y, pred)[0] - f1_rows(y, reference)[0])
+    return _percentiles(value, f1_rows(y[index], pred[index]) - f1_rows(y[index], reference[index]))
+
+
 def point_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
     """AP, sensitivity, specificity and ECE at one threshold (NaN where undefined)."""
     y = np.asarray(y, dtype=np.float64)

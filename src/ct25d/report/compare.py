@@ -31,6 +31,7 @@ from ct25d.evaluation.scoring import (
     bootstrap_f1,
     fit_temperature,
     paired_auc_difference,
+    paired_f1_difference,
     point_metrics,
     resample,
 )
@@ -164,6 +165,8 @@ def _one_set(
         matched = part[["dataset", "study_id"]].merge(reference, on=["dataset", "study_id"], how="left")
         if matched["p_any"].notna().all() and len(matched):
             row["delta_auc"] = paired_auc_difference(y, p, matched["p_any"].to_numpy(float), index)
+            calls = matched["p_any"].to_numpy(float) > matched["t_any"].to_numpy(float)
+            row["delta_f1"] = paired_f1_difference(y, p > t, calls, index)
     return row
 
 
@@ -188,7 +191,7 @@ def comparison(
             ref = None
             if reference and reference in predictions and approach != reference:
                 ref_frame = predictions[reference]
-                ref = ref_frame[ref_frame["set"] == name][["dataset", "study_id", "p_any"]]
+                ref = ref_frame[ref_frame["set"] == name][["dataset", "study_id", "p_any", "t_any"]]
             rows.append(
                 {
                     "approach": approach,
@@ -263,6 +266,7 @@ def wide_table(long: pd.DataFrame, slice_scores: dict[str, float], reference: st
                 row["ECE (OOF)"] = r["ece"]
             if reference and isinstance(r.get("delta_auc"), Interval):
                 row[f"ΔAUC vs ref ({where})"] = r["delta_auc"]
+                row[f"ΔF1 vs ref ({where})"] = r["delta_f1"]
         parameters = first.get("parameters")
         row["parameters"] = (
             int(parameters) if isinstance(parameters, numbers.Number) and parameters == parameters else None
