@@ -135,7 +135,12 @@ def test_2p5cnn_trains_on_frozen_embeddings(cohort: dict, tmp_path: Path) -> Non
 def test_thickened_2d_scores_studies_by_their_max_slice(cohort: dict, tmp_path: Path) -> None:
     entry = {"name": "thick2d", "k": 3, "multiplex": True, "slice_attention": True}
     summary = train_thickened(cohort["index"], cohort["studies"], 0, entry, STAGE1, 0.5, tmp_path)
-    check_outputs(tmp_path, cohort["studies"], "thick2d")
+    from ct25d.datasets.splits import study_splits
+
+    scored = cohort["studies"][
+        study_splits(cohort["studies"], 0) != "train"
+    ]  # training slices: not predicted
+    check_outputs(tmp_path, scored, "thick2d")
     assert "validation/rsna/slice/thick2d" in summary["results"]
     slices = pd.read_parquet(tmp_path / "predictions_slices.parquet")
     studies = pd.read_parquet(tmp_path / "predictions_studies.parquet").set_index("study_id")

@@ -476,7 +476,9 @@ def train_thickened(
     model = build_model(s, payload["num_classes"], pretrained=False)
     model.load_state_dict(payload["model"])
     model = model.to(device)
+    # Every scored study (inner, outer fold, external); the training studies' slices are not needed.
     frame = index.reset_index(drop=True)
+    frame = frame[study_splits(frame, fold).isin(["inner", "validation", "external"])].reset_index(drop=True)
     logits = np.zeros((len(frame), payload["num_classes"]), dtype=np.float32)
     loader = make_loader(
         SliceDataset(frame, None, s.image_size, thickness=s.thickness),
