@@ -443,25 +443,10 @@ def _random_lesion(
         phi = rng.uniform(0.05, 0.6)
         v = (np.cos(phi) * np.cos(theta), np.cos(phi) * np.sin(theta), np.sin(phi))
         center = inner_surface_point(anat, v)
-        if kind == "epidural":
-            return Lesion(
-                kind,
-                center,
-                rng.uniform(*r["edh_extent"]),
-                rng.uniform(*r["edh_thickness"]),
-                rng.uniform(*r["edh_hu"]),
-                side,
-                phases=phases,
-            )
-        return Lesion(
-            kind,
-            center,
-            rng.uniform(*r["sdh_extent"]),
-            rng.uniform(*r["sdh_thickness"]),
-            rng.uniform(*r["sdh_hu"]),
-            side,
-            phases=phases,
-        )
+        key = "edh" if kind == "epidural" else "sdh"
+        extent = rng.uniform(*r[f"{key}_extent"])
+        thickness = rng.uniform(*r[f"{key}_thickness"])
+        return Lesion(kind, center, extent, thickness, rng.uniform(*r[f"{key}_hu"]), side, phases=phases)
     if kind == "intraparenchymal":
         if rng.random() < 0.5:  # hypertensive: basal ganglia
             center = (side * rng.uniform(16, 24), rng.uniform(-8, 8), rng.uniform(-6, 4))
