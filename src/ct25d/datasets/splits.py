@@ -122,6 +122,11 @@ def _train_folds(train: pd.DataFrame, folds: int, seed: int) -> np.ndarray:
     return fold
 
 
+def splits_by_study(studies: pd.DataFrame, fold: int) -> pd.Series:
+    """`study_splits` of a study table, indexed by (dataset, study_id) for lookups."""
+    return study_splits(studies, fold).set_axis(pd.MultiIndex.from_frame(studies[["dataset", "study_id"]]))
+
+
 def held_out_features(split: np.ndarray, patient_ids: np.ndarray) -> np.ndarray:
     """Splits for a model that must learn from features of studies Stage 1 never trained on
     (`stage2.train_features: held_out`): the inner split's patients are halved (alternately, in the

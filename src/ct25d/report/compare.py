@@ -11,6 +11,7 @@ an interval that contains 0 means the data cannot tell the two apart.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import numbers
@@ -51,6 +52,17 @@ class Run:
     fold: int
     folder: Path
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @functools.cached_property
+    def studies(self) -> pd.DataFrame:
+        """The run's study predictions (read once, shared by every score and picture)."""
+        return pd.read_parquet(self.folder / "predictions_studies.parquet")
+
+    @functools.cached_property
+    def slices(self) -> pd.DataFrame:
+        """The run's slice predictions with their study's split (empty for volume models)."""
+        slices = pd.read_parquet(self.folder / "predictions_slices.parquet")
+        return slices.merge(self.studies[["dataset", "study_id", "split"]], on=["dataset", "study_id"])
 
 
 def load_runs(stage1: list[str | Path], stage2: list[str | Path], baselines: list[str | Path]) -> list[Run]:
@@ -99,7 +111,7 @@ def scored_predictions(runs: list[Run], labels: list[str]) -> dict[str, pd.DataF
     `p_<label>` and `t_<label>` (threshold), from the inner choices of the run that made it."""
     by_approach: dict[str, list[pd.DataFrame]] = {}
     for run in runs:
-        studies = pd.read_parquet(run.folder / "predictions_studies.parquet")
+        studies = run.studies
         present = [n for n in labels if n in studies]
         choices = inner_choices(studies, present)
         scored = studies[studies["split"].isin(["validation", "external"])].copy()
@@ -129,7 +141,7 @@ def fold_aucs(runs: list[Run]) -> dict[tuple[str, str], list[float]]:
     """AUC of `any` of each fold model alone on each external set: the spread behind the averaged score."""
     out: dict[tuple[str, str], list[float]] = {}
     for run in runs:
-        studies = pd.read_parquet(run.folder / "predictions_studies.parquet")
+        studies = run.studies
         for dataset, part in studies[(studies["split"] == "external") & studies["any"].notna()].groupby(
             "dataset"
         ):
@@ -210,13 +222,9 @@ def slice_f1(runs: list[Run]) -> dict[str, float]:
     slices (approaches without slice predictions are absent)."""
     pooled: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     for run in runs:
-        slices = pd.read_parquet(run.folder / "predictions_slices.parquet")
-        studies = pd.read_parquet(
-            run.folder / "predictions_studies.parquet", columns=["dataset", "study_id", "split"]
-        )
+        slices = run.slices
         if slices.empty or "prob_any" not in slices:
             continue
-        slices = slices.merge(studies, on=["dataset", "study_id"])
         inner = slices[(slices["split"] == "inner") & slices["any"].notna()]
         threshold = best_threshold(inner["any"].to_numpy(float), inner["prob_any"].to_numpy(float))
         outer = slices[(slices["split"] == "validation") & slices["any"].notna()]
@@ -237,13 +245,10 @@ def outer_slices(runs: list[Run], fold: int | None = None) -> dict[str, pd.DataF
         fold = run.fold if fold is None else fold
         if run.fold != fold:
             continue
-        slices = pd.read_parquet(run.folder / "predictions_slices.parquet")
+        slices = run.slices
         if slices.empty or "prob_any" not in slices:
             continue
-        split = pd.read_parquet(
-            run.folder / "predictions_studies.parquet", columns=["dataset", "study_id", "split"]
-        )
-        out[run.approach] = slices.merge(split, on=["dataset", "study_id"]).query("split == 'validation'")
+        out[run.approach] = slices[slices["split"] == "validation"]
     return out
 
 

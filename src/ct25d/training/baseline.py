@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from ct25d.datasets.sequences import StudySequences, pad_batch
 from ct25d.datasets.slice_dataset import Augment, SliceDataset, multilabel_targets
-from ct25d.datasets.splits import held_out_features, study_splits
+from ct25d.datasets.splits import held_out_features, splits_by_study, study_splits
 from ct25d.datasets.volume_dataset import VolumeDataset
 from ct25d.errors import ConfigError
 from ct25d.evaluation.metrics import auc_or_nan, f1_or_nan, volume_max
@@ -153,7 +153,7 @@ class _Inputs:
             self.train_data = self.eval_data = _Keyed(data)
             self.collate = pad_batch
         index = pd.MultiIndex.from_frame(self.keys)
-        self.split = study_splits(keyed.reset_index(), fold).set_axis(keyed.index).reindex(index).to_numpy()
+        self.split = splits_by_study(studies, fold).reindex(index).to_numpy()
         if s.train_features == "held_out":
             if kind != "embeddings":
                 raise ConfigError(
@@ -502,7 +502,7 @@ def train_thickened(
     order = pd.MultiIndex.from_tuples(
         [tuple(k.split("/", 1)) for k in per_study.index], names=["dataset", "study_id"]
     )
-    split = study_splits(keyed.reset_index(), fold).set_axis(keyed.index)
+    split = splits_by_study(studies, fold)
     keys = order.to_frame(index=False).assign(split=split.reindex(order).to_numpy())
     keys = keys.assign(n_slices=frame.groupby(["dataset", "study_id"]).size().reindex(order).to_numpy())
     studies_out = prediction_frame(

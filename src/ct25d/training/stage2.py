@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ct25d.datasets.sequences import StudySequences, pad_batch
-from ct25d.datasets.splits import held_out_features, study_splits
+from ct25d.datasets.splits import held_out_features, splits_by_study
 from ct25d.errors import ConfigError
 from ct25d.evaluation.predictions import metric_table, prediction_frame, write_outputs
 from ct25d.labels import RSNA_LABELS
@@ -165,10 +165,8 @@ def train_stage2(
     rows = pd.read_parquet(Path(embeddings_dir) / "rows.parquet")
     data = StudySequences(embeddings_dir, rows, studies, s.labels)
     keyed = studies.set_index(["dataset", "study_id"])
-    split = (
-        study_splits(keyed.reset_index(), fold)
-        .set_axis(keyed.index)
-        .reindex(pd.MultiIndex.from_frame(data.spans[["dataset", "study_id"]]))
+    split = splits_by_study(studies, fold).reindex(
+        pd.MultiIndex.from_frame(data.spans[["dataset", "study_id"]])
     )
     split = split.to_numpy()
     if s.train_features == "held_out":
@@ -212,11 +210,12 @@ def train_stage2(
             save_checkpoint(out / "best.pt", {**weights, "meta": meta, "metrics": row})
     write_history(out, history, s.monitor, f"Stage 2 ({model_config['name']})")
 
-    model.load_state_dict(load_checkpoint(out / "best.pt")["model"])
+    best_payload = load_checkpoint(out / "best.pt")
+    model.load_state_dict(best_payload["model"])
     everything = np.arange(len(data))
     slice_prob, study_prob, _ = predict(model, data, everything, s, device)
     studies_out, slices_out = prediction_frames(data, split, slice_prob, study_prob, s.labels)
-    best_epoch = int(load_checkpoint(out / "best.pt")["epoch"])
+    best_epoch = int(best_payload["epoch"])
     summary = write_outputs(out, studies_out, slices_out, s.labels, model_config["name"], fold, meta,
                             s.threshold, {"best_epoch": best_epoch})  # fmt: skip
     return summary
