@@ -19,6 +19,9 @@ from ct25d.synth.phantom import (
     Lesion,
     Mimics,
     PlaneStack,
+    apply_motion,
+    faint_lesions,
+    inner_surface_point,
     random_anatomy,
     random_lesions,
     render_planes,
@@ -63,8 +66,6 @@ def test_clinical_lesions_reach_the_hard_cases_and_keep_the_draw_order() -> None
     ids=["thin-isodense-sdh", "small-iph", "ivh-level"],
 )
 def test_hard_lesions_are_rendered_where_their_mask_says(lesion: Lesion) -> None:
-    from ct25d.synth.phantom import inner_surface_point
-
     anat = anatomy("clinical")
     if lesion.kind == "subdural":
         lesion = Lesion("subdural", inner_surface_point(anat, (0.9, 0.0, 0.43)), 60.0, 3.0, 42.0, 1)
@@ -90,6 +91,56 @@ def test_mimics_are_rendered_but_never_masked() -> None:
     assert changed.any() and not (changed & (bits > 0)).any()
 
 
+def test_faint_tall_bleed_spans_more_slices_at_its_faint_hu_and_only_where_masked() -> None:
+    anat = anatomy("clinical")
+    centre = inner_surface_point(anat, (0.9, 0.0, 0.43))
+    short = Lesion("subdural", centre, 30.0, 4.0, 70.0, 1)
+    tall = faint_lesions(np.random.default_rng(0), [short], anat, "clinical")
+    for seed in range(1, 20):  # the first stream that makes this study's bleed faint
+        if tall[0] != short:
+            break
+        tall = faint_lesions(np.random.default_rng(seed), [short], anat, "clinical")
+    les = tall[0]
+    assert les.z_stretch >= 2.0 and 6.0 <= les.hu - anat.grey_hu <= 14.0
+    planes = axial_planes(anat, list(np.arange(-40.0, 100.0, 2.5)))
+    slices = {}
+    for lesion in (short, les):
+        hu, bits = render_planes(anat, [lesion], planes)
+        plain, _ = render_planes(anat, [], planes)
+        mask = (bits & BIT["subdural"]) > 0
+        assert np.abs(np.median(hu[mask]) - lesion.hu) < 5
+        np.testing.assert_array_equal(hu[~mask], plain[~mask])
+        slices[lesion] = int(mask.any(axis=(1, 2)).sum())
+    assert slices[les] >= 1.8 * slices[short]
+
+
+def test_only_clinical_cohorts_have_faint_bleeds_and_never_in_the_ventricles() -> None:
+    anat = anatomy("clinical")
+    lesions = [
+        Lesion("intraventricular", (0, 0, 0), 0.0, 1.0, 60.0, 2),
+        Lesion("subarachnoid", (0, 0, 0), 20.0),
+    ]
+    demo = [faint_lesions(np.random.default_rng(s), lesions, anat, "demo") for s in range(200)]
+    assert all(d == lesions for d in demo)
+    clinical = [faint_lesions(np.random.default_rng(s), lesions, anat, "clinical") for s in range(200)]
+    changed = [c for c in clinical if c != lesions]
+    assert 40 < len(changed) < 80  # about 30%
+    assert all(c[0] == lesions[0] and c[1].z_stretch > 1 for c in changed)
+
+
+def test_motion_smears_only_the_moving_slices_and_masks_nothing() -> None:
+    anat = anatomy()
+    planes = axial_planes(anat, list(np.arange(-20.0, 60.0, 5.0)), matrix=96, spacing=2.2)
+    hu, bits = render_planes(anat, [], planes)
+    moved = Mimics(motion_mm=5.0, motion_angle=0.3, motion_from=0.5, motion_to=0.75)
+    out = apply_motion(hu, moved, spacing=2.2)
+    changed = np.abs(out - hu).reshape(len(hu), -1).max(axis=1) > 50
+    assert changed.tolist() == [8 <= i < 12 for i in range(len(hu))]
+    # the skull smears inwards: bright (>= 80 HU) pixels appear where the still head had brain
+    assert ((out[8:12] > 80) & (hu[8:12] > 15) & (hu[8:12] < 50)).sum() > 20
+    assert apply_motion(hu, NO_MIMICS, 2.2) is hu and not bits.any()
+
+
 def test_harder_cohort_is_deterministic_and_writes_its_lesion_statistics(tmp_path: Path) -> None:
     synthetic = {**tiny_synthetic(), "difficulty": "clinical", "mimics": True, "hemorrhage_fraction": 0.8}
     spec = {"n_studies": 4, "seed": 3, "site": "A"}
@@ -106,5 +157,5 @@ def test_harder_cohort_is_deterministic_and_writes_its_lesion_statistics(tmp_pat
     summary = pd.read_csv(tmp_path / "a" / "truth" / "lesion_summary.csv")
     assert {"kind", "volume_ml 50%", "contrast_hu 50%"} <= set(summary.columns)
     studies = pd.read_parquet(tmp_path / "a" / "truth" / "studies.parquet")
-    assert {"mimic_pineal_hu", "mimic_streak_hu"} <= set(studies.columns)
+    assert {"mimic_pineal_hu", "mimic_streak_hu", "mimic_motion_mm", "mimics"} <= set(studies.columns)
     assert (tmp_path / "a" / "truth" / "qc_montage.png").stat().st_size > 1000

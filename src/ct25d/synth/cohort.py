@@ -50,6 +50,8 @@ from ct25d.synth.phantom import (
     Mimics,
     PlaneStack,
     acquire,
+    apply_motion,
+    faint_lesions,
     keep_contiguous,
     random_anatomy,
     random_lesions,
@@ -99,7 +101,7 @@ class CohortSpec:
     fractions: Mapping[str, float]
     broken: Mapping[int, str] = field(default_factory=dict)
     difficulty: str = "demo"  # lesion sizes/contrasts and atrophy (ct25d.synth.phantom.DIFFICULTIES)
-    mimics: bool = False  # calcifications, dense sinuses, beam-hardening streaks
+    mimics: bool = False  # calcifications, dense sinuses, beam-hardening streaks, head motion
 
 
 @dataclass
@@ -294,13 +296,9 @@ def _write_montage(path: Path, results: list[_StudyResult], n: int = 12) -> None
         if bits.any():
             ax.contour(bits > 0, levels=[0.5], colors="red", linewidths=0.6)
         kinds = sorted({x["kind"] for x in r.lesions}) or ["no lesion"]
-        mimic = [
-            k.removeprefix("mimic_")
-            for k, v in r.study.items()
-            if k.startswith("mimic_") and k != "mimic_streak_angle" and v not in (0.0, 45.0, 50.0, 55.0)
-        ]
+        mimic = r.study["mimics"]
         ax.set_title(
-            f"{r.study['study_index']}: {', '.join(kinds)}" + (f"\n+ {', '.join(mimic)}" if mimic else ""),
+            f"{r.study['study_index']}: {', '.join(kinds)}" + (f"\n+ {mimic}" if mimic else ""),
             fontsize=7,
         )
         ax.axis("off")
@@ -357,6 +355,7 @@ def generate_study(spec: CohortSpec, k: int) -> _StudyResult:
     hemorrhage = bool(srng.random() < fr["hemorrhage_fraction"])
     ischemic = bool(srng.random() < fr["ischemic_fraction"])
     lesions = random_lesions(srng, anat, hemorrhage, ischemic, spec.difficulty)
+    lesions = faint_lesions(np.random.default_rng([seed, k, 8]), lesions, anat, spec.difficulty)
     # Mimics come from a stream of their own: switching them on changes nothing else in the study.
     mimics = random_mimics(np.random.default_rng([seed, k, 7])) if spec.mimics else NO_MIMICS
 
@@ -418,6 +417,7 @@ def generate_study(spec: CohortSpec, k: int) -> _StudyResult:
             tilt,
             next(series_no),
             kernel_idx=kernel_idx,
+            mimics=mimics,
         )
 
     names = series_names(layout, k, srng, thickness, thin)
@@ -441,9 +441,10 @@ def generate_study(spec: CohortSpec, k: int) -> _StudyResult:
     if names.bone:
         series.append(make_series(3, names.bone, thickness, plain_stack, kernel_idx=3))
     result = _write_study(
-        spec, k, p, study_uid, series, plain, lesions, bool(names.contrast), uid, next(series_no)
+        spec, k, p, study_uid, series, plain, lesions, bool(names.contrast), uid, next(series_no), mimics
     )
     result.study.update({f"mimic_{name}": value for name, value in dataclasses.asdict(mimics).items()})
+    result.study["mimics"] = ",".join(mimics.present())
     return result
 
 
@@ -591,14 +592,15 @@ def _make_series(
     series_number: int,
     *,
     kernel_idx: int,
+    mimics: Mimics = NO_MIMICS,
 ) -> _Series:
-    """Apply the site's acquisition effects and pick this series' header variety."""
+    """Apply the head's motion and the site's acquisition effects; pick this series' header variety."""
     rng = np.random.default_rng([spec.seed, k, 5, idx])
     fr = spec.fractions
     site = spec.site_params
     bone = kernel_idx == 3
     hu = acquire(
-        clean_hu,
+        apply_motion(clean_hu, mimics, spacing),
         rng,
         spacing=spacing,
         noise_hu=float(site["noise_hu"]) * (2.5 if bone else 1.0),
@@ -765,6 +767,7 @@ def _write_study(
     has_contrast: bool,
     uid: Any,
     extra_series_number: int,
+    mimics: Mimics = NO_MIMICS,
 ) -> _StudyResult:
     layout = spec.layout
     study_folder = {
@@ -823,15 +826,17 @@ def _write_study(
     }
     measured = lesion_statistics(plain, plain_keep, lesions, study_uid)
     return _StudyResult(study, w.rows, w.rejections, w.csv_images, label_row, w.n_files, measured,
-                        qc_slice(plain, plain_keep))  # fmt: skip
+                        qc_slice(plain, plain_keep, mimics))  # fmt: skip
 
 
-def qc_slice(plain: _Series, keep: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """The plain series' slice with the most lesion voxels, else the one 55% up the head (through the
-    ventricles, where the calcification mimics sit), for the cohort's QC montage."""
+def qc_slice(plain: _Series, keep: list[int], mimics: Mimics = NO_MIMICS) -> tuple[np.ndarray, np.ndarray]:
+    """The plain series' slice with the most lesion voxels, else the middle moving slice of a head
+    that moved, else the one 55% up the head (through the ventricles, where the calcification
+    mimics sit), for the cohort's QC montage."""
     hu, bits = plain.hu[keep], plain.bits[keep]
     area = (bits > 0).sum(axis=(1, 2))
-    z = int(area.argmax()) if area.any() else int(0.55 * (len(keep) - 1))
+    height = (mimics.motion_from + mimics.motion_to) / 2 if mimics.motion_mm else 0.55
+    z = int(area.argmax()) if area.any() else int(height * (len(keep) - 1))
     return hu[z].astype(np.int16), bits[z]
 
 
@@ -850,6 +855,7 @@ def lesion_statistics(
         around = float(np.median(hu[ring])) if ring.any() else float("nan")
         rows.append({"study_uid": study_uid, "kind": les.kind, "nominal_hu": float(les.hu),
                      "size_mm": float(les.radius), "thickness_mm": float(les.thickness),
+                     "z_stretch": float(les.z_stretch),
                      "volume_ml": float(mask.sum() * voxel_ml), "contrast_hu": inside - around,
                      "slices": int(mask.any(axis=(1, 2)).sum())})  # fmt: skip
     return rows

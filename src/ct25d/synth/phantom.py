@@ -10,7 +10,7 @@ offset are applied. All evaluation is vectorised numpy over whole planes.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy import ndimage
@@ -59,7 +59,8 @@ _RANGES: dict[str, dict[str, tuple[float, float]]] = {
 class Mimics:
     """Bright things a slice classifier can mistake for blood (none set any mask bit): calcified
     choroid plexus, pineal and falx calcification, dense venous sinuses, beam-hardening streaks
-    near the skull base. The defaults are the demo's normal anatomy."""
+    near the skull base, and head motion during a few slices (the skull smeared inwards looks like
+    a thin extra-axial collection). The defaults are the demo's normal anatomy."""
 
     choroid_hu: float = 45.0
     pineal_hu: float = 0.0  # 0: no pineal calcification
@@ -67,6 +68,15 @@ class Mimics:
     sinus_hu: float = 50.0
     streak_hu: float = 0.0  # amplitude of the alternating streak bands
     streak_angle: float = 0.0
+    motion_mm: float = 0.0  # 0: still; else the head's in-plane travel during the moving slices
+    motion_angle: float = 0.0  # direction of that travel (radians, in the slice plane)
+    motion_from: float = 0.0  # the moving slices, as fractions of the series from its bottom
+    motion_to: float = 0.0
+
+    def present(self) -> list[str]:
+        """Names of the mimics this study has (differing from normal anatomy)."""
+        names = ("choroid_hu", "pineal_hu", "falx_hu", "sinus_hu", "streak_hu", "motion_mm")
+        return [n.rsplit("_", 1)[0] for n in names if getattr(self, n) != getattr(NO_MIMICS, n)]
 
 
 NO_MIMICS = Mimics()
@@ -83,7 +93,35 @@ def random_mimics(rng: np.random.Generator) -> Mimics:
         sinus_hu=float(rng.uniform(62, 75)) if rng.random() < 0.4 else 50.0,
         streak_hu=float(rng.uniform(15, 40)) if rng.random() < 0.5 else 0.0,
         streak_angle=float(rng.uniform(0, np.pi)),
+        **_random_motion(rng),
     )
+
+
+def _random_motion(rng: np.random.Generator) -> dict[str, float]:
+    """A quarter of the studies move for 10-30% of their slices, by 2-6 mm (drawn after the other
+    mimics, so they keep their values)."""
+    moves, amount, angle, start, span = rng.random(), *rng.uniform(0, 1, 4)
+    if moves >= 0.25:
+        return {}
+    start = 0.25 + 0.5 * start
+    return {"motion_mm": 2.0 + 4.0 * amount, "motion_angle": float(np.pi * angle),
+            "motion_from": start, "motion_to": min(1.0, start + 0.1 + 0.2 * span)}  # fmt: skip
+
+
+def apply_motion(hu: np.ndarray, mimics: Mimics, spacing: float) -> np.ndarray:
+    """Smear the moving slices of a (Z, Y, X) stack along the motion direction: the mean of the
+    slice at 7 positions along the travel, as a projection set acquired while the head moved."""
+    if not mimics.motion_mm:
+        return hu
+    z = len(hu)
+    lo, hi = int(mimics.motion_from * z), max(int(mimics.motion_from * z) + 1, int(mimics.motion_to * z))
+    out = hu.copy()
+    steps = np.linspace(-0.5, 0.5, 7) * mimics.motion_mm / spacing
+    dy, dx = np.sin(mimics.motion_angle), np.cos(mimics.motion_angle)
+    for i in range(lo, min(hi, z)):
+        shifted = [ndimage.shift(hu[i], (s * dy, s * dx), order=1, mode="nearest") for s in steps]
+        out[i] = np.mean(shifted, axis=0, dtype=np.float32)
+    return out
 
 
 @dataclass(frozen=True)
@@ -131,6 +169,7 @@ class Lesion:
     edema: float = 0.0  # IPH: edema rim as a fraction of radius
     direction: tuple[float, float, float] = (1.0, 0.0, 0.0)  # ischemic wedge axis
     phases: tuple[float, ...] = field(default=(0.0, 0.0, 0.0))
+    z_stretch: float = 1.0  # >1: taller than wide (a faint lesion spread over many slices)
 
 
 @dataclass(frozen=True)
@@ -370,14 +409,15 @@ def _lesion_region(les: Lesion, f: dict) -> tuple:
     """Boolean region (over cavity points) of one lesion and its HU (or HU change)."""
     x, y, z, d_in = f["x"], f["y"], f["z"], f["d_in"]
     c = les.center
+    dz = (z - c[2]) / np.float32(les.z_stretch)
     if les.kind in ("epidural", "subdural"):
-        rho2 = ((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2) / (les.radius * les.radius)
+        rho2 = ((x - c[0]) ** 2 + (y - c[1]) ** 2 + dz**2) / (les.radius * les.radius)
         region = d_in < les.thickness * (1.0 - rho2)
         if les.kind == "subdural":
             region &= les.side * x > 1.5
         return region, les.hu
     if les.kind == "intraparenchymal":
-        dx, dy, dz = x - c[0], y - c[1], z - c[2]
+        dx, dy = x - c[0], y - c[1]
         r = np.sqrt(dx * dx + dy * dy + dz * dz)
         th = np.arctan2(dy, dx)
         ph = np.arctan2(dz, np.hypot(dx, dy))
@@ -395,7 +435,7 @@ def _lesion_region(les: Lesion, f: dict) -> tuple:
         vent = (vl if les.side > 0 else vr) if abs(les.side) == 1 else (vl | vr | v3)
         return vent & (y > les.thickness), les.hu
     if les.kind == "subarachnoid":
-        r2 = (x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2
+        r2 = (x - c[0]) ** 2 + (y - c[1]) ** 2 + dz**2
         return f["csf_space"] & (r2 < les.radius * les.radius), les.hu
     if les.kind == "ischemic":
         dx, dy, dz = x - c[0], y - c[1], z - c[2]
@@ -431,6 +471,27 @@ def random_lesions(
     if ischemic:
         lesions.append(_random_lesion("ischemic", rng, anat, _RANGES[difficulty]))
     return lesions
+
+
+# Share of bleeding studies (clinical only) whose first non-IVH bleed is faint and tall.
+FAINT_FRACTION = {"demo": 0.0, "clinical": 0.3}
+
+
+def faint_lesions(
+    rng: np.random.Generator, lesions: list[Lesion], anat: Anatomy, difficulty: str
+) -> list[Lesion]:
+    """Make one bleed faint (6-14 HU above grey matter) and 2-3.5x taller than wide: it spans
+    many slices with little evidence on each, so that context across slices matters (the seed's
+    argument for 2.5D). Drawn from the caller's own stream: the other lesions keep their draws."""
+    if rng.random() >= FAINT_FRACTION[difficulty]:
+        return lesions
+    gain, stretch = rng.uniform(6.0, 14.0), rng.uniform(2.0, 3.5)
+    out = list(lesions)
+    for i, les in enumerate(out):
+        if les.kind not in ("intraventricular", "ischemic"):
+            out[i] = replace(les, hu=float(anat.grey_hu + gain), z_stretch=float(stretch))
+            break
+    return out
 
 
 def _random_lesion(
