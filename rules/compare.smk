@@ -29,6 +29,8 @@ rule compare:
         pr=report(f"{RESULTS}/comparison/pr.png", category="Comparison", subcategory="ROC and PR curves"),
         confusion=report(f"{RESULTS}/comparison/confusion.png", category="Comparison", subcategory="Confusion matrices"),
         strips=report(f"{RESULTS}/comparison/strips.png", category="Comparison", subcategory="Slice probabilities"),
+        claims=report(f"{RESULTS}/comparison/claims.csv", category="Comparison", subcategory="The seeds' claims"),
+        claims_md=f"{RESULTS}/comparison/claims.md",
         findings=report(f"{RESULTS}/comparison/findings.csv", category="Comparison", subcategory="Per finding"),
         findings_md=f"{RESULTS}/comparison/findings.md",
         readers=report(f"{RESULTS}/comparison/readers.csv", category="Comparison", subcategory="Agreement with readers"),

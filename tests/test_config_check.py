@@ -68,6 +68,10 @@ def real_dataset(tmp_path: Path, layout: str, header: str) -> dict:
             "stage2.models.transformer: ['in_dim']",
         ),
         (
+            lambda c, t: c["compare"]["claims"].append({"claim": "x", "better": "bilstm", "than": "lstm3d"}),
+            "compare.claims[3].than: 'lstm3d' is not an approach of this config",
+        ),
+        (
             lambda c, t: c["ingest"].update(exclude_series="(unclosed"),
             "ingest.exclude_series: not a valid regular",
         ),

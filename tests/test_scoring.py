@@ -11,8 +11,10 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score, roc_auc_score
 
+from ct25d.errors import ConfigError
 from ct25d.evaluation.predictions import prediction_frame
 from ct25d.evaluation.scoring import (
+    Interval,
     apply_temperature,
     auc_rows,
     best_threshold,
@@ -25,7 +27,14 @@ from ct25d.evaluation.scoring import (
     resample,
 )
 from ct25d.labels import RSNA_LABELS
-from ct25d.report.compare import INTERNAL, comparison, inner_choices, load_runs, write_comparison
+from ct25d.report.compare import (
+    INTERNAL,
+    claim_verdict,
+    comparison,
+    inner_choices,
+    load_runs,
+    write_comparison,
+)
 
 rng = np.random.default_rng(0)
 
@@ -170,6 +179,42 @@ def test_comparison_pools_outer_folds_and_averages_external_models(tmp_path: Pat
         "readers.csv",
     ):
         assert (tmp_path / "out" / name).is_file()
+
+
+def test_claims_are_tested_both_ways_on_every_set_by_config_name(tmp_path: Path) -> None:
+    good = [fake_run(tmp_path / f"good{f}", f, "good", 0.6, f) for f in (0, 1)]
+    weak = [fake_run(tmp_path / f"weak{f}", f, "weak", 0.05, 10 + f) for f in (0, 1)]
+    claims = [
+        {"claim": "good wins", "better": "good", "than": "weak", "metric": "auc"},
+        {"claim": "weak wins", "better": "weak", "than": "good", "metric": "f1"},
+    ]
+    write_comparison([], good, tmp_path / "out", weak, replicates=200, claims=claims)
+    table = pd.read_csv(tmp_path / "out" / "claims.csv")
+    assert set(table["set"]) == {INTERNAL, "cq500"}
+    internal = table[table["set"] == INTERNAL].set_index("claim")
+    assert internal.loc["good wins", "verdict"] == "supported"
+    assert internal.loc["weak wins", "verdict"].startswith("contradicted")
+    assert (
+        internal.loc["good wins", "better"] == "2.5D: Stage 2 good" and internal.loc["good wins", "n"] == 24
+    )
+    with pytest.raises(ConfigError, match="'nope' names 0 approaches"):
+        write_comparison(
+            [], good, tmp_path / "o2", weak, replicates=200, claims=[{**claims[0], "than": "nope"}]
+        )
+
+
+@pytest.mark.parametrize(
+    ("delta", "verdict"),
+    [
+        (Interval(0.1, 0.02, 0.2), "supported"),
+        (Interval(-0.1, -0.2, -0.01), "contradicted: the other way round"),
+        (Interval(0.01, -0.03, 0.04), "no difference beyond ±0.05"),
+        (Interval(0.05, -0.1, 0.2), "undecided: interval 0.30 wide, contains 0"),
+        (Interval(0.05, float("nan"), float("nan")), "undecided: too few studies for an interval"),
+    ],
+)
+def test_claim_verdicts(delta: Interval, verdict: str) -> None:
+    assert claim_verdict(delta) == verdict
 
 
 def test_kappa_with_each_cq500_reader(tmp_path: Path) -> None:

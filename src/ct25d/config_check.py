@@ -205,6 +205,25 @@ def check_baselines(config: dict[str, Any]) -> list[str]:
     return problems
 
 
+def check_claims(config: dict[str, Any]) -> list[str]:
+    """Each claim's `better` and `than` must name an approach this config runs."""
+    backbones = config.get("stage1", {}).get("backbones", [])
+    rules = ("head", "cosine") if len(backbones) == 1 else ()
+    known = {
+        *config.get("stage2", {}).get("models", {}),
+        *config.get("baselines", {}).get("models", {}),
+        *rules,
+        *(f"{b}:{rule}" for b in backbones for rule in ("head", "cosine")),
+    }
+    names = ", ".join(sorted(known))
+    return [
+        f"compare.claims[{i}].{side}: {claim[side]!r} is not an approach of this config ({names})"
+        for i, claim in enumerate(config.get("compare", {}).get("claims", []))
+        for side in ("better", "than")
+        if claim[side] not in known
+    ]
+
+
 def check_config(config: dict[str, Any]) -> list[str]:
     """Every problem found in a schema-valid config, each naming its key."""
     problems = check_datasets(config)
@@ -212,4 +231,5 @@ def check_config(config: dict[str, Any]) -> list[str]:
     problems += check_stage1(config.get("stage1", {}))
     problems += check_stage2(config.get("stage2", {}))
     problems += check_baselines(config)
+    problems += check_claims(config)
     return problems

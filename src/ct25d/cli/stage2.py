@@ -41,6 +41,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
         int(s.get("seed", 0)),
         dict(args.readers or []),
         s.get("salt", ""),
+        s.get("claims"),
     )
     log.info("%d approaches compared; see %s/comparison.md", len(table), args.out)
 

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ct25d.atomic import atomic_path, write_csv, write_json
+from ct25d.errors import ConfigError
 from ct25d.evaluation.scoring import (
     Interval,
     apply_temperature,
@@ -52,6 +53,7 @@ class Run:
     fold: int
     folder: Path
     extra: dict[str, Any] = field(default_factory=dict)
+    key: str = ""  # the config's name for it: a Stage-2 or baseline entry, `<backbone>:head|cosine`
 
     @functools.cached_property
     def studies(self) -> pd.DataFrame:
@@ -76,9 +78,11 @@ def load_runs(stage1: list[str | Path], stage2: list[str | Path], baselines: lis
                 if summary["results"]
                 else Path(path).parent.name
             )
+            key = method
             if kind == "stage1":
                 rule = "thresholded head" if method == "head" else "cosine to class means"
                 approach = f"2D {summary['backbone']}: {rule}"
+                key = f"{summary['backbone']}:{method}"
             elif kind == "stage2":
                 approach = f"2.5D: Stage 2 {method}"
             else:
@@ -90,7 +94,7 @@ def load_runs(stage1: list[str | Path], stage2: list[str | Path], baselines: lis
             if bench.is_file():
                 row = pd.read_csv(bench, sep="\t").iloc[-1]
                 extra.update(train_s=float(row["s"]), peak_mb=float(row["max_rss"]))
-            runs.append(Run(approach, kind, int(summary["fold"]), folder, extra))
+            runs.append(Run(approach, kind, int(summary["fold"]), folder, extra, key))
     return runs
 
 
@@ -174,12 +178,24 @@ def _one_set(
     row["macro_auc"] = float(np.mean(present)) if present else math.nan
     row["labels_present"] = len(present)
     if reference is not None:
-        matched = part[["dataset", "study_id"]].merge(reference, on=["dataset", "study_id"], how="left")
-        if matched["p_any"].notna().all() and len(matched):
-            row["delta_auc"] = paired_auc_difference(y, p, matched["p_any"].to_numpy(float), index)
-            calls = matched["p_any"].to_numpy(float) > matched["t_any"].to_numpy(float)
-            row["delta_f1"] = paired_f1_difference(y, p > t, calls, index)
+        row.update(paired_differences(part, reference, index))
     return row
+
+
+def paired_differences(part: pd.DataFrame, other: pd.DataFrame, index: np.ndarray) -> dict[str, Interval]:
+    """`delta_auc` and `delta_f1` (volume, `any`) of `part` minus `other` on the same studies (the
+    rows of `part` with a known label), paired bootstrap over `index`; empty if `other` lacks some."""
+    y, p = part["any"].to_numpy(float), part["p_any"].to_numpy(float)
+    matched = part[["dataset", "study_id"]].merge(
+        other[["dataset", "study_id", "p_any", "t_any"]], on=["dataset", "study_id"], how="left"
+    )
+    if not len(matched) or matched["p_any"].isna().any():
+        return {}
+    calls = matched["p_any"].to_numpy(float) > matched["t_any"].to_numpy(float)
+    return {
+        "delta_auc": paired_auc_difference(y, p, matched["p_any"].to_numpy(float), index),
+        "delta_f1": paired_f1_difference(y, p > part["t_any"].to_numpy(float), calls, index),
+    }
 
 
 def comparison(
@@ -203,7 +219,7 @@ def comparison(
             ref = None
             if reference and reference in predictions and approach != reference:
                 ref_frame = predictions[reference]
-                ref = ref_frame[ref_frame["set"] == name][["dataset", "study_id", "p_any", "t_any"]]
+                ref = ref_frame[ref_frame["set"] == name]
             rows.append(
                 {
                     "approach": approach,
@@ -369,6 +385,61 @@ def verdicts(long: pd.DataFrame, reference: str | None) -> list[str]:
     return lines
 
 
+def resolve(name: str, runs: list[Run]) -> str:
+    """The approach a config name stands for: a Stage-2 or baseline entry, `<backbone>:head|cosine`,
+    or plain `head` / `cosine` where one backbone ran."""
+    keys = {run.key: run.approach for run in runs}
+    if name in keys:
+        return keys[name]
+    matches = {a for k, a in keys.items() if k.endswith(f":{name}")}
+    if len(matches) != 1:
+        known = ", ".join(sorted(keys))
+        raise ConfigError(f"compare.claims: {name!r} names {len(matches)} approaches of this run ({known})")
+    return matches.pop()
+
+
+def claim_verdict(delta: Interval, margin: float = 0.05) -> str:
+    """Supported, contradicted, no material difference (both bounds within +-margin), or undecided."""
+    if math.isnan(delta.value) or math.isnan(delta.low):
+        return "undecided: too few studies for an interval"
+    if delta.low > 0:
+        return "supported"
+    if delta.high < 0:
+        return "contradicted: the other way round"
+    if max(-delta.low, delta.high) < margin:
+        return f"no difference beyond ±{margin:.2f}"
+    return f"undecided: interval {delta.width:.2f} wide, contains 0"
+
+
+def claims_table(
+    claims: list[dict[str, Any]],
+    runs: list[Run],
+    predictions: dict[str, pd.DataFrame],
+    replicates: int,
+    seed: int,
+) -> pd.DataFrame:
+    """Each claim "`better` beats `than` on `metric`" tested on every scored set by the paired bootstrap
+    of the difference (better minus than) on the same studies, with its verdict."""
+    rows = []
+    for claim in claims:
+        better, than = resolve(claim["better"], runs), resolve(claim["than"], runs)
+        metric = claim.get("metric", "auc")
+        for name, part in predictions[better].groupby("set", sort=True):
+            part = part[part["any"].notna()]
+            other = predictions[than][predictions[than]["set"] == name]
+            delta = paired_differences(part, other, resample(len(part), replicates, seed)).get(
+                f"delta_{metric}"
+            )
+            if delta is None:
+                continue
+            rows.append({"claim": claim["claim"], "better": better, "than": than,
+                         "metric": f"volume {metric.upper()}", "set": name, "n": len(part),
+                         "difference": delta, "verdict": claim_verdict(delta)})  # fmt: skip
+    return pd.DataFrame(
+        rows, columns=["claim", "better", "than", "metric", "set", "n", "difference", "verdict"]
+    )
+
+
 def write_comparison(
     stage1: list[str | Path],
     stage2: list[str | Path],
@@ -380,9 +451,11 @@ def write_comparison(
     seed: int = 0,
     readers: dict[str, str] | None = None,
     salt: str = "",
+    claims: list[dict[str, Any]] | None = None,
 ) -> pd.DataFrame:
-    """comparison.csv / .md (wide table + verdicts), comparison_long.csv, findings.csv / .md (per
-    finding), readers.csv (kappa with each CQ500 reader, for `readers` {dataset: reads.csv}),
+    """comparison.csv / .md (wide table + verdicts), comparison_long.csv, claims.csv / .md (each of
+    `claims` tested), findings.csv / .md (per finding), readers.csv (kappa with each CQ500 reader,
+    for `readers` {dataset: reads.csv}),
     comparison.png (intervals), reliability.png, roc.png, pr.png, confusion.png and strips.png."""
     from ct25d.labels import RSNA_LABELS
 
@@ -424,6 +497,13 @@ def write_comparison(
         plot_strips,
     )
 
+    tested = claims_table(list(claims or []), runs, predictions, replicates, seed).map(_text)
+    write_csv(out / "claims.csv", tested)
+    with atomic_path(out / "claims.md") as tmp:
+        tmp.write_text("Each claim tested by the paired bootstrap of `better` minus `than` on the same "
+                       f"studies ({replicates} replicates, seed {seed}): supported if the 95% interval lies "
+                       "above 0.\n\n"
+                       + tested.to_markdown(index=False) + "\n")  # fmt: skip
     findings = findings_table(predictions, replicates, seed).map(_text)
     write_csv(out / "findings.csv", findings)
     with atomic_path(out / "findings.md") as tmp:
