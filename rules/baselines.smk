@@ -42,6 +42,8 @@ rule volume_shard:
         masks=mask_args,
     log:
         f"{RESULTS}/logs/volume_shard/{{dataset}}-{{shard}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/volume_shard/{{dataset}}-{{shard}}.tsv",
     conda:
         "../envs/ct25d.yaml"
     shell:
@@ -58,6 +60,8 @@ rule volume_index:
         tables=per_shard(rules.volume_shard.output.table),
     log:
         f"{RESULTS}/logs/volume_index/volume_index.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/volume_index/volume_index.tsv",
     conda:
         "../envs/ct25d.yaml"
     shell:

@@ -40,6 +40,8 @@ rule compare:
         readers=[f"{d}={label_file(d)}" for d in CQ500_SETS],
     log:
         f"{RESULTS}/logs/compare/compare.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/compare/compare.tsv",
     conda:
         "../envs/ct25d.yaml"
     shell:

@@ -21,6 +21,8 @@ rule scan:
         out=f"{RESULTS}/{{dataset}}/scan",
     log:
         f"{RESULTS}/logs/scan/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/scan/{{dataset}}.tsv",
     threads: 2
     conda:
         "../envs/ct25d.yaml"
@@ -86,6 +88,8 @@ rule ingest_report:
         out=f"{RESULTS}/{{dataset}}",
     log:
         f"{RESULTS}/logs/ingest_report/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/ingest_report/{{dataset}}.tsv",
     conda:
         "../envs/ct25d.yaml"
     shell:

@@ -11,6 +11,8 @@ rule resample_shard:
         codec=section_settings("ingest", CONVERT_KEYS),
     log:
         f"{RESULTS}/logs/resample_shard/{{dataset}}-{{shard}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/resample_shard/{{dataset}}-{{shard}}.tsv",
     conda:
         "../envs/ct25d.yaml"
     shell:
@@ -29,6 +31,8 @@ rule slice_shard:
         settings=section_settings("preprocess", ("crop", "threshold_hu", "opening_mm", "margin_mm", "size", "windows")),
     log:
         f"{RESULTS}/logs/slice_shard/{{dataset}}-{{shard}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/slice_shard/{{dataset}}-{{shard}}.tsv",
     conda:
         "../envs/ct25d.yaml"
     shell:
@@ -48,6 +52,8 @@ rule splits:
         settings=as_json(config["splits"]),
     log:
         f"{RESULTS}/logs/splits/splits.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/splits/splits.tsv",
     conda:
         "../envs/ct25d.yaml"
     shell:
@@ -76,6 +82,8 @@ rule index:
         stroke_types=[f"{d}={DATASETS[d]['stroke_type']}" for d in DATASETS],
     log:
         f"{RESULTS}/logs/index/index.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/index/index.tsv",
     conda:
         "../envs/ct25d.yaml"
     shell:
@@ -105,6 +113,8 @@ rule qc:
         out=f"{RESULTS}/qc",
     log:
         f"{RESULTS}/logs/qc/qc.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/qc/qc.tsv",
     conda:
         "../envs/ct25d.yaml"
     shell:

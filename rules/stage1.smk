@@ -38,6 +38,8 @@ rule embed:
         settings=embed_settings,
     log:
         f"{RESULTS}/logs/embed/{{backbone}}-{{fold}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/embed/{{backbone}}-{{fold}}.tsv",
     threads: 2
     resources:
         gpu=1,
@@ -63,6 +65,8 @@ rule eval_stage1:
         out=f"{S1}/eval",
     log:
         f"{RESULTS}/logs/eval_stage1/{{backbone}}-{{fold}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/eval_stage1/{{backbone}}-{{fold}}.tsv",
     conda:
         "../envs/ct25d.yaml"
     shell:

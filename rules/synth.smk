@@ -10,6 +10,8 @@ rule synth_cohort:
         synthetic=as_json(config["synthetic"]),
     log:
         f"{RESULTS}/logs/synth_cohort/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/synth_cohort/{{dataset}}.tsv",
     threads: 2
     conda:
         "../envs/ct25d.yaml"
