@@ -160,6 +160,30 @@ def test_thickened_items_stack_neighbours_and_repeat_the_ends(cohort: dict) -> N
     torch.testing.assert_close(image[6:9], one.load(first + 1))
 
 
+def test_multiplexed_study_prediction_shares_stems_and_matches_each_window(cohort: dict) -> None:
+    from ct25d.models.thick import ThickSliceClassifier
+    from ct25d.training.stage1 import Stage1Settings, iter_predictions, prediction_loader
+
+    torch.manual_seed(0)
+    model = ThickSliceClassifier("resnet10t", 6, k=5, multiplex=True, slice_attention=True).eval()
+    with torch.no_grad():
+        model.attention.gamma.fill_(0.5)  # the attention path counts too
+    frame = cohort["index"].sample(frac=1.0, random_state=0).reset_index(drop=True)  # any row order
+    s = Stage1Settings(image_size=32, thickness=5, multiplex=True, num_workers=0, eval_batch_size=7)
+    shared = np.zeros((len(frame), 6), dtype=np.float32)
+    loader = prediction_loader(frame, None, s, "cpu")
+    assert len(loader) == frame["study_id"].nunique()  # one study per batch
+    for rows, logits, _ in iter_predictions(model, loader, "cpu", None, tta_flip=True):
+        shared[rows] = logits.numpy()
+    each = np.zeros_like(shared)  # every 5-slice window through the whole network
+    windows = SliceDataset(frame, None, 32, thickness=5)
+    with torch.no_grad():
+        for row in range(len(frame)):
+            x = windows[row][0][None]
+            each[row] = ((model(x)[0] + model(torch.flip(x, dims=[-1]))[0]) / 2).numpy()
+    np.testing.assert_allclose(shared, each, rtol=1e-4, atol=1e-5)
+
+
 def test_a_3d_model_overfits_eight_volumes() -> None:
     torch.manual_seed(0)
     x = torch.randn(8, 2, 16, 32, 32)

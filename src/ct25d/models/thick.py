@@ -87,20 +87,47 @@ class ThickSliceClassifier(nn.Module):
         self.dropout = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.num_features, num_classes)
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.multiplex:
-            return self.encoder(x)
-        b, _, h, w = x.shape
-        per_slice = x.reshape(b * self.k, CHANNELS, h, w)
+    def _stem(self, slices: torch.Tensor) -> torch.Tensor:
+        """Stem and first stage of each slice alone: (N, 3, H, W) -> (N, C, h, w)."""
         for name in _RESNET_STEM:
-            per_slice = getattr(self.encoder, name)(per_slice)
-        pre = per_slice.reshape(b, -1, *per_slice.shape[-2:])
+            slices = getattr(self.encoder, name)(slices)
+        return slices
+
+    def _fused(self, pre: torch.Tensor) -> torch.Tensor:
+        """Embedding from the k slices' stem features concatenated on channels: (B, k*C, h, w)."""
         fused = self.fuse(pre)
         for name in _RESNET_REST:
             fused = getattr(self.encoder, name)(fused)
         if self.attention is not None:
             fused = self.attention(fused, pre)
         return self.encoder.global_pool(fused)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.multiplex:
+            return self.encoder(x)
+        b, _, h, w = x.shape
+        pre = self._stem(x.reshape(b * self.k, CHANNELS, h, w))
+        return self._fused(pre.reshape(b, -1, *pre.shape[-2:]))
+
+    def predict_study(self, slices: torch.Tensor, chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, embedding) of every slice of one study, from its (Z, 3, H, W) slices in z order.
+
+        With multiplexing each slice's stem runs once and is shared by the k windows that contain it
+        (k times less stem work than `forward` on each window); windows repeat the end slices, as
+        the thickened dataset does. Same outputs as `forward` on each k-slice window (eval mode)."""
+        if not self.multiplex or slices.shape[1] != CHANNELS:
+            shape = tuple(slices.shape)
+            raise ValueError(f"predict_study needs multiplex and (Z, {CHANNELS}, H, W) slices, got {shape}")
+        z = slices.shape[0]
+        pre = self._stem(slices)
+        half = self.k // 2
+        windows = (torch.arange(z)[:, None] + torch.arange(-half, half + 1)[None]).clamp_(0, z - 1)
+        embeddings = []
+        for start in range(0, z, chunk):
+            part = pre[windows[start : start + chunk].to(pre.device)]  # (b, k, C, h, w)
+            embeddings.append(self._fused(part.flatten(1, 2)))
+        embedding = torch.cat(embeddings)
+        return self.head(self.dropout(embedding)), embedding
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         embedding = self.embed(x)

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ct25d.datasets.sequences import StudySequences, pad_batch
-from ct25d.datasets.slice_dataset import Augment, SliceDataset, multilabel_targets
+from ct25d.datasets.slice_dataset import Augment, multilabel_targets
 from ct25d.datasets.splits import held_out_features, splits_by_study, study_splits
 from ct25d.datasets.volume_dataset import VolumeDataset
 from ct25d.errors import ConfigError
@@ -44,7 +44,13 @@ from ct25d.provenance import stamp
 from ct25d.training.checkpoint import load_checkpoint, save_checkpoint
 from ct25d.training.history import improved, write_history
 from ct25d.training.seed import derive_seed, deterministic_kernels, rng_state, seed_everything, set_rng_state
-from ct25d.training.stage1 import Stage1Settings, build_model, iter_predictions, make_loader, train_stage1
+from ct25d.training.stage1 import (
+    Stage1Settings,
+    build_model,
+    iter_predictions,
+    prediction_loader,
+    train_stage1,
+)
 from ct25d.training.stage2 import Stage2Settings
 
 log = logging.getLogger(__name__)
@@ -480,12 +486,7 @@ def train_thickened(
     frame = index.reset_index(drop=True)
     frame = frame[study_splits(frame, fold).isin(["inner", "validation", "external"])].reset_index(drop=True)
     logits = np.zeros((len(frame), payload["num_classes"]), dtype=np.float32)
-    loader = make_loader(
-        SliceDataset(frame, None, s.image_size, thickness=s.thickness),
-        s,
-        device,
-        batch_size=s.eval_batch_size,
-    )
+    loader = prediction_loader(frame, None, s, device)
     amp_dtype = torch.bfloat16 if device.startswith("cuda") and s.amp else None
     predictions = iter_predictions(model, loader, device, amp_dtype, s.tta_flip)
     for rows, batch_logits, _ in tqdm(

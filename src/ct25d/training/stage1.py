@@ -273,6 +273,32 @@ def make_loader(dataset: SliceDataset, s: Stage1Settings, device: str, **kwargs:
     )
 
 
+def study_batches(frame: pd.DataFrame) -> list[np.ndarray]:
+    """Row positions of each study of `frame`, in z order: one batch per study."""
+    keys = (frame["store"].astype(str) + "\0" + frame["study_id"].astype(str)).to_numpy()
+    zs = frame["z"].to_numpy()
+    batches = []
+    for key, rows in pd.Series(np.arange(len(frame))).groupby(keys, sort=False):
+        order = rows.to_numpy()[np.argsort(zs[rows.to_numpy()], kind="stable")]
+        if not np.array_equal(zs[order], np.arange(len(order))):
+            raise ValueError(f"study {key.split(chr(0))[1]}: slices z are not 0..{len(order) - 1}")
+        batches.append(order)
+    return batches
+
+
+def prediction_loader(
+    frame: pd.DataFrame, targets: np.ndarray | None, s: Stage1Settings, device: str
+) -> DataLoader:
+    """Loader that predicts every row of `frame`: batches of k-slice windows, or, for a multiplexed
+    thickened model, whole studies of single slices (`ThickSliceClassifier.predict_study` shares
+    each slice's stem between the k windows that hold it)."""
+    if s.multiplex and s.thickness > 1:
+        dataset = SliceDataset(frame, targets, s.image_size)
+        return make_loader(dataset, s, device, batch_sampler=study_batches(frame))
+    dataset = SliceDataset(frame, targets, s.image_size, thickness=s.thickness)
+    return make_loader(dataset, s, device, batch_size=s.eval_batch_size, shuffle=False)
+
+
 def iter_predictions(
     model: SliceClassifier,
     loader: DataLoader,
@@ -283,10 +309,12 @@ def iter_predictions(
     """Yield `(rows, logits, embeddings)` per batch, on the CPU, in float32.
 
     With `tta_flip` the horizontally flipped slice is run too and both outputs are averaged (the
-    head is linear, so averaged logits are the head of the averaged embedding).
+    head is linear, so averaged logits are the head of the averaged embedding). A multiplexed
+    thickened model reads one whole study per batch (`prediction_loader`).
     """
     model.eval()
     cuda = device.startswith("cuda")
+    forward = model.predict_study if getattr(model, "multiplex", False) else model
     with torch.inference_mode():
         for images, _, rows in loader:
             images = images.to(device, non_blocking=True)
@@ -294,9 +322,9 @@ def iter_predictions(
                 images = images.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device_type="cuda" if cuda else "cpu", dtype=amp_dtype,
                                 enabled=amp_dtype is not None):  # fmt: skip
-                logits, embedding = model(images)
+                logits, embedding = forward(images)
                 if tta_flip:
-                    flip_logits, flip_embedding = model(torch.flip(images, dims=[-1]))
+                    flip_logits, flip_embedding = forward(torch.flip(images, dims=[-1]))
                     logits, embedding = (logits + flip_logits) / 2, (embedding + flip_embedding) / 2
             yield rows.numpy(), logits.float().cpu(), embedding.float().cpu()
 
@@ -381,9 +409,8 @@ def _train(
 
     augment = Augment.from_settings(s.augment)
     train_set = SliceDataset(train, train_targets, s.image_size, augment, s.seed, thickness=s.thickness)
-    val_set = SliceDataset(val, task.targets(val), s.image_size, thickness=s.thickness)
     train_loader = make_loader(train_set, s, device, batch_sampler=sampler)
-    val_loader = make_loader(val_set, s, device, batch_size=s.eval_batch_size, shuffle=False)
+    val_loader = prediction_loader(val, task.targets(val), s, device)
 
     while state["epoch"] < s.epochs:
         epoch = state["epoch"]
