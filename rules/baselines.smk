@@ -84,10 +84,10 @@ def baseline_inputs(wildcards):
     s1 = f"{RESULTS}/stage1/{baseline_backbone(name)}/fold{fold}"
     inputs = {"studies": rules.index.output.studies}
     kind = baseline_kind(name)
+    if BASELINES[name].get("init") == "stage1":
+        inputs["checkpoint"] = f"{s1}/best.pt"
     if kind == "volume":
         inputs["volumes"] = rules.volume_index.output[0]
-        if BASELINES[name].get("init") == "stage1":
-            inputs["checkpoint"] = f"{s1}/best.pt"
     elif kind == "embeddings":
         inputs["embeddings"] = f"{s1}/embeddings"
     else:

@@ -149,6 +149,40 @@ def test_thickened_2d_scores_studies_by_their_max_slice(cohort: dict, tmp_path: 
     )
 
 
+def test_thickened_2d_can_start_from_the_folds_stage1_weights(cohort: dict, tmp_path: Path) -> None:
+    from ct25d.models.stage1 import SliceClassifier
+    from ct25d.models.thick import ThickSliceClassifier
+    from ct25d.training.baseline import stage1_encoder
+    from ct25d.training.checkpoint import load_checkpoint
+
+    checkpoint = cohort["root"] / "stage1" / "best.pt"
+    stage1 = SliceClassifier("test_resnet", 6)
+    stage1.load_state_dict(load_checkpoint(checkpoint)["model"])
+    thick = ThickSliceClassifier(
+        "test_resnet", 6, k=3, pretrained=stage1_encoder(checkpoint, "test_resnet", tmp_path)
+    )
+    image = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():  # k copies of one slice: the Stage-1 encoder's response
+        torch.testing.assert_close(
+            thick.encoder.eval()(image.repeat(1, 3, 1, 1)), stage1.encoder.eval()(image)
+        )
+    with pytest.raises(ConfigError, match="holds 'test_resnet'"):
+        stage1_encoder(checkpoint, "resnet10t", tmp_path)
+    entry = {"name": "thick2d", "k": 3, "init": "stage1"}
+    summary = train_thickened(
+        cohort["index"],
+        cohort["studies"],
+        0,
+        entry,
+        STAGE1,
+        0.5,
+        tmp_path / "run",
+        stage1_checkpoint=checkpoint,
+    )
+    assert "validation/rsna/slice/thick2d" in summary["results"]
+    assert (tmp_path / "run" / "stage1_encoder.pth").is_file()
+
+
 def test_thickened_items_stack_neighbours_and_repeat_the_ends(cohort: dict) -> None:
     index = cohort["index"]
     one, three = SliceDataset(index, image_size=32), SliceDataset(index, image_size=32, thickness=3)

@@ -124,7 +124,7 @@ def test_only_clinical_cohorts_have_faint_bleeds_and_never_in_the_ventricles() -
     assert all(d == lesions for d in demo)
     clinical = [faint_lesions(np.random.default_rng(s), lesions, anat, "clinical") for s in range(200)]
     changed = [c for c in clinical if c != lesions]
-    assert 40 < len(changed) < 80  # about 30%
+    assert 25 < len(changed) < 55  # about 20%
     assert all(c[0] == lesions[0] and c[1].z_stretch > 1 for c in changed)
 
 

@@ -69,6 +69,7 @@ def cmd_train_baseline(args: argparse.Namespace) -> None:
                 args.out,
                 device,
                 args.label,
+                args.stage1_checkpoint,
             )
         else:
             volumes = pd.read_parquet(args.volumes) if args.volumes else None
@@ -129,7 +130,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--volumes", help="volume index (volume models)")
     p.add_argument("--embeddings", help="Stage-1 embeddings folder (2.5CNN)")
-    p.add_argument("--stage1-checkpoint", help="Stage-1 best.pt (ACS with init: stage1)")
+    p.add_argument("--stage1-checkpoint", help="Stage-1 best.pt (ACS or thickened 2D with init: stage1)")
     p.add_argument("--index", help="slice index (thickened 2D)")
     p.add_argument(
         "--stage1", type=json_object, default={}, help="config `stage1` for the backbone (thickened 2D)"

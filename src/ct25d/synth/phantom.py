@@ -36,7 +36,7 @@ _MAX_POINTS = 1 << 19  # points evaluated per vectorised batch (bounds temporari
 # sulcal SAH, IVH layering as a thin level, smaller and fainter epidurals. Each draw keeps its place
 # in the random stream, so the difficulty changes sizes and contrasts, never which studies bleed.
 DIFFICULTIES = ("demo", "clinical")
-_RANGES: dict[str, dict[str, tuple[float, float]]] = {
+_RANGES: dict[str, dict[str, tuple[float, ...]]] = {
     "demo": {
         "edh_extent": (22, 35), "edh_thickness": (8, 18), "edh_hu": (60, 90),
         "sdh_extent": (55, 85), "sdh_thickness": (4, 10), "sdh_hu": (50, 80),
@@ -44,15 +44,32 @@ _RANGES: dict[str, dict[str, tuple[float, float]]] = {
         "sah_cistern": (28, 40), "sah_convexity": (25, 40), "sah_hu": (45, 70),
         "ventricle_scale": (0.8, 1.35), "csf_rim_mm": (1.2, 3.0), "sulcus_depth_mm": (10.0, 16.0),
     },
+    # (lo, mid, hi): a share HARD_SHARE of the draws in [lo, mid), the hard cases; the rest in [mid, hi].
     "clinical": {
-        "edh_extent": (15, 35), "edh_thickness": (3, 18), "edh_hu": (50, 90),
-        "sdh_extent": (40, 85), "sdh_thickness": (2, 10), "sdh_hu": (30, 80),
-        "iph_radius": (3, 18), "iph_hu": (50, 85), "ivh_level": (0.5, 18.0), "ivh_hu": (45, 75),
-        "sah_cistern": (12, 40), "sah_convexity": (8, 40), "sah_hu": (40, 65),
+        "edh_extent": (15, 22, 35), "edh_thickness": (3, 8, 18), "edh_hu": (50, 60, 90),
+        "sdh_extent": (40, 55, 85), "sdh_thickness": (2, 5, 10), "sdh_hu": (30, 45, 80),
+        "iph_radius": (3, 7, 18), "iph_hu": (50, 60, 85), "ivh_level": (0.5, 18.0), "ivh_hu": (45, 55, 75),
+        "sah_cistern": (12, 28, 40), "sah_convexity": (8, 25, 40), "sah_hu": (40, 45, 65),
         # atrophy: wide ventricles, CSF rim and sulci in older heads
         "ventricle_scale": (0.8, 1.8), "csf_rim_mm": (1.2, 4.5), "sulcus_depth_mm": (10.0, 20.0),
     },
 }  # fmt: skip
+
+
+HARD_SHARE = 0.3
+
+
+def _draw(rng: np.random.Generator, spec: tuple[float, ...]) -> np.float64:
+    """One value from a range: (lo, hi) uniform; (lo, mid, hi) a mixture, HARD_SHARE of the draws
+    uniform in [lo, mid) and the rest in [mid, hi]. One random number either way, so the choice of
+    ranges never shifts the draws that follow (the demo's (lo, hi) draws are `rng.uniform`'s own)."""
+    if len(spec) == 2:
+        return rng.uniform(*spec)  # a numpy float64, as before (numpy scalars are not "weak" in arithmetic)
+    lo, mid, hi = spec
+    u = rng.random()
+    if u < HARD_SHARE:
+        return np.float64(lo + (mid - lo) * u / HARD_SHARE)
+    return np.float64(mid + (hi - mid) * (u - HARD_SHARE) / (1 - HARD_SHARE))
 
 
 @dataclass(frozen=True)
@@ -205,10 +222,10 @@ def random_anatomy(
         "table_mm": patient_rng.uniform(1.4, 2.0),
         "cortical_hu": patient_rng.uniform(1300.0, 1750.0),
         "diploe_hu": patient_rng.uniform(450.0, 750.0),
-        "csf_rim_mm": patient_rng.uniform(*r["csf_rim_mm"]),
+        "csf_rim_mm": _draw(patient_rng, r["csf_rim_mm"]),
         "cortex_mm": patient_rng.uniform(2.5, 3.5),
-        "sulcus_depth_mm": patient_rng.uniform(*r["sulcus_depth_mm"]),
-        "ventricle_scale": patient_rng.uniform(*r["ventricle_scale"]),
+        "sulcus_depth_mm": _draw(patient_rng, r["sulcus_depth_mm"]),
+        "ventricle_scale": _draw(patient_rng, r["ventricle_scale"]),
         "grey_hu": patient_rng.uniform(35.0, 41.0),
         "white_hu": patient_rng.uniform(25.0, 30.0),
         "gyral_phase": tuple(float(p) for p in patient_rng.uniform(0, 2 * np.pi, 6)),
@@ -474,7 +491,7 @@ def random_lesions(
 
 
 # Share of bleeding studies (clinical only) whose first non-IVH bleed is faint and tall.
-FAINT_FRACTION = {"demo": 0.0, "clinical": 0.3}
+FAINT_FRACTION = {"demo": 0.0, "clinical": 0.2}
 
 
 def faint_lesions(
@@ -495,7 +512,7 @@ def faint_lesions(
 
 
 def _random_lesion(
-    kind: str, rng: np.random.Generator, anat: Anatomy, r: dict[str, tuple[float, float]]
+    kind: str, rng: np.random.Generator, anat: Anatomy, r: dict[str, tuple[float, ...]]
 ) -> Lesion:
     side = int(rng.choice([-1, 1]))
     phases = tuple(float(p) for p in rng.uniform(0, 2 * np.pi, 3))
@@ -505,9 +522,9 @@ def _random_lesion(
         v = (np.cos(phi) * np.cos(theta), np.cos(phi) * np.sin(theta), np.sin(phi))
         center = inner_surface_point(anat, v)
         key = "edh" if kind == "epidural" else "sdh"
-        extent = rng.uniform(*r[f"{key}_extent"])
-        thickness = rng.uniform(*r[f"{key}_thickness"])
-        return Lesion(kind, center, extent, thickness, rng.uniform(*r[f"{key}_hu"]), side, phases=phases)
+        extent = _draw(rng, r[f"{key}_extent"])
+        thickness = _draw(rng, r[f"{key}_thickness"])
+        return Lesion(kind, center, extent, thickness, _draw(rng, r[f"{key}_hu"]), side, phases=phases)
     if kind == "intraparenchymal":
         if rng.random() < 0.5:  # hypertensive: basal ganglia
             center = (side * rng.uniform(16, 24), rng.uniform(-8, 8), rng.uniform(-6, 4))
@@ -517,30 +534,30 @@ def _random_lesion(
         return Lesion(
             kind,
             center,
-            rng.uniform(*r["iph_radius"]),
+            _draw(rng, r["iph_radius"]),
             0.0,
-            rng.uniform(*r["iph_hu"]),
+            _draw(rng, r["iph_hu"]),
             side,
             edema=edema,
             phases=phases,
         )
     if kind == "intraventricular":
         both = rng.random() < 0.35
-        level = rng.uniform(*r["ivh_level"])  # fluid level in local y: blood layers posteriorly
+        level = _draw(rng, r["ivh_level"])  # fluid level in local y: blood layers posteriorly
         return Lesion(
-            kind, (0.0, 0.0, 0.0), 0.0, level, rng.uniform(*r["ivh_hu"]), 2 if both else side, phases=phases
+            kind, (0.0, 0.0, 0.0), 0.0, level, _draw(rng, r["ivh_hu"]), 2 if both else side, phases=phases
         )
     if kind == "subarachnoid":
         if rng.random() < 0.5:  # basal cisterns
             center = (rng.uniform(-6, 6), rng.uniform(0, 12), rng.uniform(-26, -14))
-            radius = rng.uniform(*r["sah_cistern"])
+            radius = _draw(rng, r["sah_cistern"])
         else:  # convexity sulci
             theta = (0.0 if side > 0 else np.pi) + rng.uniform(-1.0, 1.0)
             phi = rng.uniform(0.1, 0.8)
             v = (np.cos(phi) * np.cos(theta), np.cos(phi) * np.sin(theta), np.sin(phi))
             center = inner_surface_point(anat, v)
-            radius = rng.uniform(*r["sah_convexity"])
-        return Lesion(kind, center, radius, 0.0, rng.uniform(*r["sah_hu"]), side, phases=phases)
+            radius = _draw(rng, r["sah_convexity"])
+        return Lesion(kind, center, radius, 0.0, _draw(rng, r["sah_hu"]), side, phases=phases)
     if kind == "ischemic":
         apex = (side * rng.uniform(8, 14), rng.uniform(-6, 6), rng.uniform(-4, 8))
         d = np.array([side * 1.0, rng.uniform(-0.5, 0.5), rng.uniform(-0.1, 0.35)])

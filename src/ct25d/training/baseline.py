@@ -447,11 +447,35 @@ def _fit(
     return {"best_epoch": int(best["epoch"]), "seconds_per_epoch": float(np.mean(state["seconds"]))}
 
 
+def stage1_encoder(
+    checkpoint: str | os.PathLike[str] | None, backbone: str, out_dir: str | os.PathLike[str]
+) -> Path:
+    """The encoder of a Stage-1 `best.pt` as a timm state dict (`<out_dir>/stage1_encoder.pth`), so
+    that timm loads it as it loads pretrained weights (adapting the stem to the input channels)."""
+    if not checkpoint:
+        raise ConfigError("thick2d init 'stage1' needs the fold's Stage-1 best.pt")
+    payload = load_checkpoint(checkpoint)
+    if payload["settings"]["backbone"] != backbone:
+        raise ConfigError(
+            f"thick2d backbone {backbone!r} but {checkpoint} holds {payload['settings']['backbone']!r}"
+        )
+    encoder = {k.removeprefix("encoder."): v for k, v in payload["model"].items() if k.startswith("encoder.")}
+    path = Path(out_dir) / "stage1_encoder.pth"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, encoder)
+    return path
+
+
 def thick_settings(model_config: dict[str, Any], stage1: dict[str, Any]) -> Stage1Settings:
     """Stage-1 settings of a `thick2d` entry: the `stage1` block, then the entry's keys (`k` is the
     thickness; any Stage-1 key, e.g. `image_size` or `epochs`, may be overridden)."""
     renamed = {"k": "thickness"}
-    entry = {renamed.get(k, k): v for k, v in model_config.items() if k != "name"}
+    entry = {renamed.get(k, k): v for k, v in model_config.items() if k not in ("name", "init")}
+    if model_config.get("init") not in (None, "stage1"):
+        raise ConfigError(
+            f"thick2d init: 'stage1' or absent (a weights file goes in `pretrained`), "
+            f"got {model_config['init']!r}"
+        )
     skip = {"backbones", "folds"}
     s = Stage1Settings.from_dict({**{k: v for k, v in stage1.items() if k not in skip}, **entry})
     with torch.device("meta"):  # checks k, multiplex and the backbone without allocating weights
@@ -471,10 +495,14 @@ def train_thickened(
     out_dir: str | os.PathLike[str],
     device: str = "cpu",
     method: str | None = None,
+    stage1_checkpoint: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Thickened 2D: Stage 1's trainer on k-slice inputs, then every slice of every dataset predicted
-    and each study scored by its max slice."""
+    and each study scored by its max slice. `init: stage1` starts the encoder from the fold's Stage-1
+    `best.pt` (`stage1_checkpoint`), spread over the k slices as pretrained weights are."""
     s = thick_settings(model_config, stage1)
+    if model_config.get("init") == "stage1":
+        s = dataclasses.replace(s, pretrained=str(stage1_encoder(stage1_checkpoint, s.backbone, out_dir)))
     started = time.perf_counter()
     result = train_stage1(index, fold, s, out_dir, device)
     seconds = (time.perf_counter() - started) / max(len(result.history), 1)
