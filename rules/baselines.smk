@@ -89,16 +89,18 @@ def baseline_inputs(wildcards):
     if kind == "volume":
         inputs["volumes"] = rules.volume_index.output[0]
     elif kind == "embeddings":
-        inputs["embeddings"] = f"{s1}/embeddings"
+        inputs["embeddings"] = f"{s1}/embeddings/rows.parquet"
     else:
         inputs["index"] = rules.index.output.slices
     return inputs
 
 
 def baseline_args(wildcards, input):
+    """The baseline's input flags (embeddings: the folder that holds `rows.parquet` and the shards)."""
     flags = {"volumes": "--volumes", "checkpoint": "--stage1-checkpoint", "embeddings": "--embeddings",
              "index": "--index"}
-    return " ".join(f"{flag} {shlex.quote(str(input[key]))}" for key, flag in flags.items() if key in input.keys())
+    paths = {key: os.path.dirname(input[key]) if key == "embeddings" else input[key] for key in flags if key in input.keys()}
+    return " ".join(f"{flags[key]} {shlex.quote(str(path))}" for key, path in paths.items())
 
 
 def baseline_entry(wildcards):

@@ -1,5 +1,6 @@
 # Config validation, dataset table and input functions: nothing else lives here.
 import json
+import os
 import shlex
 from pathlib import Path
 

@@ -2,6 +2,7 @@
 # slice, and the seed's head-vs-cosine evaluation. GPU jobs ask `gpu=1` and lease their own device.
 
 S1 = f"{RESULTS}/stage1/{{backbone}}/fold{{fold}}"
+EMB = f"{S1}/embeddings"  # one <dataset>-shard-<k>.zarr per slice-store shard (one job each), rows.parquet
 
 
 rule train_slices:
@@ -28,33 +29,60 @@ rule train_slices:
         "--runtime {STAGE1_RUNTIME:q} --workers {threads} --out {params.out} > {log} 2>&1"
 
 
-rule embed:
+def embed_shards(wildcards):
+    """`NAME=STORE` of every slice-store shard: `<embeddings>/NAME.zarr` holds its slices."""
+    return {f"{d}-shard-{k}": rules.slice_shard.output.store.format(dataset=d, shard=k)
+            for d in DATASETS for k in shard_ids(d)}
+
+
+rule embed_shard:
     input:
         index=rules.index.output.slices,
         checkpoint=rules.train_slices.output.best,
     output:
-        directory(f"{S1}/embeddings"),
+        directory(f"{EMB}/{{dataset}}-shard-{{shard}}.zarr"),
     params:
         settings=embed_settings,
+        store=lambda w: rules.slice_shard.output.store.format(dataset=w.dataset, shard=w.shard),
     log:
-        f"{RESULTS}/logs/embed/{{backbone}}-{{fold}}.log",
+        f"{RESULTS}/logs/embed_shard/{{backbone}}-{{fold}}-{{dataset}}-{{shard}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/embed/{{backbone}}-{{fold}}.tsv",
+        f"{RESULTS}/benchmarks/embed_shard/{{backbone}}-{{fold}}-{{dataset}}-{{shard}}.tsv",
     threads: 2
     resources:
         gpu=1,
     conda:
         "../envs/ct25d.yaml"
     shell:
-        "ct25d embed --index {input.index} --checkpoint {input.checkpoint} --settings {params.settings:q} "
-        "--runtime {STAGE1_RUNTIME:q} --workers {threads} --out {output} > {log} 2>&1"
+        "ct25d embed --index {input.index} --checkpoint {input.checkpoint} --store {params.store} "
+        "--settings {params.settings:q} --runtime {STAGE1_RUNTIME:q} --workers {threads} --out {output} > {log} 2>&1"
+
+
+rule embed:
+    input:
+        index=rules.index.output.slices,
+        shards=lambda w: [f"{EMB.format(**w)}/{name}.zarr" for name in embed_shards(w)],
+    output:
+        rows=f"{EMB}/rows.parquet",
+        settings=f"{EMB}/settings.json",
+    params:
+        shards=lambda w: [f"{name}={store}" for name, store in embed_shards(w).items()],
+        out=EMB,
+    log:
+        f"{RESULTS}/logs/embed/{{backbone}}-{{fold}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/embed/{{backbone}}-{{fold}}.tsv",
+    conda:
+        "../envs/ct25d.yaml"
+    shell:
+        "ct25d embed-gather --index {input.index} --shards {params.shards} --out {params.out} > {log} 2>&1"
 
 
 rule eval_stage1:
     input:
         index=rules.index.output.slices,
         studies=rules.index.output.studies,
-        embeddings=rules.embed.output,
+        embeddings=rules.embed.output.rows,
     output:
         json=f"{S1}/eval/stage1_eval.json",
         table=report(f"{S1}/eval/stage1_eval.csv", category="Stage 1", labels={"backbone": "{backbone}", "fold": "{fold}", "table": "evaluation"}),
@@ -62,6 +90,7 @@ rule eval_stage1:
         cosine=f"{S1}/eval/cosine/metrics.json",
     params:
         settings=eval_settings,
+        embeddings=EMB,
         out=f"{S1}/eval",
     log:
         f"{RESULTS}/logs/eval_stage1/{{backbone}}-{{fold}}.log",
@@ -70,7 +99,7 @@ rule eval_stage1:
     conda:
         "../envs/ct25d.yaml"
     shell:
-        "ct25d eval-stage1 --index {input.index} --studies {input.studies} --embeddings {input.embeddings} "
+        "ct25d eval-stage1 --index {input.index} --studies {input.studies} --embeddings {params.embeddings} "
         "--fold {wildcards.fold} --settings {params.settings:q} --out {params.out} > {log} 2>&1"
 
 

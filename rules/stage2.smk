@@ -6,7 +6,7 @@ S2 = f"{RESULTS}/stage2/{{model}}/{{backbone}}/fold{{fold}}"
 
 rule train_sequence:
     input:
-        embeddings=rules.embed.output,
+        embeddings=rules.embed.output.rows,
         studies=rules.index.output.studies,
     output:
         best=f"{S2}/best.pt",
@@ -17,6 +17,7 @@ rule train_sequence:
     params:
         model=stage2_model,
         settings=stage2_settings(),
+        embeddings=EMB,
         out=S2,
     log:
         f"{RESULTS}/logs/train_sequence/{{model}}-{{backbone}}-{{fold}}.log",
@@ -28,7 +29,7 @@ rule train_sequence:
     conda:
         "../envs/ct25d.yaml"
     shell:
-        "ct25d train-sequence --embeddings {input.embeddings} --studies {input.studies} --fold {wildcards.fold} "
+        "ct25d train-sequence --embeddings {params.embeddings} --studies {input.studies} --fold {wildcards.fold} "
         "--model {params.model:q} --settings {params.settings:q} --runtime {STAGE2_RUNTIME:q} "
         "--out {params.out} > {log} 2>&1"
 

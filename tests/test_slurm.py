@@ -32,7 +32,7 @@ def test_whole_dag_through_the_slurm_profile(tmp_path: Path) -> None:
         pytest.skip(reason)
     # A test node has 2 cores and no GPU: shrink the profile's requests and send GPU rules to the CPU.
     overrides = ["--set-resources"]
-    for rule in ("train_slices", "embed", "train_sequence"):
+    for rule in ("train_slices", "embed_shard", "train_sequence"):
         overrides += [
             f"{rule}:gpu=0",
             f"{rule}:slurm_partition=cpu",
@@ -44,7 +44,7 @@ def test_whole_dag_through_the_slurm_profile(tmp_path: Path) -> None:
         "--slurm-status-command", "squeue", "--slurm-no-account",
         "--slurm-init-seconds-before-status-checks", "1",
         "--default-resources", "cpus_per_task=1", "mem_mb=1500", "runtime=30", "slurm_partition=cpu",
-        "--set-threads", "scan=1", "ingest_shard=1", "synth_cohort=1", "train_slices=1", "embed=1",
+        "--set-threads", "scan=1", "ingest_shard=1", "synth_cohort=1", "train_slices=1", "embed_shard=1",
         *overrides,
     )  # fmt: skip
     assert (

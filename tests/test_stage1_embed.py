@@ -86,3 +86,51 @@ def test_tta_changes_the_embedding(trained: tuple[pd.DataFrame, Path], tmp_path:
     a = np.asarray(read_embeddings(tmp_path / "a", "cq500_000")["embedding"][:])
     b = np.asarray(read_embeddings(tmp_path / "b", "cq500_000")["embedding"][:])
     assert a.shape == b.shape and not np.array_equal(a, b)
+
+
+def test_shard_names_tell_every_store_apart() -> None:
+    stores = [
+        "results/rsna/slices/shard-0.zarr",
+        "results/cq500/slices/shard-0.zarr",
+        "results/rsna/slices/shard-1.zarr",
+    ]
+    names = embed.shard_names(stores)
+    assert len(set(names.values())) == 3
+    assert names["results/rsna/slices/shard-1.zarr"] == "rsna_slices_shard-1"
+    assert embed.shard_names(["a/000.zarr", "b/001.zarr"]) == {"a/000.zarr": "000", "b/001.zarr": "001"}
+
+
+def test_shards_embedded_one_by_one_gather_to_the_whole_run(
+    trained: tuple[pd.DataFrame, Path], tmp_path: Path
+) -> None:
+    index, checkpoint = trained
+    whole = extract_embeddings(index, checkpoint, tmp_path / "whole", tta_flip=False)
+    names = {"first": str(index["store"].iloc[0])}
+    names["second"] = next(str(s) for s in index["store"].unique() if str(s) != names["first"])
+    out = tmp_path / "shards"
+    for name, store in names.items():  # one job per shard, in any order
+        embed.embed_shard(index, store, checkpoint, out / f"{name}.zarr", tta_flip=False)
+    two = index[index["store"].astype(str).isin(names.values())]
+    rows = embed.gather_rows(two, out, names)
+    for name, store in names.items():
+        mine = rows[rows["shard"] == name].drop(columns="shard").reset_index(drop=True)
+        theirs = whole[whole["store"].astype(str) == store]
+        ref = np.asarray(read_embeddings(tmp_path / "whole", theirs["shard"].iloc[0])["embedding"][:])
+        np.testing.assert_array_equal(np.asarray(read_embeddings(out, name)["embedding"][:]), ref)
+        pd.testing.assert_frame_equal(mine, theirs.drop(columns="shard").reset_index(drop=True))
+    with pytest.raises(ValueError, match="no embedding shard for slice store"):
+        embed.gather_rows(two, out, {"first": names["first"]})  # the index has a store no shard holds
+    with pytest.raises(ValueError, match=r"holds \d+ rows of"):
+        embed.gather_rows(two, out, {"first": names["second"], "second": names["first"]})
+
+
+def test_a_store_with_no_indexed_slices_gives_an_empty_shard(
+    trained: tuple[pd.DataFrame, Path], tmp_path: Path
+) -> None:
+    index, checkpoint = trained
+    store = str(index["store"].iloc[0])
+    assert (
+        embed.embed_shard(index[index["store"].astype(str) != store], store, checkpoint, tmp_path / "e.zarr")
+        == 0
+    )
+    assert read_embeddings(tmp_path, "e")["embedding"].shape[0] == 0

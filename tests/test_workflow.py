@@ -54,7 +54,7 @@ SUBDURAL_WINDOW = {"name": "subdural", "center": 75, "width": 215}
 WIDE_WINDOW = {"name": "wide", "center": 150, "width": 500}
 UPSTREAM = [
     "synth_cohort", "scan", "ingest_shard", "ingest_report", "resample_shard", "slice_shard", "splits",
-    "index", "qc", "train_slices", "embed", "eval_stage1", "train_sequence",
+    "index", "qc", "train_slices", "embed_shard", "embed", "eval_stage1", "train_sequence",
 ]  # fmt: skip
 
 
@@ -101,13 +101,29 @@ def test_second_run_has_nothing_to_do(workdir: Path) -> None:
 
 
 @pytest.mark.workflow
+def test_a_lost_embedding_shard_is_redone_alone(workdir: Path) -> None:
+    embeddings = workdir / "results" / "stage1" / "resnet10t" / "fold0" / "embeddings"
+    shards = sorted(embeddings.glob("*-shard-*.zarr"))
+    assert [p.name for p in shards] == ["cq500-shard-0.zarr", "hospital-shard-0.zarr", "rsna-shard-0.zarr",
+                                        "rsna-shard-1.zarr"]  # fmt: skip
+    moved = workdir / "lost.zarr"
+    shards[2].rename(moved)  # as if its job had been killed (Snakemake removes a failed job's output)
+    try:
+        plan = snakemake(workdir, TINY, "-n", "--quiet", "rules")
+        assert re.search(r"^embed_shard\s+1\s*$", plan, flags=re.M)  # that shard only, then what reads it
+        assert "train_slices" not in planned_rules(plan)
+    finally:
+        moved.rename(shards[2])
+
+
+@pytest.mark.workflow
 @pytest.mark.parametrize(
     ("section", "key", "value", "first"),
     [
         ("ingest", "compression_level", 5, "ingest_shard"),
         ("ingest", "spacing_tolerance", 0.2, "scan"),
         ("ingest", "tilt", "keep", "scan"),
-        ("stage1", "tta_flip", True, "embed"),
+        ("stage1", "tta_flip", True, "embed_shard"),
         ("preprocess", "in_plane_mm", 6.0, "resample_shard"),
         ("preprocess", "windows", [STROKE_WINDOW, SUBDURAL_WINDOW, WIDE_WINDOW], "slice_shard"),
         ("splits", "seed", 1, "splits"),

@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 from ct25d.cli.common import add_runtime, json_object
+from ct25d.cli.preprocess import named
 
 log = logging.getLogger("ct25d")
 
@@ -40,22 +41,29 @@ def cmd_embed(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from ct25d.training.devices import lease_device
-    from ct25d.training.embed import extract_embeddings
+    from ct25d.training.embed import embed_shard, extract_embeddings
     from ct25d.training.stage1 import Stage1Settings
 
     settings = Stage1Settings.from_dict(run_settings(args))
     index = pd.read_parquet(args.index)
+    options = dict(tta_flip=settings.tta_flip, batch_size=settings.embed_batch_size,
+                   num_workers=settings.num_workers)  # fmt: skip
     with lease_device(prefer=settings.device) as device:
-        log.info("embed %d slices on %s", len(index), device)
-        extract_embeddings(
-            index,
-            args.checkpoint,
-            args.out,
-            device,
-            tta_flip=settings.tta_flip,
-            batch_size=settings.embed_batch_size,
-            num_workers=settings.num_workers,
-        )
+        if args.store:
+            log.info("embed the slices of %s on %s", args.store, device)
+            embed_shard(index, args.store, args.checkpoint, args.out, device, **options)
+        else:
+            log.info("embed %d slices on %s", len(index), device)
+            extract_embeddings(index, args.checkpoint, args.out, device, **options)
+
+
+def cmd_embed_gather(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from ct25d.training.embed import gather_rows
+
+    rows = gather_rows(pd.read_parquet(args.index), args.out, dict(args.shards))
+    log.info("%d slices in %d shards", len(rows), len(args.shards))
 
 
 def cmd_eval_stage1(args: argparse.Namespace) -> None:
@@ -111,14 +119,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_runtime(p)
     p.set_defaults(func=cmd_train_slices)
 
-    p = sub.add_parser("embed", help="Stage-1 embeddings and logits of every slice in the index")
+    p = sub.add_parser(
+        "embed", help="Stage-1 embeddings and logits of every slice in the index (or one store)"
+    )
     p.add_argument("--index", required=True, help="slice index parquet")
     p.add_argument("--checkpoint", required=True, help="best.pt written by train-slices")
     p.add_argument("--settings", type=json_object, required=True, help="config `stage1` (JSON)")
+    p.add_argument("--store", help="embed only this slice store; --out is then its <name>.zarr")
     p.add_argument("--out", required=True, help="folder: <shard>.zarr per slice store, rows.parquet")
     p.add_argument("--workers", type=int, default=None, help="data loader workers (default: settings)")
     add_runtime(p)
     p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("embed-gather", help="rows.parquet of an embeddings folder from its shards")
+    p.add_argument("--index", required=True, help="slice index parquet")
+    p.add_argument(
+        "--shards", type=named, nargs="+", required=True, help="NAME=STORE: <out>/NAME.zarr embeds STORE"
+    )
+    p.add_argument("--out", required=True, help="the embeddings folder")
+    p.set_defaults(func=cmd_embed_gather)
 
     p = sub.add_parser("eval-stage1", help="head vs cosine-to-class-mean F1/AUC, slice and volume level")
     p.add_argument("--index", required=True, help="slice index parquet")
