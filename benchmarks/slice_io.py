@@ -1,4 +1,5 @@
-"""Random single-slice read speed and disk use: our zarr slice store vs `.npy` and PNG per slice.
+"""Random single-slice read speed, disk use and file count: our zarr slice store (one shard file per
+study, each slice one byte-range read) vs `.npy` and PNG per slice.
 
 Stage 1 reads hundreds of thousands of slices in random order, so per-slice read cost decides
 whether the GPU waits. Slices are synthetic windowed head CT (smooth tissue ellipse, skull ring,
@@ -48,6 +49,10 @@ def disk_bytes(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
 
+def file_count(root: Path) -> int:
+    return sum(1 for p in root.rglob("*") if p.is_file())
+
+
 def time_reads(read: Callable[[str, int], np.ndarray], keys: list[tuple[str, int]], repeats: int) -> float:
     """Slices/s over `keys` in random order, best of `repeats` passes after a warming pass."""
     for study_id, z in keys:
@@ -94,7 +99,7 @@ def main() -> None:
                 np.save(npy_dir / f"{study_id}_{z:04d}.npy", image)
                 Image.fromarray(image.transpose(1, 2, 0)).save(png_dir / f"{study_id}_{z:04d}.png")
 
-        rows: list[tuple[str, float, float]] = []
+        rows: list[tuple[str, float, float, int]] = []
         for level in args.levels:
             path = root / f"zstd{level}.zarr"
             with SliceStoreWriter(path, {"benchmark": "slice_io"}, level=level) as writer:
@@ -104,12 +109,11 @@ def main() -> None:
             assert all(np.array_equal(reader.read(s, z), studies[s][z]) for s, z in keys)
             group = zarr.open_group(path, mode="r")
             arrays = {s: group[s] for s in studies}
-            size = disk_bytes(path) / n
-            rows.append(
-                (f"zarr store, fast path (zstd {level})", time_reads(reader.read, keys, args.repeats), size)
-            )
+            size, files = disk_bytes(path) / n, file_count(path)
+            fast = time_reads(reader.read, keys, args.repeats)
+            rows.append((f"zarr store, fast path (zstd {level})", fast, size, files))
             naive = time_reads(lambda s, z, arrays=arrays: arrays[s][z], keys, 1)
-            rows.append((f"zarr store, `array[z]` (zstd {level})", naive, size))
+            rows.append((f"zarr store, `array[z]` (zstd {level})", naive, size, files))
 
         def read_npy(study_id: str, z: int) -> np.ndarray:
             return np.load(npy_dir / f"{study_id}_{z:04d}.npy")
@@ -118,12 +122,11 @@ def main() -> None:
             with Image.open(png_dir / f"{study_id}_{z:04d}.png") as image:
                 return np.asarray(image).transpose(2, 0, 1)
 
-        rows.append(
-            ("one `.npy` per slice", time_reads(read_npy, keys, args.repeats), disk_bytes(npy_dir) / n)
-        )
-        rows.append(
-            ("one PNG per slice (Pillow)", time_reads(read_png, keys, args.repeats), disk_bytes(png_dir) / n)
-        )
+        for name, read, folder in (("one `.npy` per slice", read_npy, npy_dir),
+                                   ("one PNG per slice (Pillow)", read_png, png_dir)):  # fmt: skip
+            rows.append(
+                (name, time_reads(read, keys, args.repeats), disk_bytes(folder) / n, file_count(folder))
+            )
 
     raw = 3 * args.size * args.size
     png_rate = rows[-1][1]
@@ -131,10 +134,12 @@ def main() -> None:
         f"{args.studies} studies x {args.slices} slices, 3x{args.size}x{args.size} uint8 "
         f"({raw:,} B raw), random order, one core, warm cache\n"
     )
-    print("| layout | slices/s | x PNG | bytes/slice | x raw |")
-    print("|---|---:|---:|---:|---:|")
-    for name, rate, size in rows:
-        print(f"| {name} | {rate:,.0f} | {rate / png_rate:.1f} | {size:,.0f} | {size / raw:.2f} |")
+    print("| layout | slices/s | x PNG | bytes/slice | x raw | files |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, rate, size, files in rows:
+        print(
+            f"| {name} | {rate:,.0f} | {rate / png_rate:.1f} | {size:,.0f} | {size / raw:.2f} | {files:,} |"
+        )
 
 
 if __name__ == "__main__":

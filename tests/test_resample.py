@@ -115,6 +115,31 @@ def test_resample_shard_streams_studies_deterministically(tmp_path: Path) -> Non
         resample_shard(src, tmp_path / "c.zarr", {"in_plane_mm": 1.0, "interpolator": "linear"}, {})
 
 
+def test_a_study_resampling_leaves_unchanged_is_an_alias_not_a_copy(tmp_path: Path) -> None:
+    import shutil
+
+    rng = np.random.default_rng(3)
+    results = tmp_path / "results"
+    src = results / "hu" / "shard-0.zarr"
+    volumes = {}
+    with hu_store_writer(src, {"stage": "test"}) as writer:
+        for name, spacing in (("same", (5.0, 0.8, 0.8)), ("finer", (5.0, 0.5, 0.5))):
+            volumes[name] = rng.integers(-1000, 1000, (3, 12, 12), dtype=np.int16)
+            writer.write(name, volumes[name], attrs_for(volumes[name].shape, spacing))
+    out = results / "resampled" / "shard-0.zarr"
+    table = resample_shard(src, out, {"in_plane_mm": 0.8, "slice_mm": None, "interpolator": "linear"}, {},
+                           progress=False)  # fmt: skip
+    assert table.set_index("study_id")["unchanged"].to_dict() == {"same": True, "finer": False}
+    assert not (out / "same" / "c").exists()  # no voxels stored for it: they stay in the HU store
+    shutil.move(results, tmp_path / "moved")  # the whole results folder elsewhere: still found
+    moved = tmp_path / "moved" / "resampled" / "shard-0.zarr"
+    hu, attrs = read_volume(moved, "same")
+    assert np.array_equal(hu, volumes["same"])
+    assert attrs["spacing_zyx"] == [5.0, 0.8, 0.8] and attrs["source_shape_zyx"] == [3, 12, 12]
+    assert "alias_of" not in attrs
+    assert shard_studies(moved) == ["finer", "same"]
+
+
 def test_uneven_slices_are_interpolated_on_their_true_positions() -> None:
     """A missing slice (a 10 mm step among 5 mm ones): a regular grid read on the true positions
     gives the analytic ramp; assuming even spacing would shift every slice after the gap."""

@@ -55,13 +55,16 @@ def test_round_trip_exact(store: tuple[Path, dict[str, np.ndarray]]) -> None:
 
 
 def test_layout_on_disk(store: tuple[Path, dict[str, np.ndarray]]) -> None:
-    path, _ = store
+    path, studies = store
     meta = json.loads((path / "ID_b" / "zarr.json").read_text())
-    assert meta["chunk_grid"]["configuration"]["chunk_shape"] == [1, 3, 8, 8]
-    assert [c["name"] for c in meta["codecs"]] == ["bytes", "zstd"]
-    # all-zero slices are not written, and the fast path still returns them
-    assert not (path / "ID_b" / "c" / "1").exists()
-    assert not (path / "ID_c" / "c").exists()
+    assert meta["chunk_grid"]["configuration"]["chunk_shape"] == [3, 3, 8, 8]  # one shard per study
+    (sharding,) = meta["codecs"]
+    assert sharding["configuration"]["chunk_shape"] == [1, 3, 8, 8]  # of one slice each
+    assert [c["name"] for c in sharding["configuration"]["codecs"]] == ["bytes", "zstd"]
+    # files: the group's zarr.json, then per study its zarr.json and one shard (none if all zero)
+    files = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
+    assert len(files) == 1 + 2 * len(studies) - 1
+    assert not (path / "ID_c" / "c").exists()  # all-zero study: no shard, the fast path fills it
 
 
 def test_fast_path_equals_zarr(store: tuple[Path, dict[str, np.ndarray]]) -> None:
@@ -88,14 +91,35 @@ def test_read_errors(store: tuple[Path, dict[str, np.ndarray]]) -> None:
         reader.read("../shard0.zarr", 0)
 
 
-def test_corrupt_chunk_is_an_error(store: tuple[Path, dict[str, np.ndarray]]) -> None:
-    path, _ = store
-    chunk = path / "ID_b" / "c" / "0" / "0" / "0" / "0"
+def test_corrupt_shard_is_an_error(store: tuple[Path, dict[str, np.ndarray]]) -> None:
     import numcodecs
 
-    chunk.write_bytes(numcodecs.Zstd().encode(np.zeros(10, np.uint8)))  # decodes to too few bytes
-    with pytest.raises(ValueError, match="corrupt"):
+    path, _ = store
+    shard = path / "ID_b" / "c" / "0" / "0" / "0" / "0"
+    raw = bytearray(shard.read_bytes())
+    raw[-5] ^= 0xFF  # the index no longer matches its checksum
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="checksum"):
         SliceReader(path).read("ID_b", 0)
+    # a chunk that decodes to too few bytes, with a valid index pointing at it
+    frame = numcodecs.Zstd().encode(np.zeros(10, np.uint8))
+    index = np.array([[0, len(frame)], [2**64 - 1] * 2, [0, len(frame)]], dtype="<u8").tobytes()
+    shard.write_bytes(bytes(frame) + bytes(numcodecs.CRC32C(location="end").encode(index)))
+    with pytest.raises(ValueError, match="corrupt"):
+        SliceReader(path).read("ID_b", 2)
+
+
+def test_stores_written_one_file_per_slice_still_take_the_fast_path(tmp_path: Path) -> None:
+    path = tmp_path / "old.zarr"
+    data = np.random.default_rng(1).integers(0, 256, (4, 3, 8, 8), dtype=np.uint8)
+    data[2] = 0
+    group = zarr.open_group(path, mode="w", zarr_format=3)
+    group.create_array(name="s", shape=data.shape, dtype=np.uint8, chunks=(1, 3, 8, 8),
+                       compressors=zarr.codecs.ZstdCodec(level=-1), fill_value=0)  # fmt: skip
+    group["s"][...] = data
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback to zarr
+        assert all(np.array_equal(SliceReader(path).read("s", z), data[z]) for z in range(4))
 
 
 def test_unsupported_codecs_fall_back_to_zarr(tmp_path: Path) -> None:

@@ -65,6 +65,31 @@ class ShardWriter:
         stored[...] = data
         self.studies.append(study_id)
 
+    def alias(self, study_id: str, source: str | os.PathLike[str], attrs: dict[str, Any]) -> None:
+        """Record a study whose array is `source`'s, unchanged, with its own attrs: a node with no
+        data that `read_alias` follows (a path relative to this store, so moving the results folder
+        as a whole keeps it valid)."""
+        check_study_id(study_id)
+        if study_id in self.studies:
+            raise ValueError(f"study {study_id}: already written to {self.path}")
+        target = os.path.relpath(Path(source) / study_id, self.path.parent / self.path.name / study_id)
+        self._group.create_group(study_id, attributes=jsonable({**attrs, ALIAS_KEY: target}))
+        self.studies.append(study_id)
+
+
+ALIAS_KEY = "alias_of"
+
+
+def open_study(path: str | os.PathLike[str], study_id: str) -> tuple[zarr.Array, dict[str, Any]]:
+    """A study's array and attrs, following an alias (`ShardWriter.alias`) to the store that holds it."""
+    check_study_id(study_id)
+    node = zarr.open(Path(path) / study_id, mode="r")
+    attrs = dict(node.attrs)
+    if isinstance(node, zarr.Array):
+        return node, attrs
+    target = os.path.normpath(Path(path) / study_id / attrs.pop(ALIAS_KEY))
+    return zarr.open_array(target, mode="r"), attrs
+
 
 @contextlib.contextmanager
 def shard_writer(path: str | os.PathLike[str], provenance: dict[str, Any]) -> Iterator[ShardWriter]:

@@ -1,9 +1,13 @@
 """The slice store: one zarr v3 group per shard, one `(Z, 3, H, W)` uint8 array per study.
 
 Chunks hold one slice each (`(1, 3, H, W)`, zstd), because training reads single slices in random
-order. zarr-python's per-call asyncio overhead makes `array[z]` about as slow as PNG decoding, so
-`SliceReader.read` reads the chunk file and decodes it with zstd itself — but only after checking
-the array's `zarr.json` describes exactly the layout it knows; anything else goes through zarr.
+order, and each study's chunks live in one zarr shard file (`sharding_indexed`): a study is two
+files (its `zarr.json` and its shard), not one per slice (RSNA: ~25k studies, not ~750k slices).
+zarr-python's per-call asyncio overhead makes `array[z]` about as slow as PNG decoding, so
+`SliceReader.read` reads the shard's chunk index once per study and then each slice by one
+byte-range read, decoding it with zstd itself — but only after checking the array's `zarr.json`
+describes exactly the layout it knows; anything else goes through zarr. Stores written before
+sharding (one file per slice) are read the same way.
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ class SliceStoreWriter:
             slices,
             attrs,
             chunks=(1, *slices.shape[1:]),
+            shards=slices.shape,
             compressors=ZstdCodec(level=self.level),
             fill_value=0,
         )
@@ -104,16 +109,31 @@ class _FastLayout:
 
     shape: tuple[int, int, int, int]
     fill_value: int
-    key_prefix: str  # directory + chunk key up to the slice index
+    key_prefix: str  # directory + chunk key up to the slice index (the shard's key when sharded)
     key_suffix: str  # chunk key after the slice index
+    sharded: bool  # one shard file holds every slice, located by the index at its end
+
+
+# The one shard layout `read` decodes: inner chunks of one slice, bytes + zstd, and the index (offset,
+# nbytes per slice, uint64 little-endian) at the end of the file followed by its crc32c.
+_SHARD_INDEX = ([{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}], "end")
+_EMPTY_CHUNK = 2**64 - 1
 
 
 def _fast_layout(array_dir: Path, meta: dict[str, Any]) -> _FastLayout | None:
     """The layout if `meta` is exactly what `read` can decode (uint8, one slice per chunk,
-    `bytes` + `zstd`, no transformers), else None so the caller uses zarr instead."""
+    `bytes` + `zstd`, either one file per slice or one shard per study, no transformers), else None
+    so the caller uses zarr instead."""
     shape = tuple(meta.get("shape", ()))
-    grid = meta.get("chunk_grid", {})
-    codecs = [codec.get("name") for codec in meta.get("codecs", [])]
+    grid = tuple(meta.get("chunk_grid", {}).get("configuration", {}).get("chunk_shape", ()))
+    codecs = meta.get("codecs", [])
+    sharded = [c.get("name") for c in codecs] == ["sharding_indexed"]
+    if sharded:
+        config = codecs[0].get("configuration", {})
+        index = (config.get("index_codecs"), config.get("index_location", "end"))
+        if grid != shape or index != _SHARD_INDEX:
+            return None
+        grid, codecs = tuple(config.get("chunk_shape", ())), config.get("codecs", [])
     keys = meta.get("chunk_key_encoding", {})
     separator = keys.get("configuration", {}).get("separator", "/" if keys.get("name") == "default" else ".")
     if not (
@@ -121,9 +141,9 @@ def _fast_layout(array_dir: Path, meta: dict[str, Any]) -> _FastLayout | None:
         and meta.get("node_type") == "array"
         and meta.get("data_type") == "uint8"
         and len(shape) == 4
-        and grid.get("name") == "regular"
-        and tuple(grid.get("configuration", {}).get("chunk_shape", ())) == (1, *shape[1:])
-        and codecs == ["bytes", "zstd"]
+        and meta.get("chunk_grid", {}).get("name") == "regular"
+        and grid == (1, *shape[1:])
+        and [c.get("name") for c in codecs] == ["bytes", "zstd"]
         and not meta.get("storage_transformers")
         and keys.get("name") in ("default", "v2")
         and separator in ("/", ".")
@@ -136,6 +156,7 @@ def _fast_layout(array_dir: Path, meta: dict[str, Any]) -> _FastLayout | None:
         fill_value=meta["fill_value"],
         key_prefix=f"{array_dir}{os.sep}{head}",
         key_suffix=f"{separator}0" * 3,
+        sharded=sharded,
     )
 
 
@@ -155,9 +176,11 @@ class SliceReader:
     def _reset(self) -> None:
         self._pid = os.getpid()
         self._layouts: dict[str, _FastLayout | None] = {}
+        self._indexes: dict[str, np.ndarray] = {}
         self._arrays: dict[str, zarr.Array] = {}
         self._group: zarr.Group | None = None
         self._zstd = numcodecs.Zstd()
+        self._crc = numcodecs.CRC32C(location="end")
 
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path}
@@ -228,17 +251,47 @@ class SliceReader:
         if layout is None:
             return np.array(self._array(study_id)[z])
         out = np.empty(layout.shape[1:], dtype=np.uint8)
-        chunk = f"{layout.key_prefix}{z}{layout.key_suffix}"
-        try:
+        if layout.sharded:
+            chunk = f"{layout.key_prefix}0{layout.key_suffix}"
+            offset, nbytes = self._shard_index(study_id, chunk, depth)[z]
+            if offset == _EMPTY_CHUNK:  # zarr does not write chunks that are all fill value
+                out.fill(layout.fill_value)
+                return out
             with open(chunk, "rb") as f:
-                raw = f.read()
-        except FileNotFoundError:  # zarr does not write chunks that are all fill value
-            out.fill(layout.fill_value)
-            return out
+                f.seek(int(offset))
+                raw = f.read(int(nbytes))
+        else:
+            chunk = f"{layout.key_prefix}{z}{layout.key_suffix}"
+            try:
+                with open(chunk, "rb") as f:
+                    raw = f.read()
+            except FileNotFoundError:  # zarr does not write chunks that are all fill value
+                out.fill(layout.fill_value)
+                return out
         if _zstd_content_size(raw) != out.nbytes:
             raise ValueError(f"{chunk}: not a zstd frame of {out.nbytes} bytes; the store is corrupt")
         self._zstd.decode(raw, out=out)
         return out
+
+    def _shard_index(self, study_id: str, path: str, depth: int) -> np.ndarray:
+        """`(Z, 2)` (offset, nbytes) of each slice in a study's shard, read once and checksummed."""
+        index = self._indexes.get(study_id)
+        if index is None:
+            size = depth * 16 + 4
+            try:
+                with open(path, "rb") as f:
+                    f.seek(-size, os.SEEK_END)
+                    raw = f.read(size)
+            except FileNotFoundError:  # every slice is fill value: zarr wrote no shard
+                index = np.full((depth, 2), _EMPTY_CHUNK, dtype="<u8")
+                self._indexes[study_id] = index
+                return index
+            try:
+                index = np.frombuffer(self._crc.decode(raw), dtype="<u8").reshape(depth, 2)
+            except RuntimeError as exc:  # numcodecs: checksum mismatch
+                raise ValueError(f"{path}: shard index fails its checksum; the store is corrupt") from exc
+            self._indexes[study_id] = index
+        return index
 
     def read_study(self, study_id: str) -> np.ndarray:
         """All slices of a study `(Z, 3, H, W)`, through zarr (whole-volume reads amortise its overhead)."""

@@ -148,7 +148,7 @@ def resample_volume(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Resample a (Z, Y, X) int16 HU volume; `None` keeps that axis' native spacing.
 
-    When nothing changes the volume is returned as is (a copy), so `null` settings cost nothing.
+    When nothing changes the volume is returned as is (a copy; `resample_shard` then stores no copy).
     A volume with uneven slices is first put on a regular `slice_mm` grid from its true positions
     (`regular_slices`); SimpleITK then does the rest. The attrs gain `source_spacing_zyx` /
     `source_shape_zyx`, and geometry keys are updated.
@@ -193,8 +193,10 @@ def resample_shard(
 ) -> pd.DataFrame:
     """Resample every study of a HU shard store into a new store, one study in memory at a time.
 
-    `settings` holds `in_plane_mm`, `slice_mm` (number or None) and `interpolator`. Returns one
-    row per study: study_id, the source and new shape/spacing.
+    `settings` holds `in_plane_mm`, `slice_mm` (number or None) and `interpolator`. A study that
+    resampling leaves unchanged (`null` settings on a regular grid) is stored as an alias of its
+    input, not a second copy of its voxels. Returns one row per study: study_id, the source and new
+    shape/spacing, and `unchanged`.
     """
     for key in ("in_plane_mm", "slice_mm", "interpolator"):
         if key not in settings:
@@ -208,7 +210,11 @@ def resample_shard(
             out, new_attrs = resample_volume(
                 hu, attrs, settings["in_plane_mm"], settings["slice_mm"], settings["interpolator"]
             )
-            writer.write(study_id, out, new_attrs)
+            unchanged = out.shape == hu.shape and np.array_equal(out, hu)
+            if unchanged:
+                writer.alias(study_id, in_store, new_attrs)
+            else:
+                writer.write(study_id, out, new_attrs)
             rows.append(
                 {
                     "study_id": study_id,
@@ -216,7 +222,10 @@ def resample_shard(
                     "source_spacing_zyx": new_attrs["source_spacing_zyx"],
                     "shape_zyx": list(out.shape),
                     "spacing_zyx": new_attrs["spacing_zyx"],
+                    "unchanged": unchanged,
                 }
             )
-    log.info("resampled %d studies from %s to %s", len(rows), in_store, out_store)
+    same = sum(row["unchanged"] for row in rows)
+    log.info("resampled %d studies from %s to %s (%d unchanged: stored as aliases, no copy)",
+             len(rows), in_store, out_store, same)  # fmt: skip
     return pd.DataFrame(rows)

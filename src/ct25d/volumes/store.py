@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-import zarr
 from tqdm import tqdm
 from zarr.codecs import BloscCodec, BytesCodec
 
 from ct25d.errors import ConfigError, Ct25dError
-from ct25d.shards import ShardWriter, shard_studies, shard_writer
+from ct25d.shards import ShardWriter, open_study, shard_studies, shard_writer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -70,6 +69,10 @@ class HUStoreWriter:
         self._shard = shard
         self._codec = codec
 
+    def alias(self, study_id: str, source: str | Path, attrs: dict[str, Any]) -> None:
+        """A study unchanged from store `source`: its attrs only, the voxels stay there."""
+        self._shard.alias(study_id, source, attrs)
+
     def write(self, study_id: str, hu: np.ndarray, attrs: dict[str, Any]) -> None:
         if hu.dtype != np.int16 or hu.ndim != 3:
             raise ValueError(f"{study_id}: expected (Z, Y, X) int16, got {hu.shape} {hu.dtype}")
@@ -104,9 +107,9 @@ def hu_store_writer(
 
 
 def read_volume(path: str | Path, study_id: str) -> tuple[np.ndarray, dict[str, Any]]:
-    """(HU volume, attributes) of one study."""
-    array = zarr.open_array(Path(path) / study_id, mode="r")
-    return array[...], dict(array.attrs)
+    """(HU volume, attributes) of one study (from the store an unchanged study points to)."""
+    array, attrs = open_study(path, study_id)
+    return array[...], attrs
 
 
 def prepared_studies(
