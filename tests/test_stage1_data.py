@@ -91,6 +91,24 @@ def test_items_are_normalised_images_targets_and_rows(index: pd.DataFrame) -> No
     assert torch.isnan(data[int(external)][1]).all()
 
 
+@pytest.mark.parametrize("channels", [3, 9])  # one slice, or a thickened stack of 3
+def test_batch_augmentation_equals_each_row_augmented_alone(channels: int) -> None:
+    augment = Augment(rotate_deg=15.0, brightness=0.3, contrast=0.3)
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(12, channels, 40, 36, generator=g)
+    draws = torch.rand(12, 4, generator=g, dtype=torch.float64)
+    draws[3, 1] = 0.5  # no rotation
+    draws[4, 0] = 0.9  # no flip
+    one_by_one = [
+        augment.intensity(
+            augment.geometry(images[i].view(-1, 3, 40, 36), draws[i].tolist()), draws[i].tolist()
+        )
+        for i in range(12)
+    ]
+    expected = torch.stack([x.clamp(0, 1).flatten(0, 1) for x in one_by_one])
+    assert torch.equal(augment.batch(images, draws), expected)
+
+
 def test_augmentation_is_a_function_of_seed_epoch_and_row(index: pd.DataFrame) -> None:
     targets = multilabel_targets(index, RSNA_LABELS)
     data = SliceDataset(index, targets, image_size=32, augment=Augment(), seed=5)

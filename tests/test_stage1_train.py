@@ -95,6 +95,17 @@ def test_resume_after_snakemake_removed_the_outputs(index: pd.DataFrame, tmp_pat
     assert_same_weights(tmp_path / "full" / "best.pt", tmp_path / "run" / "best.pt")
 
 
+def test_augmenting_whole_batches_on_the_device_gives_the_same_weights(
+    index: pd.DataFrame, uninterrupted: Path, tmp_path: Path
+) -> None:
+    """`augment_on: device` (what a GPU gets) applies the loader's own draws to the whole batch:
+    on the CPU the run is bit-identical to augmenting in the loader."""
+    train_stage1(index, 0, {**SETTINGS, "augment_on": "device"}, tmp_path)
+    assert_same_weights(uninterrupted / "last.pt", tmp_path / "last.pt")
+    with pytest.raises(ConfigError, match=r"stage1\.augment_on"):
+        train_stage1(index, 0, {**SETTINGS, "augment_on": "gpu"}, tmp_path / "bad")
+
+
 def test_a_different_seed_changes_the_weights(
     index: pd.DataFrame, uninterrupted: Path, tmp_path: Path
 ) -> None:

@@ -48,14 +48,22 @@ from ct25d.models.thick import ThickSliceClassifier
 from ct25d.provenance import stamp
 from ct25d.training.checkpoint import load_checkpoint, save_checkpoint
 from ct25d.training.history import improved, write_history
-from ct25d.training.seed import deterministic_kernels, rng_state, seed_everything, set_rng_state
+from ct25d.training.seed import (
+    derived_generator,
+    deterministic_kernels,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
 
 log = logging.getLogger(__name__)
 
 # Settings that do not change what is learned: a resumed run may change them.
 RUNTIME_KEYS = frozenset(
-    {"device", "num_workers", "checkpoint_every_steps", "eval_batch_size", "tta_flip", "embed_batch_size"}
-)
+    {"device", "num_workers", "checkpoint_every_steps", "eval_batch_size", "tta_flip", "embed_batch_size",
+     "augment_on"}
+)  # fmt: skip
+AUGMENT_ON = ("auto", "loader", "device")
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,9 @@ class Stage1Settings:
     scheduler: str = "cosine"  # cosine (linear warm-up) | onecycle
     warmup_fraction: float = 0.05
     augment: dict[str, float] | bool = True
+    # Where augmentation runs: in the loader workers, or on whole batches on the training device
+    # (`Augment.batch`: the same numbers, bit-identical on the CPU); auto: the device when it is a GPU.
+    augment_on: str = "auto"
     balanced_sampling: bool = False
     samples_per_epoch: int | None = None  # None: one pass over the training rows
     monitor: str = "val_loss"  # val_loss | val_auc_mean | val_f1_any | val_f1_macro
@@ -408,7 +419,11 @@ def _train(
         })  # fmt: skip
 
     augment = Augment.from_settings(s.augment)
-    train_set = SliceDataset(train, train_targets, s.image_size, augment, s.seed, thickness=s.thickness)
+    if s.augment_on not in AUGMENT_ON:
+        raise ConfigError(f"stage1.augment_on: expected one of {AUGMENT_ON}, got {s.augment_on!r}")
+    on_device = augment is not None and (s.augment_on == "device" or (s.augment_on == "auto" and cuda))
+    train_set = SliceDataset(train, train_targets, s.image_size, None if on_device else augment, s.seed,
+                             thickness=s.thickness, normalize=not on_device)  # fmt: skip
     train_loader = make_loader(train_set, s, device, batch_sampler=sampler)
     val_loader = prediction_loader(val, task.targets(val), s, device)
 
@@ -419,8 +434,11 @@ def _train(
         started, seen = time.perf_counter(), 0
         bar = tqdm(train_loader, total=steps_per_epoch, initial=state["step"], desc=f"epoch {epoch}",
                    disable=None, leave=False)  # fmt: skip
-        for images, targets, _ in bar:
+        for images, targets, rows in bar:
             images = images.to(device, non_blocking=True)
+            if on_device:  # the loader's own draws for these rows, applied to the whole batch here
+                draws = [Augment.draw(derived_generator(s.seed, epoch, int(r))) for r in rows]
+                images = train_set.normalize(augment.batch(images, torch.tensor(draws, dtype=torch.float64)))
             if cuda and s.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             targets = targets.to(device, non_blocking=True)
