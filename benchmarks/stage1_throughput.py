@@ -3,8 +3,11 @@
 Reads a real slice store of synthetic head CT (built here, `slice_io.synthetic_study`) through the
 same dataset, loader, model and loss code as `ct25d train-slices` / `ct25d embed`.
 
-- train: slices/s over `--train-steps` steps after `--warmup-steps`, and the share of step time
-  spent blocked on the next batch (`wait`; high = the loader starves the device) vs computing.
+- train: slices/s over `--train-steps` steps after `--warmup-steps`, the share of step time spent
+  blocked on the next batch (`wait`; high = the loader starves the device) vs computing, the rate
+  the loader must reach to keep up (slices per second of compute alone), and on a GPU its mean
+  utilisation (NVML, sampled every step). Each run is repeated over `--deterministic on,off`,
+  `--augment-on loader,device` and `--compile off,on` as asked.
 - embed: slices/s of `extract_embeddings` (process start-up excluded, loader start-up included),
   and the embedding process's RSS before and at its peak during the call (Linux `VmHWM`, reset
   first), for two dataset sizes, each in a fresh process: equal peaks show memory does not grow
@@ -37,6 +40,7 @@ from ct25d.labels import RSNA_LABELS
 from ct25d.slices import SliceStoreWriter
 from ct25d.training.checkpoint import save_checkpoint
 from ct25d.training.devices import lease_device
+from ct25d.training.seed import derived_generator, deterministic_kernels
 from ct25d.training.stage1 import Stage1Settings, Task, build_model, make_loader
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -58,32 +62,51 @@ def build_store(root: Path, n_slices: int, size: int, per_study: int = 32) -> pd
     return pd.DataFrame(rows)
 
 
+def gpu_utilisation(device: str) -> float | None:
+    """The GPU's current utilisation (%), None where NVML cannot tell (no GPU, no pynvml)."""
+    if not device.startswith("cuda"):
+        return None
+    try:
+        return float(torch.cuda.utilization(torch.device(device)))
+    except Exception:  # torch raises whatever pynvml raises when NVML is missing
+        return None
+
+
 def bench_train(
     index: pd.DataFrame, s: Stage1Settings, device: str, steps: int, warmup: int
 ) -> dict[str, Any]:
-    """Slices/s and loader-wait share of training steps (the same step as `train_stage1`)."""
+    """Slices/s, loader-wait share, the loader rate needed and GPU use of training steps (the same
+    step as `train_stage1`, augmentation where `s.augment_on` puts it)."""
     cuda = device.startswith("cuda")
+    on_device = s.augment_on == "device" or (s.augment_on == "auto" and cuda)
     task = Task(s, index)
-    data = SliceDataset(index, multilabel_targets(index, RSNA_LABELS), s.image_size, Augment(), s.seed)
+    augment = Augment()
+    data = SliceDataset(index, multilabel_targets(index, RSNA_LABELS), s.image_size,
+                        None if on_device else augment, s.seed, normalize=not on_device)  # fmt: skip
     sampler = EpochBatchSampler(len(index), s.batch_size, s.seed, num_samples=(steps + warmup) * s.batch_size)
     loader = make_loader(data, s, device, batch_sampler=sampler)
     model = build_model(s, task.num_outputs).to(device)
     if cuda:
         model = model.to(memory_format=torch.channels_last)
+    forward = torch.compile(model) if s.compile else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr)
     model.train()
     wait = compute = 0.0
+    busy: list[float] = []
     it = iter(loader)
     for step in range(steps + warmup):
         t0 = time.perf_counter()
-        images, targets, _ = next(it)
+        images, targets, rows = next(it)
         images = images.to(device, non_blocking=True)
+        if on_device:
+            draws = [Augment.draw(derived_generator(s.seed, 0, int(r))) for r in rows]
+            images = data.normalize(augment.batch(images, torch.tensor(draws, dtype=torch.float64)))
         if cuda:
             images = images.contiguous(memory_format=torch.channels_last)
         targets = targets.to(device, non_blocking=True)
         t1 = time.perf_counter()
         with torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=cuda and s.amp):
-            logits, _ = model(images)
+            logits, _ = forward(images)
         loss = task.loss(logits, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -93,7 +116,11 @@ def bench_train(
         t2 = time.perf_counter()
         if step >= warmup:
             wait, compute = wait + t1 - t0, compute + t2 - t1
-    return {"train_slices_s": steps * s.batch_size / (wait + compute), "wait_share": wait / (wait + compute)}
+            if (use := gpu_utilisation(device)) is not None:
+                busy.append(use)
+    slices = steps * s.batch_size
+    return {"train_slices_s": slices / (wait + compute), "wait_share": wait / (wait + compute),
+            "loader_needed_s": slices / compute, "gpu_use": np.mean(busy) if busy else None}  # fmt: skip
 
 
 def _rss_mb(field: str) -> float:
@@ -153,9 +180,14 @@ def main() -> None:
     parser.add_argument("--tta", action="store_true", help="flip TTA while embedding (halves the speed)")
     parser.add_argument("--no-embed", action="store_true")
     parser.add_argument("--device", default="auto", help="auto | cpu")
+    parser.add_argument("--deterministic", default="on", help="on,off: stage1.deterministic")
+    parser.add_argument("--augment-on", default="auto", help="comma-separated: auto, loader, device")
+    parser.add_argument("--compile", default="off", help="off,on: torch.compile the training step")
     args = parser.parse_args()
 
-    combos = list(product(args.backbone.split(","), [int(v) for v in args.image_size.split(",")]))
+    combos = list(product(args.backbone.split(","), [int(v) for v in args.image_size.split(",")],
+                          args.deterministic.split(","), args.augment_on.split(","),
+                          args.compile.split(",")))  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp, lease_device(prefer=args.device) as device:
         root = Path(tmp)
         largest = max(args.embed_sizes) if not args.no_embed else 0
@@ -165,18 +197,23 @@ def main() -> None:
         print(f"built a {len(index)}-slice store at {args.store_size} px in {time.perf_counter() - t0:.1f} s")
         print(f"device {device}, torch threads {torch.get_num_threads()}, batch {args.batch_size}, "
               f"workers {args.workers}\n")  # fmt: skip
-        print("| backbone | px | train slices/s | loader wait | embed slices/s | embed rows | RSS before MB "
+        print("| backbone | px | deterministic | augment on | compile | train slices/s | loader wait "
+              "| loader must reach (slices/s) | GPU use | embed slices/s | embed rows | RSS before MB "
               "| peak RSS MB |")  # fmt: skip
-        print("|---|---|---|---|---|---|---|---|")
-        for n, (backbone, size) in enumerate(combos):
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for n, (backbone, size, det, aug, comp) in enumerate(combos):
             s = Stage1Settings(
                 backbone=backbone, image_size=size, batch_size=args.batch_size, num_workers=args.workers,
-                tta_flip=args.tta, embed_batch_size=2 * args.batch_size,
+                tta_flip=args.tta, embed_batch_size=2 * args.batch_size, augment_on=aug,
+                compile=comp == "on", deterministic=det == "on",
             )  # fmt: skip
-            t = bench_train(index, s, device, args.train_steps, args.warmup_steps)
-            head = f"| {backbone} | {size} | {t['train_slices_s']:.1f} | {100 * t['wait_share']:.0f} % |"
+            with deterministic_kernels(s.deterministic):
+                t = bench_train(index, s, device, args.train_steps, args.warmup_steps)
+            use = "n/a" if t["gpu_use"] is None else f"{t['gpu_use']:.0f} %"
+            head = (f"| {backbone} | {size} | {det} | {aug} | {comp} | {t['train_slices_s']:.1f} "
+                    f"| {100 * t['wait_share']:.0f} % | {t['loader_needed_s']:.0f} | {use} |")  # fmt: skip
             if args.no_embed or n:
-                print(f"{head} | | | |", flush=True)
+                print(f"{head} | | | | |", flush=True)
                 continue
             for rows in sorted(args.embed_sizes):
                 e = bench_embed(index.iloc[:rows], s, device, root)

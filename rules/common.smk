@@ -117,7 +117,7 @@ def per_shard(template):
 
 # Settings that change how a job runs, never what it writes: they reach the jobs through the shell
 # command (a global, which Snakemake does not compare), so changing them reruns nothing.
-STAGE1_RUNTIME_KEYS = ("device", "eval_batch_size", "checkpoint_every_steps", "embed_batch_size", "augment_on")
+STAGE1_RUNTIME_KEYS = ("device", "eval_batch_size", "checkpoint_every_steps", "embed_batch_size", "augment_on", "compile")
 STAGE1_RUNTIME = as_json({k: config["stage1"][k] for k in STAGE1_RUNTIME_KEYS})
 STAGE2_RUNTIME = as_json({"device": config["stage2"]["device"]})
 # Settings that only change the embeddings (and what reads them), not the trained weights.

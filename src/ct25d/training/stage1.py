@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 # Settings that do not change what is learned: a resumed run may change them.
 RUNTIME_KEYS = frozenset(
     {"device", "num_workers", "checkpoint_every_steps", "eval_batch_size", "tta_flip", "embed_batch_size",
-     "augment_on"}
+     "augment_on", "compile"}
 )  # fmt: skip
 AUGMENT_ON = ("auto", "loader", "device")
 
@@ -89,6 +89,7 @@ class Stage1Settings:
     # Where augmentation runs: in the loader workers, or on whole batches on the training device
     # (`Augment.batch`: the same numbers, bit-identical on the CPU); auto: the device when it is a GPU.
     augment_on: str = "auto"
+    compile: bool = False  # torch.compile the training step's model (weights and checkpoints unchanged)
     balanced_sampling: bool = False
     samples_per_epoch: int | None = None  # None: one pass over the training rows
     monitor: str = "val_loss"  # val_loss | val_auc_mean | val_f1_any | val_f1_macro
@@ -427,6 +428,8 @@ def _train(
     train_loader = make_loader(train_set, s, device, batch_sampler=sampler)
     val_loader = prediction_loader(val, task.targets(val), s, device)
 
+    # Compiled for the training steps only: `model` keeps its parameter names for the checkpoints.
+    forward = torch.compile(model) if s.compile else model
     while state["epoch"] < s.epochs:
         epoch = state["epoch"]
         sampler.start(epoch, state["step"])
@@ -445,7 +448,7 @@ def _train(
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device_type="cuda" if cuda else "cpu", dtype=amp_dtype,
                                 enabled=amp_dtype is not None):  # fmt: skip
-                logits, _ = model(images)
+                logits, _ = forward(images)
             loss = task.loss(logits, targets)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
