@@ -25,8 +25,8 @@ from PIL import Image
 from ct25d.slices import DEFAULT_ZSTD_LEVEL, SliceReader, SliceStoreWriter, apply_windows
 
 
-def synthetic_study(rng: np.random.Generator, slices: int, size: int) -> np.ndarray:
-    """A head-CT-like HU volume, windowed to (Z, 3, size, size) uint8."""
+def synthetic_hu(rng: np.random.Generator, slices: int, size: int) -> np.ndarray:
+    """A head-CT-like int16 HU volume (Z, size, size)."""
     yy, xx = np.mgrid[-1 : 1 : size * 1j, -1 : 1 : size * 1j].astype(np.float32)
     hu = np.full((slices, size, size), -1000, dtype=np.float32)
     for z in range(slices):
@@ -42,7 +42,12 @@ def synthetic_study(rng: np.random.Generator, slices: int, size: int) -> np.ndar
             hu[z][((xx - cx) ** 2 + (yy - cy) ** 2 < 0.01) & brain] = 65
         body = r < 1.06
         hu[z][body] += rng.normal(0, 4, int(body.sum())).astype(np.float32)  # quantum noise, ~4 HU
-    return apply_windows(np.rint(hu).astype(np.int16))
+    return np.rint(hu).astype(np.int16)
+
+
+def synthetic_study(rng: np.random.Generator, slices: int, size: int) -> np.ndarray:
+    """A head-CT-like HU volume, windowed to (Z, 3, size, size) uint8."""
+    return apply_windows(synthetic_hu(rng, slices, size))
 
 
 def disk_bytes(root: Path) -> int:

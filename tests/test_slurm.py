@@ -32,7 +32,7 @@ def test_whole_dag_through_the_slurm_profile(tmp_path: Path) -> None:
         pytest.skip(reason)
     # A test node has 2 cores and no GPU: shrink the profile's requests and send GPU rules to the CPU.
     overrides = ["--set-resources"]
-    for rule in ("train_slices", "embed_shard", "train_sequence"):
+    for rule in ("train_slices", "embed_shard", "train_sequence", "train_baseline"):
         overrides += [
             f"{rule}:gpu=0",
             f"{rule}:slurm_partition=cpu",
