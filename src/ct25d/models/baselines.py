@@ -35,7 +35,7 @@ from ct25d.models.acs import MODES, convert_to_3d
 from ct25d.models.registry import Registry
 from ct25d.models.stage1 import SliceClassifier
 from ct25d.models.thick import ThickSliceClassifier
-from ct25d.training.checkpoint import load_checkpoint, unwrap_state_dict
+from ct25d.training.checkpoint import stage1_payload, unwrap_state_dict
 
 BASELINES = Registry("baseline")
 
@@ -171,14 +171,7 @@ def acs(
     pretrained: bool | str = init if init not in (None, "stage1") else False
     model2d = SliceClassifier(backbone, num_classes, pretrained=pretrained, drop_rate=drop_rate)
     if init == "stage1":
-        if not stage1_checkpoint:
-            raise ConfigError("acs init 'stage1' needs the fold's Stage-1 best.pt")
-        payload = load_checkpoint(stage1_checkpoint)
-        if payload["settings"]["backbone"] != backbone:
-            raise ConfigError(
-                f"acs backbone {backbone!r} but {stage1_checkpoint} holds {payload['settings']['backbone']!r}"
-            )
-        model2d.load_state_dict(payload["model"])
+        model2d.load_state_dict(stage1_payload(stage1_checkpoint, backbone, "acs")["model"])
     return _FirstOutput(convert_to_3d(model2d, mode))
 
 

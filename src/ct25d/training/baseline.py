@@ -41,7 +41,7 @@ from ct25d.models.baselines import BASELINES, enable_checkpointing, inputs_of
 from ct25d.models.stage2 import masked_slice_loss
 from ct25d.models.thick import ThickSliceClassifier
 from ct25d.provenance import stamp
-from ct25d.training.checkpoint import load_checkpoint, save_checkpoint
+from ct25d.training.checkpoint import load_checkpoint, save_checkpoint, stage1_payload
 from ct25d.training.history import improved, write_history
 from ct25d.training.seed import derive_seed, deterministic_kernels, rng_state, seed_everything, set_rng_state
 from ct25d.training.stage1 import (
@@ -452,13 +452,7 @@ def stage1_encoder(
 ) -> Path:
     """The encoder of a Stage-1 `best.pt` as a timm state dict (`<out_dir>/stage1_encoder.pth`), so
     that timm loads it as it loads pretrained weights (adapting the stem to the input channels)."""
-    if not checkpoint:
-        raise ConfigError("thick2d init 'stage1' needs the fold's Stage-1 best.pt")
-    payload = load_checkpoint(checkpoint)
-    if payload["settings"]["backbone"] != backbone:
-        raise ConfigError(
-            f"thick2d backbone {backbone!r} but {checkpoint} holds {payload['settings']['backbone']!r}"
-        )
+    payload = stage1_payload(checkpoint, backbone, "thick2d")
     encoder = {k.removeprefix("encoder."): v for k, v in payload["model"].items() if k.startswith("encoder.")}
     path = Path(out_dir) / "stage1_encoder.pth"
     path.parent.mkdir(parents=True, exist_ok=True)

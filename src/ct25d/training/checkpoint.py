@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ct25d.atomic import atomic_path
+from ct25d.errors import ConfigError
 
 
 def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any]) -> None:
@@ -35,3 +36,15 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
 def unwrap_state_dict(payload: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The model weights of a checkpoint payload, or the payload itself if it is a bare state dict."""
     return payload.get("model", payload)
+
+
+def stage1_payload(checkpoint: str | os.PathLike[str] | None, backbone: str, who: str) -> dict[str, Any]:
+    """A fold's Stage-1 `best.pt` for a model (`who`: its config name) that starts from it; it must
+    hold the same backbone."""
+    if not checkpoint:
+        raise ConfigError(f"{who} init 'stage1' needs the fold's Stage-1 best.pt")
+    payload = load_checkpoint(checkpoint)
+    if payload["settings"]["backbone"] != backbone:
+        held = payload["settings"]["backbone"]
+        raise ConfigError(f"{who} backbone {backbone!r} but {checkpoint} holds {held!r}")
+    return payload
