@@ -211,6 +211,7 @@ def test_claims_are_tested_both_ways_on_every_set_by_config_name(tmp_path: Path)
         (Interval(0.01, -0.03, 0.04), "no difference beyond ±0.05"),
         (Interval(0.05, -0.1, 0.2), "undecided: interval 0.30 wide, contains 0"),
         (Interval(0.05, float("nan"), float("nan")), "undecided: too few studies for an interval"),
+        (Interval(0.0, 0.0, 0.0), "undecided: identical on these studies, no interval"),
     ],
 )
 def test_claim_verdicts(delta: Interval, verdict: str) -> None:

@@ -402,6 +402,8 @@ def claim_verdict(delta: Interval, margin: float = 0.05) -> str:
     """Supported, contradicted, no material difference (both bounds within +-margin), or undecided."""
     if math.isnan(delta.value) or math.isnan(delta.low):
         return "undecided: too few studies for an interval"
+    if delta.width == 0:  # every resample agrees: the two give the same calls or order on these studies
+        return "undecided: identical on these studies, no interval"
     if delta.low > 0:
         return "supported"
     if delta.high < 0:
