@@ -62,13 +62,16 @@ def test_clinical_lesions_reach_the_hard_cases_and_keep_the_draw_order() -> None
         Lesion("subdural", (0, 0, 0), 60.0, 3.0, 42.0, 1),  # thin, isodense
         Lesion("intraparenchymal", (25.0, 0.0, 20.0), 5.0, 0.0, 60.0, 1),  # small
         Lesion("intraventricular", (0, 0, 0), 0.0, 1.0, 50.0, 2),  # a thin level
+        Lesion("subarachnoid", (0, 0, 0), 10.0, 0.0, 45.0, 1),  # small, in the convexity sulci
+        Lesion("epidural", (0, 0, 0), 16.0, 4.0, 55.0, 1),  # small and thin
     ],
-    ids=["thin-isodense-sdh", "small-iph", "ivh-level"],
+    ids=["thin-isodense-sdh", "small-iph", "ivh-level", "small-sulcal-sah", "small-edh"],
 )
 def test_hard_lesions_are_rendered_where_their_mask_says(lesion: Lesion) -> None:
     anat = anatomy("clinical")
-    if lesion.kind == "subdural":
-        lesion = Lesion("subdural", inner_surface_point(anat, (0.9, 0.0, 0.43)), 60.0, 3.0, 42.0, 1)
+    if lesion.kind in ("subdural", "subarachnoid", "epidural"):  # on the inner skull surface
+        surface = inner_surface_point(anat, (0.9, 0.0, 0.43))
+        lesion = Lesion(lesion.kind, surface, lesion.radius, lesion.thickness, lesion.hu, 1)
     planes = axial_planes(anat, list(np.arange(-10.0, 50.0, 3.0)))
     hu, bits = render_planes(anat, [lesion], planes)
     plain, _ = render_planes(anat, [], planes)
