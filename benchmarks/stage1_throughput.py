@@ -40,7 +40,7 @@ from ct25d.labels import RSNA_LABELS
 from ct25d.slices import SliceStoreWriter
 from ct25d.training.checkpoint import save_checkpoint
 from ct25d.training.devices import lease_device
-from ct25d.training.seed import derived_generator, deterministic_kernels
+from ct25d.training.seed import deterministic_kernels
 from ct25d.training.stage1 import Stage1Settings, Task, build_model, make_loader
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -99,8 +99,7 @@ def bench_train(
         images, targets, rows = next(it)
         images = images.to(device, non_blocking=True)
         if on_device:
-            draws = [Augment.draw(derived_generator(s.seed, 0, int(r))) for r in rows]
-            images = data.normalize(augment.batch(images, torch.tensor(draws, dtype=torch.float64)))
+            images = data.normalize(augment.batch(images, Augment.draws(s.seed, 0, rows)))
         if cuda:
             images = images.contiguous(memory_format=torch.channels_last)
         targets = targets.to(device, non_blocking=True)

@@ -67,7 +67,7 @@ class ShardWriter:
 
     def alias(self, study_id: str, source: str | os.PathLike[str], attrs: dict[str, Any]) -> None:
         """Record a study whose array is `source`'s, unchanged, with its own attrs: a node with no
-        data that `read_alias` follows (a path relative to this store, so moving the results folder
+        data that `open_study` follows (a path relative to this store, so moving the results folder
         as a whole keeps it valid)."""
         check_study_id(study_id)
         if study_id in self.studies:

@@ -47,6 +47,12 @@ class Augment:
     def draw(generator: torch.Generator) -> list[float]:
         return torch.rand(4, generator=generator, dtype=torch.float64).tolist()
 
+    @staticmethod
+    def draws(seed: int, epoch: int, rows: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """`(B, 4)` float64: the numbers a loader would draw for these rows in this epoch (for `batch`)."""
+        draws = [Augment.draw(derived_generator(seed, epoch, int(r))) for r in rows]
+        return torch.tensor(draws, dtype=torch.float64)
+
     def geometry(self, image: torch.Tensor, u: list[float]) -> torch.Tensor:
         """Flip and rotation of `(..., H, W)` by the drawn numbers `u` (a mask moves with its image)."""
         if u[0] < self.hflip:

@@ -282,12 +282,9 @@ class SliceReader:
                 with open(path, "rb") as f:
                     f.seek(-size, os.SEEK_END)
                     raw = f.read(size)
+                index = np.frombuffer(self._crc.decode(raw), dtype="<u8").reshape(depth, 2)
             except FileNotFoundError:  # every slice is fill value: zarr wrote no shard
                 index = np.full((depth, 2), _EMPTY_CHUNK, dtype="<u8")
-                self._indexes[study_id] = index
-                return index
-            try:
-                index = np.frombuffer(self._crc.decode(raw), dtype="<u8").reshape(depth, 2)
             except RuntimeError as exc:  # numcodecs: checksum mismatch
                 raise ValueError(f"{path}: shard index fails its checksum; the store is corrupt") from exc
             self._indexes[study_id] = index

@@ -49,7 +49,6 @@ from ct25d.provenance import stamp
 from ct25d.training.checkpoint import load_checkpoint, save_checkpoint
 from ct25d.training.history import improved, write_history
 from ct25d.training.seed import (
-    derived_generator,
     deterministic_kernels,
     rng_state,
     seed_everything,
@@ -287,13 +286,12 @@ def make_loader(dataset: SliceDataset, s: Stage1Settings, device: str, **kwargs:
 
 def study_batches(frame: pd.DataFrame) -> list[np.ndarray]:
     """Row positions of each study of `frame`, in z order: one batch per study."""
-    keys = (frame["store"].astype(str) + "\0" + frame["study_id"].astype(str)).to_numpy()
     zs = frame["z"].to_numpy()
     batches = []
-    for key, rows in pd.Series(np.arange(len(frame))).groupby(keys, sort=False):
-        order = rows.to_numpy()[np.argsort(zs[rows.to_numpy()], kind="stable")]
+    for (_, study), rows in frame.groupby(["store", "study_id"], sort=False).indices.items():
+        order = rows[np.argsort(zs[rows], kind="stable")]
         if not np.array_equal(zs[order], np.arange(len(order))):
-            raise ValueError(f"study {key.split(chr(0))[1]}: slices z are not 0..{len(order) - 1}")
+            raise ValueError(f"study {study}: slices z are not 0..{len(order) - 1}")
         batches.append(order)
     return batches
 
@@ -440,8 +438,7 @@ def _train(
         for images, targets, rows in bar:
             images = images.to(device, non_blocking=True)
             if on_device:  # the loader's own draws for these rows, applied to the whole batch here
-                draws = [Augment.draw(derived_generator(s.seed, epoch, int(r))) for r in rows]
-                images = train_set.normalize(augment.batch(images, torch.tensor(draws, dtype=torch.float64)))
+                images = train_set.normalize(augment.batch(images, Augment.draws(s.seed, epoch, rows)))
             if cuda and s.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             targets = targets.to(device, non_blocking=True)
