@@ -115,7 +115,7 @@ def baseline_stage1(wildcards):
     """The `stage1` block a thickened-2D baseline trains with (its entry's keys override it)."""
     if baseline_kind(wildcards.baseline) != "slices":
         return as_json({})
-    skip = ("backbones", "folds", *STAGE1_RUNTIME_KEYS)
+    skip = (*STAGE1_RUN_KEYS, *STAGE1_RUNTIME_KEYS)
     return as_json({k: v for k, v in config["stage1"].items() if k not in skip})
 
 

@@ -120,13 +120,15 @@ def per_shard(template):
 STAGE1_RUNTIME_KEYS = ("device", "eval_batch_size", "checkpoint_every_steps", "embed_batch_size", "augment_on", "compile")
 STAGE1_RUNTIME = as_json({k: config["stage1"][k] for k in STAGE1_RUNTIME_KEYS})
 STAGE2_RUNTIME = as_json({"device": config["stage2"]["device"]})
+# Which runs there are and how many devices each spans (`ct25d train-slices --gpus`): not settings.
+STAGE1_RUN_KEYS = ("backbones", "folds", "gpus")
 # Settings that only change the embeddings (and what reads them), not the trained weights.
 EMBED_KEYS = ("tta_flip",)
 
 
 def _stage1_without(wildcards, *keys):
     """The `stage1` block for one backbone, without the run lists, the runtime keys and `keys`."""
-    skip = {"backbones", "folds", *STAGE1_RUNTIME_KEYS, *keys}
+    skip = {*STAGE1_RUN_KEYS, *STAGE1_RUNTIME_KEYS, *keys}
     settings = {k: v for k, v in config["stage1"].items() if k not in skip}
     return as_json({**settings, "backbone": wildcards.backbone})
 

@@ -21,12 +21,12 @@ rule train_slices:
         f"{S1}/benchmark.tsv"
     threads: 2
     resources:
-        gpu=1,
+        gpu=config["stage1"]["gpus"],  # > 1: one DDP training over that many leased devices
     conda:
         "../envs/ct25d.yaml"
     shell:
         "ct25d train-slices --index {input} --fold {wildcards.fold} --settings {params.settings:q} "
-        "--runtime {STAGE1_RUNTIME:q} --workers {threads} --out {params.out} > {log} 2>&1"
+        "--runtime {STAGE1_RUNTIME:q} --workers {threads} --gpus {resources.gpu} --out {params.out} > {log} 2>&1"
 
 
 def embed_shards(wildcards):

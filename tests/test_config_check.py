@@ -71,6 +71,7 @@ def real_dataset(tmp_path: Path, layout: str, header: str) -> dict:
             lambda c, t: c["compare"]["claims"].append({"claim": "x", "better": "bilstm", "than": "lstm3d"}),
             "compare.claims[3].than: 'lstm3d' is not an approach of this config",
         ),
+        (lambda c, t: c["stage1"].update(gpus=4, batch_size=2), "stage1.batch_size: 2 is less than"),
         (
             lambda c, t: c["ingest"].update(exclude_series="(unclosed"),
             "ingest.exclude_series: not a valid regular",

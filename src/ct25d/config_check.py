@@ -122,6 +122,8 @@ def check_stage1(stage1: dict[str, Any]) -> list[str]:
         problems.append(
             f"stage1.monitor: {monitor!r} is not val_loss, val_auc_mean, val_f1_macro or val_auc_class_<k>"
         )
+    if stage1.get("batch_size", 32) < stage1.get("gpus", 1):
+        problems.append(f"stage1.batch_size: {stage1.get('batch_size', 32)} is less than stage1.gpus")
     labels = list(stage1.get("labels") or RSNA_LABELS)
     if stage1.get("task", "multilabel") == "multilabel":
         unknown = [label for label in labels if label not in RSNA_LABELS]

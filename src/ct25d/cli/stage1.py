@@ -1,12 +1,14 @@
 """Subcommands of Stage 1: train-slices, embed, eval-stage1.
 
 `train-slices` and `embed` hold a device lease (`lease_device`) for their whole run, so concurrent
-GPU jobs never share a device. All take the config block `stage1` as `--settings` JSON.
+GPU jobs never share a device; `train-slices --gpus N` leases N and starts N DDP ranks.
+All take the config block `stage1` as `--settings` JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -27,13 +29,28 @@ def cmd_train_slices(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from ct25d.training.devices import lease_device
+    from ct25d.training.distributed import Ranks, launch
     from ct25d.training.stage1 import Stage1Settings, train_stage1
 
     settings = Stage1Settings.from_dict(run_settings(args))
+    ranks = Ranks.from_env()
+    if args.gpus > 1 and ranks.world == 1:  # start the ranks; each runs this command again
+        launch(args.gpus, settings.device, args.argv)
+        return
     index = pd.read_parquet(args.index)
-    with lease_device(prefer=settings.device) as device:
-        log.info("train-slices fold %d on %s", args.fold, device)
-        result = train_stage1(index, args.fold, settings, args.out, device)
+    if ranks.world > 1:  # a rank started by `launch`: its device was leased there
+        workers = max(1, settings.num_workers // ranks.world) if settings.num_workers else 0
+        settings = dataclasses.replace(settings, num_workers=workers)
+        device = "cpu" if settings.device == "cpu" else ranks.device()
+        ranks.start(device)
+        try:
+            result = train_stage1(index, args.fold, settings, args.out, device, ranks=ranks)
+        finally:
+            ranks.stop()
+    else:
+        with lease_device(prefer=settings.device) as device:
+            log.info("train-slices fold %d on %s", args.fold, device)
+            result = train_stage1(index, args.fold, settings, args.out, device)
     log.info("best checkpoint %s after %d epochs", result.best, len(result.history))
 
 
@@ -116,6 +133,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--out", required=True, help="run folder: last.pt, best.pt, metrics.csv, learning_curve.png"
     )
     p.add_argument("--workers", type=int, default=None, help="data loader workers (default: settings)")
+    p.add_argument(
+        "--gpus", type=int, default=1, help="train on this many devices of the node (DDP via torchrun)"
+    )
     add_runtime(p)
     p.set_defaults(func=cmd_train_slices)
 

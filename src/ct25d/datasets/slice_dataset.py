@@ -212,6 +212,7 @@ class EpochBatchSampler:
         seed: int,
         weights: np.ndarray | None = None,
         num_samples: int | None = None,
+        min_last: int = 2,
     ) -> None:
         if n == 0:
             raise ValueError("no rows to sample from")
@@ -220,6 +221,7 @@ class EpochBatchSampler:
         self.seed = seed
         self.weights = None if weights is None else np.asarray(weights, dtype=np.float64)
         self.num_samples = num_samples or n
+        self.min_last = min_last
         self.epoch = 0
         self.skip = 0
 
@@ -235,8 +237,10 @@ class EpochBatchSampler:
 
     def __len__(self) -> int:
         batches = math.ceil(self.num_samples / self.batch_size)
-        # A lone last sample joins the batch before it: batch norm cannot train on a batch of one.
-        return batches - 1 if batches > 1 and self.num_samples % self.batch_size == 1 else batches
+        # A last batch under `min_last` joins the batch before it: batch norm cannot train on a
+        # batch of one, and with DDP every rank needs a share of it (`min_last` = the ranks).
+        short_last = 0 < self.num_samples % self.batch_size < self.min_last
+        return batches - 1 if batches > 1 and short_last else batches
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         epoch, skip = self.epoch, self.skip

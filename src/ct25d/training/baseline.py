@@ -470,7 +470,7 @@ def thick_settings(model_config: dict[str, Any], stage1: dict[str, Any]) -> Stag
             f"thick2d init: 'stage1' or absent (a weights file goes in `pretrained`), "
             f"got {model_config['init']!r}"
         )
-    skip = {"backbones", "folds"}
+    skip = {"backbones", "folds", "gpus"}  # the run lists; the thick2d job leases one device
     s = Stage1Settings.from_dict({**{k: v for k, v in stage1.items() if k not in skip}, **entry})
     with torch.device("meta"):  # checks k, multiplex and the backbone without allocating weights
         ThickSliceClassifier(

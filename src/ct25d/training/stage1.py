@@ -47,8 +47,10 @@ from ct25d.models.stage1 import SliceClassifier
 from ct25d.models.thick import ThickSliceClassifier
 from ct25d.provenance import stamp
 from ct25d.training.checkpoint import load_checkpoint, save_checkpoint
+from ct25d.training.distributed import SINGLE, RankBatchSampler, Ranks, sync_batch_norm
 from ct25d.training.history import improved, write_history
 from ct25d.training.seed import (
+    derive_seed,
     deterministic_kernels,
     rng_state,
     seed_everything,
@@ -192,14 +194,22 @@ class Task:
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Weighted BCE over known labels (RSNA metric weighting) / weighted CE."""
+        total, weight = self.loss_terms(logits, targets)
+        return total / weight.clamp_min(1e-12)
+
+    def loss_terms(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weighted loss sum, weight sum): the loss is their ratio, and across ranks the ratio of
+        their totals (what a single process computes on the global batch)."""
         logits = logits.float()
         weights = self.weights.to(logits.device)
         if self.s.task == "multiclass":
-            return F.cross_entropy(logits, targets, weight=weights, ignore_index=-100)
+            known = targets != -100
+            total = F.cross_entropy(logits, targets, weight=weights, ignore_index=-100, reduction="sum")
+            return total, weights[targets[known]].sum()
         known = ~torch.isnan(targets)
         bce = F.binary_cross_entropy_with_logits(logits, targets.nan_to_num(0.0), reduction="none")
         w = weights * known
-        return (bce * w).sum() / w.sum().clamp_min(1e-12)
+        return (bce * w).sum(), w.sum()
 
     def metrics(self, logits: np.ndarray, targets: np.ndarray) -> dict[str, float]:
         """Validation metrics: per-output AUC, their mean, and F1 of `any` / macro F1."""
@@ -346,16 +356,20 @@ def train_stage1(
     out_dir: str | os.PathLike[str],
     device: str = "cpu",
     on_step: Callable[[int], None] | None = None,
+    ranks: Ranks = SINGLE,
 ) -> TrainResult:
     """Train (or resume training) on fold `fold`; writes `last.pt`, `best.pt`, `metrics.csv`,
     `learning_curve.png` and `settings.json` under `out_dir`.
 
     `on_step(global_step)` is called after each optimisation step (and after any checkpoint it
-    triggered); raising from it simulates a killed job.
+    triggered); raising from it simulates a killed job. With `ranks` of a DDP process group, this
+    process trains its share of each global batch (`ct25d.training.distributed`) and rank 0 writes.
     """
     s = settings if isinstance(settings, Stage1Settings) else Stage1Settings.from_dict(settings)
+    if s.batch_size < ranks.world:
+        raise ConfigError(f"stage1.batch_size: {s.batch_size} is smaller than the {ranks.world} processes")
     with deterministic_kernels(s.deterministic):
-        return _train(index, fold, s, Path(out_dir), device, on_step)
+        return _train(index, fold, s, Path(out_dir), device, on_step, ranks)
 
 
 def _train(
@@ -365,6 +379,7 @@ def _train(
     out: Path,
     device: str,
     on_step: Callable[[int], None] | None,
+    ranks: Ranks,
 ) -> TrainResult:
     out.mkdir(parents=True, exist_ok=True)
     last_path, best_path = out / "last.pt", out / "best.pt"
@@ -372,8 +387,9 @@ def _train(
     # deletes the outputs of a killed job, and a resumed run must still deliver the best epoch.
     best_so_far = out / "best-so-far.pt"
     cuda = device.startswith("cuda")
-    meta = {**stamp("train-slices", s.learning_settings()), "fold": fold}
-    write_json(out / "settings.json", meta)
+    meta = {**stamp("train-slices", s.learning_settings()), "fold": fold, "processes": ranks.world}
+    if ranks.main:
+        write_json(out / "settings.json", meta)
 
     train, val = split_fold(index.reset_index(drop=True), fold)
     task = Task(s, train)
@@ -381,12 +397,17 @@ def _train(
         raise ConfigError(f"stage1.monitor: {s.monitor!r} is not one of {sorted(task.metric_names)}")
     train_targets = task.targets(train)
     seed_everything(s.seed)
-    model = build_model(s, task.num_outputs).to(device)
+    model = build_model(s, task.num_outputs)
+    if ranks.world > 1:
+        model = sync_batch_norm(model, device)
+        torch.manual_seed(derive_seed(s.seed, ranks.rank, 0xDD9))  # a dropout stream per rank
+    model = model.to(device)
     if cuda and s.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     weights = balancing_weights(task.sampling_classes(train_targets)) if s.balanced_sampling else None
-    sampler = EpochBatchSampler(len(train), s.batch_size, s.seed, weights, s.samples_per_epoch)
+    sampler = EpochBatchSampler(len(train), s.batch_size, s.seed, weights, s.samples_per_epoch,
+                                min_last=max(2, ranks.world))  # fmt: skip
     steps_per_epoch = len(sampler)
     scheduler = make_scheduler(s, optimizer, s.epochs * steps_per_epoch)
     amp_dtype = torch.bfloat16 if cuda and s.amp else None
@@ -405,17 +426,20 @@ def _train(
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
         scaler.load_state_dict(payload["scaler"])
-        set_rng_state(payload["rng"])
+        set_rng_state(_rank_rng(payload["rng"], ranks))
         state = payload["state"]
         log.info("resuming from %s at epoch %d step %d", last_path, state["epoch"], state["step"])
 
     def checkpoint() -> None:
-        save_checkpoint(last_path, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
-            "state": state, "settings": s.learning_settings(), "fold": fold, "meta": meta,
-            "num_classes": task.num_outputs, "class_names": task.names, "data_key": data_key,
-        })  # fmt: skip
+        states = ranks.gather(rng_state())  # every rank's dropout stream, so each resumes its own
+        if ranks.main:
+            save_checkpoint(last_path, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                "rng": states[0] if ranks.world == 1 else states,
+                "state": state, "settings": s.learning_settings(), "fold": fold, "meta": meta,
+                "num_classes": task.num_outputs, "class_names": task.names, "data_key": data_key,
+            })  # fmt: skip
 
     augment = Augment.from_settings(s.augment)
     if s.augment_on not in AUGMENT_ON:
@@ -423,18 +447,25 @@ def _train(
     on_device = augment is not None and (s.augment_on == "device" or (s.augment_on == "auto" and cuda))
     train_set = SliceDataset(train, train_targets, s.image_size, None if on_device else augment, s.seed,
                              thickness=s.thickness, normalize=not on_device)  # fmt: skip
-    train_loader = make_loader(train_set, s, device, batch_sampler=sampler)
-    val_loader = prediction_loader(val, task.targets(val), s, device)
+    batches = sampler if ranks.world == 1 else RankBatchSampler(sampler, ranks)
+    train_loader = make_loader(train_set, s, device, batch_sampler=batches)
+    validation = Validation(val, task, s, device, ranks)
 
+    trained = model
+    if ranks.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Batch-norm buffers follow the global statistics on every rank: nothing to broadcast.
+        trained = DistributedDataParallel(model, [device] if cuda else None, forward_sync_buffers=False)
     # Compiled for the training steps only: `model` keeps its parameter names for the checkpoints.
-    forward = torch.compile(model) if s.compile else model
+    forward = torch.compile(trained) if s.compile else trained
     while state["epoch"] < s.epochs:
         epoch = state["epoch"]
-        sampler.start(epoch, state["step"])
+        batches.start(epoch, state["step"])
         model.train()
         started, seen = time.perf_counter(), 0
         bar = tqdm(train_loader, total=steps_per_epoch, initial=state["step"], desc=f"epoch {epoch}",
-                   disable=None, leave=False)  # fmt: skip
+                   disable=None if ranks.main else True, leave=False)  # fmt: skip
         for images, targets, rows in bar:
             images = images.to(device, non_blocking=True)
             if on_device:  # the loader's own draws for these rows, applied to the whole batch here
@@ -446,16 +477,20 @@ def _train(
             with torch.autocast(device_type="cuda" if cuda else "cpu", dtype=amp_dtype,
                                 enabled=amp_dtype is not None):  # fmt: skip
                 logits, _ = forward(images)
-            loss = task.loss(logits, targets)
+            total, weight = task.loss_terms(logits, targets)
+            # Global (loss sum, weight, slices): DDP averages gradients over ranks, hence `* world`.
+            sums = ranks.total(torch.stack([total.detach(), weight.detach(), weight.new_tensor(len(images))]))
+            loss = total / sums[1].clamp_min(1e-12) * ranks.world
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
-            state["loss_sum"] += float(loss.detach()) * len(images)
-            state["count"] += len(images)
+            batch = int(sums[2])
+            state["loss_sum"] += float(sums[0] / sums[1].clamp_min(1e-12)) * batch
+            state["count"] += batch
             state["step"] += 1
             state["global_step"] += 1
-            seen += len(images)
+            seen += batch
             bar.set_postfix(loss=f"{state['loss_sum'] / state['count']:.4f}")
             if s.checkpoint_every_steps and state["global_step"] % s.checkpoint_every_steps == 0:
                 checkpoint()
@@ -468,24 +503,38 @@ def _train(
             "epoch": epoch,
             "train_loss": state["loss_sum"] / max(state["count"], 1),
             "lr": scheduler.get_last_lr()[0],
-            **validate(model, val_loader, task, device, amp_dtype),
+            **validation.run(model, amp_dtype),
         }
         state["history"].append(row)
         state.update(epoch=epoch + 1, step=0, loss_sum=0.0, count=0)
         if improved(row[s.monitor], state["best"], s.monitor):
             state["best"] = row[s.monitor]
-            save_checkpoint(best_so_far, {
-                "model": model.state_dict(), "epoch": epoch, "settings": s.to_dict(), "fold": fold,
-                "meta": meta, "metrics": row, "num_classes": task.num_outputs, "class_names": task.names,
-            })  # fmt: skip
+            if ranks.main:
+                save_checkpoint(best_so_far, {
+                    "model": model.state_dict(), "epoch": epoch, "settings": s.to_dict(), "fold": fold,
+                    "meta": meta, "metrics": row, "num_classes": task.num_outputs,
+                    "class_names": task.names,
+                })  # fmt: skip
         checkpoint()
-        write_history(out, state["history"], s.monitor, "Stage 1")
+        if ranks.main:
+            write_history(out, state["history"], s.monitor, "Stage 1")
         log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items()})
 
-    write_history(out, state["history"], s.monitor, "Stage 1")
-    with atomic_path(best_path) as tmp:
-        shutil.copyfile(best_so_far, tmp)
+    if ranks.main:
+        write_history(out, state["history"], s.monitor, "Stage 1")
+        with atomic_path(best_path) as tmp:
+            shutil.copyfile(best_so_far, tmp)
+    ranks.barrier()  # every rank returns once best.pt exists
     return TrainResult(best=best_path, last=last_path, history=state["history"])
+
+
+def _rank_rng(saved: dict[str, Any] | list[dict[str, Any]], ranks: Ranks) -> dict[str, Any]:
+    """This rank's RNG snapshot from `last.pt` (one per rank when written by several)."""
+    states = saved if isinstance(saved, list) else [saved]
+    if len(states) != ranks.world:
+        log.warning("last.pt was written by %d processes, resumed by %d: dropout draws differ from an "
+                    "uninterrupted run", len(states), ranks.world)  # fmt: skip
+    return states[ranks.rank % len(states)]
 
 
 def fingerprint(*frames: pd.DataFrame) -> str:
@@ -508,17 +557,34 @@ def _not_resumable(payload: dict[str, Any], s: Stage1Settings, fold: int, data_k
     return ""
 
 
-@torch.no_grad()
-def validate(
-    model: SliceClassifier, loader: DataLoader, task: Task, device: str, amp_dtype: torch.dtype | None
-) -> dict[str, float]:
-    """Slice-level validation loss and metrics (no augmentation, eval mode)."""
-    model.eval()
-    logits, targets = [], []
-    for rows, batch_logits, _ in iter_predictions(model, loader, device, amp_dtype, tta_flip=False):
-        logits.append(batch_logits.float().numpy())
-        targets.append(loader.dataset.targets[rows])
-    model.train()
-    all_logits, all_targets = np.concatenate(logits), np.concatenate(targets)
-    loss = float(task.loss(torch.from_numpy(all_logits), torch.from_numpy(all_targets)))
-    return {"val_loss": loss, **task.metrics(all_logits, all_targets)}
+class Validation:
+    """Slice-level validation loss and metrics (no augmentation, eval mode) on the inner split.
+
+    Each rank predicts the slices of its share of the studies; the logits are gathered in the
+    split's row order, so every rank computes the single process's metrics.
+    """
+
+    def __init__(self, val: pd.DataFrame, task: Task, s: Stage1Settings, device: str, ranks: Ranks) -> None:
+        self.task, self.device, self.ranks = task, device, ranks
+        self.targets = task.targets(val)
+        studies = val["study_id"].unique()
+        self.positions = np.flatnonzero(val["study_id"].isin(studies[ranks.share(len(studies))]).to_numpy())
+        part = val.iloc[self.positions].reset_index(drop=True)
+        self.loader = prediction_loader(part, self.targets[self.positions], s, device) if len(part) else None
+
+    @torch.no_grad()
+    def run(self, model: SliceClassifier, amp_dtype: torch.dtype | None) -> dict[str, float]:
+        model.eval()
+        positions, logits = [np.zeros(0, dtype=np.int64)], [np.zeros((0, self.task.num_outputs), np.float32)]
+        if self.loader is not None:
+            for rows, batch_logits, _ in iter_predictions(model, self.loader, self.device, amp_dtype,
+                                                          tta_flip=False):  # fmt: skip
+                positions.append(self.positions[rows])
+                logits.append(batch_logits.numpy())
+        model.train()
+        shares = self.ranks.gather((np.concatenate(positions), np.concatenate(logits)))
+        order = np.concatenate([p for p, _ in shares])
+        all_logits = np.concatenate([x for _, x in shares])[np.argsort(order, kind="stable")]
+        all_targets = self.targets[np.sort(order)]
+        loss = float(self.task.loss(torch.from_numpy(all_logits), torch.from_numpy(all_targets)))
+        return {"val_loss": loss, **self.task.metrics(all_logits, all_targets)}
