@@ -382,7 +382,7 @@ def _fit(
         if payload["identity"] == identity and payload["state"]["epoch"] < s.epochs:
             model.load_state_dict(payload["model"])
             optimizer.load_state_dict(payload["optimizer"])
-            set_rng_state(payload["rng"])
+            set_rng_state(payload["rng"], device)
             state = payload["state"]
             log.info("resuming from %s at epoch %d", last_path, state["epoch"])
         else:
@@ -435,7 +435,7 @@ def _fit(
             {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
-                "rng": rng_state(),
+                "rng": rng_state(device),
                 "state": state,
                 "identity": identity,
             },

@@ -54,22 +54,26 @@ def derived_generator(*parts: int) -> torch.Generator:
     return torch.Generator().manual_seed(derive_seed(*parts))
 
 
-def rng_state() -> dict[str, Any]:
-    """Snapshot of every global RNG, for checkpoints."""
+def rng_state(device: str = "cpu") -> dict[str, Any]:
+    """Snapshot of every global RNG a job on `device` draws from, for checkpoints.
+
+    Only the job's own CUDA device: reading every device's state (`get_rng_state_all`) would open
+    a CUDA context, and take its memory, on the GPUs other jobs hold.
+    """
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.startswith("cuda"):
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore a `rng_state()` snapshot."""
+def set_rng_state(state: dict[str, Any], device: str = "cpu") -> None:
+    """Restore a `rng_state(device)` snapshot."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and device.startswith("cuda"):
+        torch.cuda.set_rng_state(state["cuda"], device)

@@ -426,12 +426,12 @@ def _train(
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
         scaler.load_state_dict(payload["scaler"])
-        set_rng_state(_rank_rng(payload["rng"], ranks))
+        set_rng_state(_rank_rng(payload["rng"], ranks), device)
         state = payload["state"]
         log.info("resuming from %s at epoch %d step %d", last_path, state["epoch"], state["step"])
 
     def checkpoint() -> None:
-        states = ranks.gather(rng_state())  # every rank's dropout stream, so each resumes its own
+        states = ranks.gather(rng_state(device))  # every rank's dropout stream, so each resumes its own
         if ranks.main:
             save_checkpoint(last_path, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
