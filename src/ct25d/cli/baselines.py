@@ -85,10 +85,11 @@ def cmd_train_baseline(args: argparse.Namespace) -> None:
                 args.stage1_checkpoint,
                 args.label,
             )
+    # AUC, not F1: F1 here is at the untuned threshold; `compare` tunes it on validation studies.
     log.info(
-        "best epoch %s; %s",
+        "best epoch %s; AUC(any) %s",
         summary.get("best_epoch"),
-        {k: v["f1_any"] for k, v in summary["results"].items()},
+        {k: v["auc_any"] for k, v in summary["results"].items()},
     )
 
 
