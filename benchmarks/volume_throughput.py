@@ -19,6 +19,7 @@ import multiprocessing as mp
 import sys
 import time
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
 import pandas as pd
@@ -96,6 +97,16 @@ def _child(family: str, shape: tuple[int, ...], batch: int, steps: int, device: 
                "estimated MB": round(estimate), "peak MB": round(peak)})  # fmt: skip
 
 
+def _result(family: str, proc: Any, queue: Any) -> dict[str, Any]:
+    """The child's row, or an error row if it died without one (its traceback is printed above)."""
+    while True:
+        try:
+            return queue.get(timeout=1.0)
+        except Empty:
+            if not proc.is_alive():
+                return {"family": family, "error": f"exit status {proc.exitcode}"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -118,7 +129,7 @@ def main() -> None:
                 target=_child, args=(family, shape, args.batch_size, args.steps, device, queue)
             )
             proc.start()
-            rows.append(queue.get())
+            rows.append(_result(family, proc, queue))
             proc.join()
     print(f"\nvolumes {shape}, batch {args.batch_size}, {args.steps} steps, device {device}, "
           f"{torch.get_num_threads()} CPU threads\n")  # fmt: skip

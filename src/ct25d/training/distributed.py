@@ -26,7 +26,6 @@ import torch
 import torch.distributed as dist
 from timm.layers import BatchNormAct2d, convert_sync_batchnorm
 from torch import nn
-from torch.distributed._functional_collectives import all_gather_single_autograd
 
 from ct25d.errors import Ct25dError
 from ct25d.training.devices import lease_devices
@@ -128,6 +127,9 @@ def _global_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
     Each rank's (count, mean, M2) are gathered and merged with Chan's formula: one collective per
     layer, and no cancellation as in E[x^2] - E[x]^2.
     """
+    # Imported here: only CPU ranks need it, and older torch (a GPU image's) names it otherwise.
+    from torch.distributed._functional_collectives import all_gather_single_autograd
+
     dims = [d for d in range(x.dim()) if d != 1]
     count = torch.full((1, x.shape[1]), x.numel() / x.shape[1], dtype=torch.float32, device=x.device)
     mean = x.float().mean(dims).unsqueeze(0)
