@@ -49,6 +49,7 @@ from ct25d.provenance import stamp
 from ct25d.training.checkpoint import load_checkpoint, save_checkpoint
 from ct25d.training.distributed import SINGLE, RankBatchSampler, Ranks, sync_batch_norm
 from ct25d.training.history import improved, write_history
+from ct25d.training.schedule import warmup_cosine
 from ct25d.training.seed import (
     derive_seed,
     deterministic_kernels,
@@ -264,15 +265,7 @@ def make_scheduler(s: Stage1Settings, optimizer: torch.optim.Optimizer, total_st
     """Per-step LR schedule: cosine decay after a linear warm-up, or one-cycle."""
     if s.scheduler == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=s.lr, total_steps=max(total_steps, 1))
-    warmup = max(1, int(s.warmup_fraction * total_steps))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return warmup_cosine(optimizer, total_steps, s.warmup_fraction)
 
 
 def make_loader(dataset: SliceDataset, s: Stage1Settings, device: str, **kwargs: Any) -> DataLoader:

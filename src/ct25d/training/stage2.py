@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,8 @@ from ct25d.labels import RSNA_LABELS
 from ct25d.models.stage2 import STAGE2, masked_slice_loss, volume_logits
 from ct25d.provenance import stamp
 from ct25d.training.checkpoint import load_checkpoint, save_checkpoint
-from ct25d.training.history import improved, write_history
+from ct25d.training.history import improved, patience_spent, write_history
+from ct25d.training.schedule import make_schedule
 from ct25d.training.seed import derived_generator, seed_everything
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,9 @@ class Stage2Settings:
     batch_size: int = 8
     lr: float = 1e-3
     weight_decay: float = 1e-4
+    scheduler: str = "cosine"  # cosine (linear warm-up, then cosine decay over `epochs`) | constant
+    warmup_fraction: float = 0.05
+    patience: int | None = None  # stop after this many epochs without a better `monitor` (None: never)
     monitor: str = "val_loss"
     threshold: float = 0.5
     seed: int = 0
@@ -185,9 +190,14 @@ def train_stage2(
     in_dim = int(data[0][0].shape[1])
     model = STAGE2.from_config(model_config, in_dim=in_dim, num_classes=len(s.labels)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    steps = s.epochs * math.ceil(len(train_idx) / s.batch_size)
+    schedule = make_schedule(s.scheduler, optimizer, steps, s.warmup_fraction, s.section)
     history: list[dict[str, float]] = []
     best: float | None = None
     for epoch in range(s.epochs):
+        if patience_spent(history, s.monitor, s.patience):
+            log.info("no better %s for %d epochs: stopping at epoch %d", s.monitor, s.patience, epoch)
+            break
         total, count = 0.0, 0
         for batch in tqdm(
             _loader(data, train_idx, s, True, epoch), desc=f"epoch {epoch}", leave=False, disable=None
@@ -197,6 +207,7 @@ def train_stage2(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            schedule.step()
             total, count = total + float(loss.detach()) * len(batch["x"]), count + len(batch["x"])
         row = {
             "epoch": epoch,
