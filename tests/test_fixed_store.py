@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from re import escape as re_escape
 
 import numpy as np
 import pytest
@@ -126,3 +127,60 @@ def test_bad_settings_name_their_key() -> None:
         choose_windows(WINDOWS, ["bone"])
     with pytest.raises(ConfigError, match=r"baselines\.volume\.depth"):
         FixedVolumeSettings(depth=2, size=24, windows=WINDOWS, crop=None)
+
+
+def test_from_slices_volumes_hold_the_slice_stores_pixels(tmp_path: Path) -> None:
+    """`depth: from_slices` at the slice store's size: every stored slice is bit-identical to the slice
+    store's slice `source_z` (what Stage 1 learned on), so a network converted from Stage 1 sees the
+    same input."""
+    from ct25d.slices.build import build_slice_shard
+    from ct25d.slices.store import SliceReader
+
+    windows = (Window("brain", 40, 80), Window("subdural", 75, 215), Window("wide", 150, 500))
+    crop = CropSettings(opening_mm=0.0)
+    studies = {"st-a": head([0, 5, 10, 15, 20, 25], value=lambda p: 10 + 2 * p), "st-b": head([0, 4, 8, 12])}
+    write_hu_shard(tmp_path / "hu.zarr", studies)
+    build_slice_shard(
+        tmp_path / "hu.zarr", tmp_path / "slices.zarr", crop, 24, windows, {"x": 1}, progress=False
+    )
+    s = FixedVolumeSettings(depth=None, size=24, windows=windows, crop=crop)
+    table, rejected = build_fixed_shard(
+        tmp_path / "hu.zarr", tmp_path / "v.zarr", s, {"x": 1}, progress=False
+    )
+    assert rejected.empty and table["from_slices"].all() and (table["pad_to"] == 64).all()
+    assert list(table["depth"]) == [6, 4]
+    reader = SliceReader(tmp_path / "slices.zarr")
+    for study_id in studies:
+        volume, attrs = read_fixed(tmp_path / "v.zarr", study_id)
+        assert attrs["source_z"] == list(range(volume.shape[1]))
+        np.testing.assert_array_equal(volume.transpose(1, 0, 2, 3), reader.read_study(study_id))
+
+
+def test_from_slices_keeps_the_max_depth_slices_holding_the_most_head(tmp_path: Path) -> None:
+    """A study longer than `max_depth` keeps the window with the most head (here: air below and a
+    neck above are dropped) and records which slice-store slices it kept."""
+    positions = [float(5 * k) for k in range(12)]
+    hu, attrs = head(positions)
+    hu[:3] = -1000  # air below the head
+    hu[9:, :, :] = np.where(hu[9:] > -1000, -1000, hu[9:])
+    hu[9:, 15:25, 15:21] = 30  # a narrow neck above it
+    s = FixedVolumeSettings(depth=None, size=24, windows=WINDOWS, crop=None, max_depth=6)
+    volume, info = prepare_volume(hu, attrs, s, "st-long")
+    assert volume.shape == (2, 6, 24, 24)
+    assert info["source_z"] == [3, 4, 5, 6, 7, 8]
+
+
+@pytest.mark.parametrize(
+    ("volume", "named"),
+    [
+        ({"depth": "native"}, "baselines.volume.depth: an integer or 'from_slices', got 'native'"),
+        ({"size": 1.5}, "baselines.volume.size: an integer or 'from_slices', got 1.5"),
+    ],
+)
+def test_volume_geometry_names_a_bad_value(volume: dict, named: str) -> None:
+    from ct25d.volumes.fixed_store import volume_geometry
+
+    with pytest.raises(ConfigError, match=re_escape(named)):
+        volume_geometry(volume, 64)
+    assert volume_geometry({}, 64) == (None, 64, 64)
+    assert volume_geometry({"depth": 24, "size": 48}, 64) == (24, 48, 24)
