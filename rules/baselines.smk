@@ -37,7 +37,7 @@ rule volume_shard:
     params:
         settings=as_json({
             "volume": config["baselines"]["volume"],
-            **{k: config["preprocess"][k] for k in ("crop", "threshold_hu", "opening_mm", "margin_mm", "windows")},
+            **{k: config["preprocess"][k] for k in ("crop", "threshold_hu", "opening_mm", "margin_mm", "windows", "size")},
         }),
         masks=mask_args,
     log:
@@ -88,6 +88,8 @@ def baseline_inputs(wildcards):
         inputs["checkpoint"] = f"{s1}/best.pt"
     if kind == "volume":
         inputs["volumes"] = rules.volume_index.output[0]
+        if BASELINES[name].get("supervision") == "slice":  # the slice labels
+            inputs["index"] = rules.index.output.slices
     elif kind == "embeddings":
         inputs["embeddings"] = f"{s1}/embeddings/rows.parquet"
     else:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from ct25d.errors import ConfigError
 from ct25d.labels import CQ500_COLUMNS, RSNA_COLUMNS, RSNA_LABELS
 
 LABEL_COLUMNS = {
@@ -165,6 +166,7 @@ def check_baselines(config: dict[str, Any]) -> list[str]:
 
     from ct25d.models.baselines import BASELINES, inputs_of
     from ct25d.training.baseline import split_entry, thick_settings
+    from ct25d.volumes.fixed_store import volume_geometry
 
     block = config.get("baselines", {})
     problems: list[str] = []
@@ -174,7 +176,14 @@ def check_baselines(config: dict[str, Any]) -> list[str]:
     if unknown:
         problems.append(f"baselines.volume.windows: {unknown} not in preprocess.windows {windows}")
     labels = list(block.get("labels") or RSNA_LABELS)
-    backbones = config.get("stage1", {}).get("backbones", [])
+    stage1 = config.get("stage1", {})
+    backbones = stage1.get("backbones", [])
+    try:
+        fixed_depth, size, depth = volume_geometry(
+            block.get("volume", {}), config.get("preprocess", {}).get("size", 64)
+        )
+    except ConfigError as exc:
+        return [*problems, str(exc)]
     for run, entry in block.get("models", {}).items():
         where = f"baselines.models.{run}"
         model, _ = split_entry(entry, {})
@@ -184,22 +193,27 @@ def check_baselines(config: dict[str, Any]) -> list[str]:
             problems.append(
                 f"{where}.backbone: {model['backbone']!r} has no Stage-1 run (stage1.backbones {backbones})"
             )
+        volume_only = sorted({"pooling", "supervision", "norm"} & set(model))
+        if kind != "volume" and volume_only:
+            problems.append(f"{where}: {volume_only} apply to the volume families, not to {model['name']}")
+        if kind == "volume" and model.get("init") == "stage1" and size != stage1.get("image_size", 128):
+            problems.append(
+                f"{where}.init: stage1 needs the volumes' in-plane size ({size} px, baselines.volume.size) "
+                f"to be the Stage-1 image size (stage1.image_size {stage1.get('image_size', 128)}): the "
+                f"converted network would see other pixels than it learned on"
+            )
+        if model.get("supervision") == "slice" and fixed_depth is not None:
+            problems.append(
+                f"{where}.supervision: slice needs baselines.volume.depth: from_slices (a fixed depth "
+                f"of {fixed_depth} resizes z, so the slice labels no longer fit the slices)"
+            )
         try:
             if kind == "slices":
-                thick_settings(entry, config.get("stage1", {}))
+                thick_settings(entry, stage1)
             elif kind == "volume":
                 args = {k: v for k, v in model.items() if not (k == "init" and v == "stage1")}
-                volume = block.get("volume", {})
-                shape = (
-                    1,
-                    len(chosen),
-                    volume.get("depth", 32),
-                    volume.get("size", 64),
-                    volume.get("size", 64),
-                )
-                with torch.device(
-                    "meta"
-                ):  # shapes only: a volume too small for the network's strides fails here
+                shape = (1, len(chosen), depth, size, size)
+                with torch.device("meta"):  # shapes only: a volume too small for the strides fails here
                     net = BASELINES.from_config(args, in_channels=len(chosen), num_classes=len(labels)).eval()
                     net(torch.empty(shape))
         except Exception as exc:  # the constructor's (or the forward's) own message says what is wrong

@@ -14,15 +14,23 @@ log = logging.getLogger("ct25d")
 def cmd_volumes(args: argparse.Namespace) -> None:
     from ct25d.atomic import write_csv, write_parquet
     from ct25d.provenance import stamp
-    from ct25d.volumes.fixed_store import FixedVolumeSettings, MaskSource, build_fixed_shard, choose_windows
+    from ct25d.volumes.fixed_store import (
+        FixedVolumeSettings,
+        MaskSource,
+        build_fixed_shard,
+        choose_windows,
+        volume_geometry,
+    )
 
     s = args.settings
     volume = require(s, "volume", "baselines")
+    depth, size, max_depth = volume_geometry(volume, int(require(s, "size", "preprocess")))
     settings = FixedVolumeSettings(
-        depth=int(require(volume, "depth", "baselines.volume")),
-        size=int(require(volume, "size", "baselines.volume")),
+        depth=depth,
+        size=size,
         windows=choose_windows(windows_from_settings(s), volume.get("windows")),
         crop=crop_settings(s),
+        max_depth=max_depth,
     )
     masks = MaskSource(args.masks, args.salt) if args.masks else None
     meta = stamp("volumes", {**s, "masks": bool(args.masks)})
@@ -73,6 +81,7 @@ def cmd_train_baseline(args: argparse.Namespace) -> None:
             )
         else:
             volumes = pd.read_parquet(args.volumes) if args.volumes else None
+            index = pd.read_parquet(args.index) if args.index else None
             summary = train_baseline(
                 studies,
                 args.fold,
@@ -84,6 +93,7 @@ def cmd_train_baseline(args: argparse.Namespace) -> None:
                 args.embeddings,
                 args.stage1_checkpoint,
                 args.label,
+                index,
             )
     # AUC, not F1: F1 here is at the untuned threshold; `compare` tunes it on validation studies.
     log.info(
@@ -132,7 +142,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--volumes", help="volume index (volume models)")
     p.add_argument("--embeddings", help="Stage-1 embeddings folder (2.5CNN)")
     p.add_argument("--stage1-checkpoint", help="Stage-1 best.pt (ACS or thickened 2D with init: stage1)")
-    p.add_argument("--index", help="slice index (thickened 2D)")
+    p.add_argument("--index", help="slice index (thickened 2D; volume models with supervision: slice)")
     p.add_argument(
         "--stage1", type=json_object, default={}, help="config `stage1` for the backbone (thickened 2D)"
     )

@@ -1,4 +1,5 @@
-"""Torch view of the fixed volume store: one item per study, read whole (one chunk).
+"""Torch view of the volume store: one item per study, read whole (one chunk), padded with air to
+one depth so that studies of different lengths batch together; `valid` marks the real slices.
 
 Augmentation is the slice augmentation of Stage 1 applied identically to every slice of a volume:
 a left-right flip, a small rotation about the patient's long axis and brightness/contrast. Head CT
@@ -13,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ct25d.datasets.slice_dataset import MEAN, STD, Augment
@@ -21,18 +23,27 @@ from ct25d.volumes.fixed_store import MASK_CHANNEL, read_fixed
 
 
 class VolumeDataset(Dataset):
-    """Items `{x (C, D, S, S) normalised, y (classes,), mask (1, D, S, S), has_mask, index}`.
+    """Items `{x (C, D, S, S) normalised, y (classes,), slice_y (D, classes), valid (D,), mask
+    (1, D, S, S), has_mask, index}`; `D` is `depth` (the volumes' own depth when None).
 
-    `table` rows: `store`, `study_id` (the fixed volume store); keys are `(epoch, i)` or `i`.
+    `table` rows: `store`, `study_id` (the volume store); keys are `(epoch, i)` or `i`.
+    `slice_targets[i]` holds study i's labels per slice-store slice (NaN: unknown); the stored
+    volume's `source_z` picks each stored slice's row. Without them `slice_y` is all NaN.
     """
 
     def __init__(
-        self, table: pd.DataFrame, targets: np.ndarray, augment: Augment | None = None, seed: int = 0
+        self,
+        table: pd.DataFrame,
+        targets: np.ndarray,
+        augment: Augment | None = None,
+        seed: int = 0,
+        depth: int | None = None,
+        slice_targets: list[np.ndarray] | None = None,
     ) -> None:
         self.stores = table["store"].astype(str).to_numpy()
         self.study_ids = table["study_id"].astype(str).to_numpy()
-        self.targets = targets
-        self.augment, self.seed = augment, seed
+        self.targets, self.slice_targets = targets, slice_targets
+        self.augment, self.seed, self.depth = augment, seed, depth
 
     def __len__(self) -> int:
         return len(self.study_ids)
@@ -49,13 +60,23 @@ class VolumeDataset(Dataset):
             slices = self.augment.geometry(image.transpose(0, 1), u)
             image = self.augment.intensity(slices, u).clamp_(0.0, 1.0).transpose(0, 1)
             mask = (self.augment.geometry(mask, u) >= 0.5).float()
-        channels = image.shape[0]
+        channels, depth = image.shape[:2]
+        pad = (self.depth or depth) - depth
+        if pad < 0:
+            raise ValueError(f"{self.study_ids[i]}: {depth} slices, more than the padded depth {self.depth}")
         mean = torch.tensor([MEAN[c % 3] for c in range(channels)]).view(-1, 1, 1, 1)
         std = torch.tensor([STD[c % 3] for c in range(channels)]).view(-1, 1, 1, 1)
+        # Air is 0 in every window: padding is air, normalised like the rest.
+        image = F.pad(image, (0, 0, 0, 0, 0, pad))
+        slice_y = np.full((depth + pad, self.targets.shape[1]), np.nan, dtype=np.float32)
+        if self.slice_targets is not None and attrs.get("source_z") is not None:
+            slice_y[:depth] = self.slice_targets[i][np.asarray(attrs["source_z"])]
         return {
             "x": ((image - mean) / std).contiguous(),
             "y": torch.from_numpy(self.targets[i]),
-            "mask": mask.contiguous(),
+            "slice_y": torch.from_numpy(slice_y),
+            "valid": torch.arange(depth + pad) < depth,
+            "mask": F.pad(mask, (0, 0, 0, 0, 0, pad)).contiguous(),
             "has_mask": has_mask,
             "index": i,
         }

@@ -2,8 +2,11 @@
 
 Each entry declares what it reads (`inputs`): `volume` (the fixed volume store, `(B, C, D, S, S)`),
 `embeddings` (frozen Stage-1 slice embeddings, `(B, L, F)` with a mask) or `slices` (k adjacent
-slices, trained like Stage 1). Volume and embedding models return study logits `(B, classes)`; the
-dual-task U-Net also returns segmentation logits.
+slices, trained like Stage 1). Embedding models return study logits `(B, classes)`. Every volume
+family is an encoder and a `ct25d.models.volume.VolumeHead` and takes the same options: `pooling`
+(avg | max | attention), `supervision` (study: logits `(B, classes)`; slice: `(B, D, classes)`),
+`norm` (batch | group | instance) and `drop_rate`; the dual-task U-Net also returns segmentation
+logits.
 
 - `resnet10/18/34/50`, `densenet121`: MONAI's 3D networks from scratch or from local MedicalNet
   weights (main seed: volume F1 0.418 from scratch, 0.813 MedicalNet-pretrained).
@@ -35,6 +38,7 @@ from ct25d.models.acs import MODES, convert_to_3d
 from ct25d.models.registry import Registry
 from ct25d.models.stage1 import SliceClassifier
 from ct25d.models.thick import ThickSliceClassifier
+from ct25d.models.volume import VolumeClassifier, VolumeHead, replace_batch_norm
 from ct25d.training.checkpoint import stage1_payload, unwrap_state_dict
 
 BASELINES = Registry("baseline")
@@ -78,6 +82,47 @@ def load_medicalnet(model: nn.Module, path: str | os.PathLike[str], in_channels:
         )
 
 
+class ResNetFeatures(nn.Module):
+    """A MONAI 3D ResNet up to its last stage: `(B, C, D, H, W) -> (B, F, d, h, w)`.
+
+    MONAI's own `ResNetFeatures` fixes `conv1_t_stride=2` and refuses MedicalNet weights for more than
+    one channel; this runs the `ResNet` that was built (any stride, our stem spreading) without its
+    pooling and classifier."""
+
+    def __init__(self, net: monai_nets.ResNet) -> None:
+        super().__init__()
+        self.net = net
+        net.avgpool, net.fc = nn.Identity(), None
+        self.num_features = int(net.in_planes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        net = self.net
+        x = net.act(net.bn1(net.conv1(x)))
+        if not net.no_max_pool:
+            x = net.maxpool(x)
+        return net.layer4(net.layer3(net.layer2(net.layer1(x))))
+
+
+def _head_options(
+    pooling: str = "avg", supervision: str = "study", norm: str = "batch", drop_rate: float = 0.0
+) -> dict[str, Any]:
+    """The options every volume family takes (see `ct25d.models.volume`)."""
+    return {"pooling": pooling, "supervision": supervision, "norm": norm, "drop_rate": drop_rate}
+
+
+def _classifier(
+    encoder: nn.Module,
+    num_features: int,
+    num_classes: int,
+    options: dict[str, Any],
+    classifier: nn.Linear | None = None,
+) -> VolumeClassifier:
+    replace_batch_norm(encoder, options["norm"])
+    pooling, supervision, drop_rate = options["pooling"], options["supervision"], options["drop_rate"]
+    head = VolumeHead(num_features, num_classes, pooling, supervision, drop_rate, classifier)
+    return VolumeClassifier(encoder, head)
+
+
 def _monai_resnet(depth: int) -> Callable[..., nn.Module]:
     @_reads("volume")
     def build(
@@ -85,6 +130,10 @@ def _monai_resnet(depth: int) -> Callable[..., nn.Module]:
         num_classes: int,
         pretrained: str | None = None,
         conv1_t_stride: int = 1,
+        pooling: str = "avg",
+        supervision: str = "study",
+        norm: str = "batch",
+        drop_rate: float = 0.0,
         **kwargs: Any,
     ) -> nn.Module:
         factory = getattr(monai_nets, f"resnet{depth}")
@@ -105,7 +154,9 @@ def _monai_resnet(depth: int) -> Callable[..., nn.Module]:
         )
         if pretrained:
             load_medicalnet(model, pretrained, in_channels)
-        return model
+        encoder = ResNetFeatures(model)
+        options = _head_options(pooling, supervision, norm, drop_rate)
+        return _classifier(encoder, encoder.num_features, num_classes, options)
 
     return build
 
@@ -116,15 +167,30 @@ for _depth in (10, 18, 34, 50):
 
 @BASELINES.register("densenet121")
 @_reads("volume")
-def densenet121(in_channels: int, num_classes: int, **kwargs: Any) -> nn.Module:
-    """MONAI's 3D DenseNet-121 (non-deterministic on CUDA, `anchors.md`)."""
-    return monai_nets.DenseNet121(spatial_dims=3, in_channels=in_channels, out_channels=num_classes, **kwargs)
+def densenet121(
+    in_channels: int,
+    num_classes: int,
+    pooling: str = "avg",
+    supervision: str = "study",
+    norm: str = "batch",
+    drop_rate: float = 0.0,
+    **kwargs: Any,
+) -> nn.Module:
+    """MONAI's 3D DenseNet-121 (non-deterministic on CUDA, `anchors.md`): its dense blocks and the
+    final norm and activation, then our pooling."""
+    net = monai_nets.DenseNet121(spatial_dims=3, in_channels=in_channels, out_channels=num_classes, **kwargs)
+    encoder = nn.Sequential(net.features, net.class_layers.relu)
+    features = net.class_layers.out.in_features
+    return _classifier(encoder, features, num_classes, _head_options(pooling, supervision, norm, drop_rate))
 
 
 @BASELINES.register("unet_dual")
 @_reads("volume")
 class DualTaskUNet(monai_nets.BasicUNet):
-    """BasicUNet whose bottleneck also feeds a classifier: `forward -> (study logits, lesion logits)`."""
+    """BasicUNet whose bottleneck also feeds a classifier: `forward -> (logits, lesion logits)`, the
+    logits per study or per slice (`supervision`). Built with batch norm, then `norm`: MONAI's default
+    instance norm gives every channel of every volume the same spatial mean, so an average-pooled
+    head on it sees nearly the same vector for every study and cannot learn (it sat at chance)."""
 
     def __init__(
         self,
@@ -132,11 +198,27 @@ class DualTaskUNet(monai_nets.BasicUNet):
         num_classes: int,
         features: tuple[int, ...] = (16, 16, 32, 64, 128, 16),
         dropout: float = 0.0,
+        pooling: str = "avg",
+        supervision: str = "study",
+        norm: str = "batch",
+        drop_rate: float = 0.0,
     ) -> None:
         super().__init__(
-            spatial_dims=3, in_channels=in_channels, out_channels=1, features=features, dropout=dropout
+            spatial_dims=3,
+            in_channels=in_channels,
+            out_channels=1,
+            features=features,
+            norm="batch",
+            dropout=dropout,
         )
-        self.classifier = nn.Linear(features[4], num_classes)
+        replace_batch_norm(self, norm)
+        # Per-slice logits read the decoder's full-resolution map: the bottleneck keeps 1/16 of z.
+        width = features[5] if supervision == "slice" else features[4]
+        self.head = VolumeHead(width, num_classes, pooling, supervision, drop_rate)
+
+    @property
+    def supervision(self) -> str:
+        return self.head.supervision
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
         x0 = self.conv_0(x)
@@ -144,8 +226,8 @@ class DualTaskUNet(monai_nets.BasicUNet):
         x2 = self.down_2(x1)
         x3 = self.down_3(x2)
         x4 = self.down_4(x3)
-        logits = self.classifier(x4.mean((2, 3, 4)))
         u = self.upcat_1(self.upcat_2(self.upcat_3(self.upcat_4(x4, x3), x2), x1), x0)
+        logits = self.head(u if self.supervision == "slice" else x4, x.shape[2])
         return logits, self.final_conv(u)
 
 
@@ -159,9 +241,14 @@ def acs(
     init: str | None = None,
     stage1_checkpoint: str | None = None,
     drop_rate: float = 0.0,
+    pooling: str = "avg",
+    supervision: str = "study",
+    norm: str = "batch",
 ) -> nn.Module:
     """A timm 2D classifier converted to 3D. `init`: None (scratch), `stage1` (our Stage-1 `best.pt`
-    of the same fold, given as `stage1_checkpoint`), or a local ImageNet weights file."""
+    of the same fold, given as `stage1_checkpoint`: encoder and head), or a local ImageNet weights
+    file. In `2.5d` mode with `avg` pooling and `slice` supervision, the converted Stage-1 network
+    gives Stage 1's own logits on every slice."""
     if mode not in MODES:
         raise ConfigError(f"acs mode {mode!r}: expected one of {MODES}")
     if in_channels != 3:
@@ -169,21 +256,25 @@ def acs(
             f"acs: the 2D network takes 3 channels (windows); the volume store has {in_channels}"
         )
     pretrained: bool | str = init if init not in (None, "stage1") else False
-    model2d = SliceClassifier(backbone, num_classes, pretrained=pretrained, drop_rate=drop_rate)
+    model2d = SliceClassifier(backbone, num_classes, pretrained=pretrained)
+    if model2d.num_features != model2d.encoder.num_features:
+        raise ConfigError(f"acs: {backbone} has a pre-logits layer after its feature map; not supported")
     if init == "stage1":
         model2d.load_state_dict(stage1_payload(stage1_checkpoint, backbone, "acs")["model"])
-    return _FirstOutput(convert_to_3d(model2d, mode))
+    encoder = _FeatureMap(convert_to_3d(model2d.encoder, mode))
+    options = _head_options(pooling, supervision, norm, drop_rate)
+    return _classifier(encoder, model2d.num_features, num_classes, options, model2d.head)
 
 
-class _FirstOutput(nn.Module):
-    """Keep the logits of a `(logits, embedding)` classifier; the wrapped model's names stay under `net.`."""
+class _FeatureMap(nn.Module):
+    """A timm model's feature map (`forward_features`), before its global pooling."""
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)[0]
+        return self.net.forward_features(x)
 
 
 @BASELINES.register("cnn25")

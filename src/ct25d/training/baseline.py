@@ -1,9 +1,16 @@
 """Train one baseline of the comparison on one fold and write the artifacts Stage 2 writes.
 
-Volume and embedding families (`ct25d.models.baselines`) train here: study-level weighted BCE (plus
-the lesion loss of the dual-task U-Net on studies with a mask), the epoch chosen on the fold's
-inner-validation studies, every study of every dataset predicted. `last.pt` is written atomically after
-every epoch and a killed job resumes from it. The thickened 2D family is a slice model: it trains
+Volume and embedding families (`ct25d.models.baselines`) train here with the recipe Stage 2 uses:
+AdamW, a linear warm-up then a cosine decay over `epochs`, and early stopping after `patience` epochs
+without a better inner-split `monitor`. The loss is the weighted BCE on the study labels
+(`supervision: study`) or Stage 1's weighted slice loss on the slice labels, the study score being
+the max over slices (`supervision: slice`), plus the lesion loss of the dual-task U-Net on studies
+with a mask. The epoch is chosen on the fold's inner-validation studies, and every study of every
+dataset is predicted. Before the first step the network is evaluated once (epoch -1 of the history:
+what a network converted from Stage 1 knows before any 3D training), after re-estimating its batch
+norm statistics on `bn_refresh` training volumes when asked. Each epoch also records the training
+AUC, so an arm that learned nothing shows it. `last.pt` is written atomically after every epoch and
+a killed job resumes from it. The thickened 2D family is a slice model: it trains
 with Stage 1's trainer (same sampler, resume and selection) and its slice predictions become
 study predictions by the max over slices.
 """
@@ -38,11 +45,13 @@ from ct25d.errors import ConfigError
 from ct25d.evaluation.metrics import auc_or_nan, f1_or_nan, volume_max
 from ct25d.evaluation.predictions import empty_slices, prediction_frame, write_outputs
 from ct25d.models.baselines import BASELINES, enable_checkpointing, inputs_of
-from ct25d.models.stage2 import masked_slice_loss
+from ct25d.models.stage2 import masked_slice_loss, volume_logits
 from ct25d.models.thick import ThickSliceClassifier
+from ct25d.models.volume import SUPERVISIONS, check_choice
 from ct25d.provenance import stamp
 from ct25d.training.checkpoint import load_checkpoint, save_checkpoint, stage1_payload
-from ct25d.training.history import improved, write_history
+from ct25d.training.history import improved, patience_spent, write_history
+from ct25d.training.schedule import make_schedule
 from ct25d.training.seed import derive_seed, deterministic_kernels, rng_state, seed_everything, set_rng_state
 from ct25d.training.stage1 import (
     Stage1Settings,
@@ -52,6 +61,7 @@ from ct25d.training.stage1 import (
     train_stage1,
 )
 from ct25d.training.stage2 import Stage2Settings
+from ct25d.volumes.fixed_store import read_fixed_attrs
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +78,9 @@ class BaselineSettings(Stage2Settings):
     batch_size: int = 4
     augment: dict[str, float] | bool = True
     seg_weight: float = 1.0  # dual-task U-Net: weight of the lesion loss (Dice + BCE)
+    # Training volumes whose forward passes re-estimate batch norm statistics before training (0: off):
+    # a network converted from 2D keeps 2D statistics while its coronal and sagittal kernels see others.
+    bn_refresh: int = 0
     amp: bool = True  # bf16 autocast on CUDA
     gradient_checkpointing: bool = False
     deterministic: bool = True
@@ -122,6 +135,24 @@ def _epoch_batches(subset: np.ndarray, batch_size: int, seed: int, epoch: int) -
     return [[(epoch, int(i)) for i in b] for b in batches]
 
 
+def slice_label_arrays(index: pd.DataFrame, keys: pd.DataFrame, labels: tuple[str, ...]) -> list[np.ndarray]:
+    """Per study of `keys` (dataset, study_id), its labels per slice-store slice `(n, classes)`,
+    NaN where unknown (a study without slice labels: all NaN)."""
+    targets = multilabel_targets(index, labels)
+    z = index["z"].to_numpy()
+    groups = index.groupby(["dataset", "study_id"], sort=False).indices
+    out = []
+    for key in keys.itertuples(index=False, name=None):
+        rows = groups.get(tuple(key))
+        if rows is None:
+            out.append(np.full((0, len(labels)), np.nan, dtype=np.float32))
+            continue
+        study = np.full((int(z[rows].max()) + 1, len(labels)), np.nan, dtype=np.float32)
+        study[z[rows]] = targets[rows]
+        out.append(study)
+    return out
+
+
 class _Inputs:
     """The studies a volume or embedding baseline reads, in one order, with their targets and splits."""
 
@@ -133,9 +164,12 @@ class _Inputs:
         s: BaselineSettings,
         volumes: pd.DataFrame | None,
         embeddings: str | None,
+        supervision: str = "study",
+        index: pd.DataFrame | None = None,
     ) -> None:
         keyed = studies.set_index(["dataset", "study_id"])
-        self.kind = kind
+        self.kind, self.supervision = kind, check_choice(supervision, SUPERVISIONS, "supervision")
+        self.slice_index = None
         if kind == "volume":
             if volumes is None:
                 raise ConfigError("a volume baseline needs the volume index (ct25d volume-index)")
@@ -145,12 +179,26 @@ class _Inputs:
             self.targets = multilabel_targets(
                 keyed.loc[pd.MultiIndex.from_frame(self.keys)].reset_index(), s.labels
             )
+            slice_targets = None
+            if supervision == "slice":
+                if index is None:
+                    raise ConfigError("supervision: slice needs the slice index (ct25d index --slices)")
+                if not table["from_slices"].all():
+                    raise ConfigError(
+                        "supervision: slice needs the volumes' own slices (baselines.volume.depth: "
+                        "from_slices); a fixed depth resizes z and loses the slice labels"
+                    )
+                self.slice_index = index.merge(self.keys, on=["dataset", "study_id"])
+                slice_targets = slice_label_arrays(self.slice_index, self.keys, s.labels)
+            depth = int(table["pad_to"].max())
             self.train_data: Any = VolumeDataset(
-                table, self.targets, Augment.from_settings(s.augment), s.seed
+                table, self.targets, Augment.from_settings(s.augment), s.seed, depth, slice_targets
             )
-            self.eval_data: Any = VolumeDataset(table, self.targets)
+            self.eval_data: Any = VolumeDataset(table, self.targets, None, 0, depth, slice_targets)
             self.collate: Callable[..., Any] | None = None
         else:
+            if supervision != "study":
+                raise ConfigError("supervision: slice applies to the volume families, not embedding models")
             if embeddings is None:
                 raise ConfigError("an embedding baseline needs the Stage-1 embeddings folder")
             rows = pd.read_parquet(Path(embeddings) / "rows.parquet")
@@ -158,16 +206,16 @@ class _Inputs:
             self.keys, self.targets = data.spans[["dataset", "study_id"]], data.study_targets
             self.train_data = self.eval_data = _Keyed(data)
             self.collate = pad_batch
-        index = pd.MultiIndex.from_frame(self.keys)
-        self.split = splits_by_study(studies, fold).reindex(index).to_numpy()
+        index_keys = pd.MultiIndex.from_frame(self.keys)
+        self.split = splits_by_study(studies, fold).reindex(index_keys).to_numpy()
         if s.train_features == "held_out":
             if kind != "embeddings":
                 raise ConfigError(
                     "baselines.train_features: held_out applies to embedding models (cnn25) only"
                 )
-            self.split = held_out_features(self.split, keyed["patient_id"].reindex(index).to_numpy())
-        self.missing = len(keyed.index.difference(index))
-        self.n_slices = keyed["n_slices"].reindex(index).to_numpy() if "n_slices" in keyed else None
+            self.split = held_out_features(self.split, keyed["patient_id"].reindex(index_keys).to_numpy())
+        self.missing = len(keyed.index.difference(index_keys))
+        self.n_slices = keyed["n_slices"].reindex(index_keys).to_numpy() if "n_slices" in keyed else None
 
     def sample_shape(self) -> tuple[int, ...]:
         return tuple(self.eval_data[0]["x"].shape) if self.kind == "volume" else ()
@@ -186,34 +234,60 @@ class _Keyed(torch.utils.data.Dataset):
         return self.data[key[1] if isinstance(key, tuple) else key]
 
 
-def _forward(
-    model: nn.Module, batch: Any, kind: str, device: str
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """(study logits, lesion logits or None, study targets) of one batch."""
-    if kind == "volume":
-        out = model(batch["x"].to(device, non_blocking=True))
-        logits, seg = out if isinstance(out, tuple) else (out, None)
-        return logits, seg, batch["y"].to(device)
-    return model(batch["x"].to(device), batch["mask"].to(device)), None, batch["study_y"].to(device)
+@dataclass
+class _Outputs:
+    """One batch through a baseline: study logits, and per-slice logits and lesion logits if any."""
+
+    study: torch.Tensor
+    targets: torch.Tensor
+    slices: torch.Tensor | None = None
+    seg: torch.Tensor | None = None
+
+
+def _forward(model: nn.Module, batch: Any, kind: str, device: str) -> _Outputs:
+    if kind != "volume":
+        logits = model(batch["x"].to(device), batch["mask"].to(device))
+        return _Outputs(logits, batch["study_y"].to(device))
+    out = model(batch["x"].to(device, non_blocking=True))
+    logits, seg = out if isinstance(out, tuple) else (out, None)
+    targets = batch["y"].to(device)
+    if logits.dim() == 3:  # per-slice logits: the study is its max over the real slices (Stage 2's rule)
+        return _Outputs(volume_logits(logits, batch["valid"].to(device)), targets, logits, seg)
+    return _Outputs(logits, targets, None, seg)
 
 
 class StudyLoss:
-    """Weighted BCE on known study labels, plus the lesion loss on studies that have a mask."""
+    """Weighted BCE on known study labels, or on known slice labels (studies with none fall back to
+    their study labels on the max slice); plus the lesion loss on studies that have a mask."""
 
     def __init__(self, s: BaselineSettings) -> None:
         self.weights, self.seg_weight = s.weights, s.seg_weight
         self.dice = DiceLoss(sigmoid=True)
 
-    def __call__(
-        self, logits: torch.Tensor, targets: torch.Tensor, seg: torch.Tensor | None = None, batch: Any = None
-    ) -> torch.Tensor:
-        known = ~torch.isnan(targets).any(-1)
-        loss = masked_slice_loss(
-            logits.float()[:, None],
-            torch.nan_to_num(targets)[:, None],
-            known[:, None],
-            class_weights=self.weights.to(logits.device),
+    def _bce(self, logits: torch.Tensor, targets: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+        return masked_slice_loss(
+            logits.float(), torch.nan_to_num(targets), known, class_weights=self.weights.to(logits.device)
         )
+
+    def __call__(self, out: _Outputs, batch: Any = None) -> torch.Tensor:
+        known_study = ~torch.isnan(out.targets).any(-1)
+        if out.slices is None:
+            loss = self._bce(out.study[:, None], out.targets[:, None], known_study[:, None])
+        else:
+            slice_y = batch["slice_y"].to(out.slices.device)
+            known = batch["valid"].to(out.slices.device) & ~torch.isnan(slice_y).any(-1)
+            fallback = known_study & ~known.any(1)
+            parts, weights = [], []
+            if bool(known.any()):
+                parts.append(self._bce(out.slices, slice_y, known))
+                weights.append(int(known.sum()))
+            if bool(fallback.any()):
+                parts.append(self._bce(out.study[:, None], out.targets[:, None], fallback[:, None]))
+                weights.append(int(fallback.sum()))
+            if not parts:
+                raise ValueError("a training batch has no known slice or study label")
+            loss = sum(w * p for w, p in zip(weights, parts, strict=True)) / sum(weights)
+        seg = out.seg
         if seg is not None and self.seg_weight and bool(batch["has_mask"].any()):
             with_mask = batch["has_mask"].to(seg.device)
             seg, truth = seg.float()[with_mask], batch["mask"].to(seg.device)[with_mask]
@@ -228,6 +302,15 @@ def _autocast(device: str, s: BaselineSettings) -> Any:
     return torch.autocast(device_type="cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=cuda and s.amp)
 
 
+@dataclass
+class _Predictions:
+    """Study probabilities (NaN outside the subset), per-slice probabilities of slice models, loss."""
+
+    study: np.ndarray
+    slices: dict[int, np.ndarray]
+    loss: float
+
+
 @torch.no_grad()
 def _predict(
     model: nn.Module,
@@ -236,10 +319,11 @@ def _predict(
     s: BaselineSettings,
     loss_fn: StudyLoss,
     device: str,
-) -> tuple[np.ndarray, float]:
-    """(study probabilities, NaN outside `subset`; mean classification loss over `subset`)."""
+) -> _Predictions:
+    """Predict `subset`; the loss is the mean training loss over its studies with known labels."""
     model.eval()
     prob = np.full((len(inputs.keys), len(s.labels)), np.nan, dtype=np.float32)
+    slices: dict[int, np.ndarray] = {}
     total, count = 0.0, 0
     loader = DataLoader(
         inputs.eval_data,
@@ -250,13 +334,30 @@ def _predict(
     )
     for batch in loader:
         with _autocast(device, s):
-            logits, _, targets = _forward(model, batch, inputs.kind, device)
-        prob[batch["index"].numpy()] = torch.sigmoid(logits.float()).cpu().numpy()
-        if not torch.isnan(targets).any(-1).all():
-            total += float(loss_fn(logits, targets)) * len(targets)
-            count += len(targets)
+            out = _forward(model, batch, inputs.kind, device)
+        rows = batch["index"].numpy()
+        prob[rows] = torch.sigmoid(out.study.float()).cpu().numpy()
+        if out.slices is not None:
+            per_slice = torch.sigmoid(out.slices.float()).cpu().numpy()
+            for b, i in enumerate(rows):
+                slices[int(i)] = per_slice[b, batch["valid"][b].numpy()]
+        known = ~torch.isnan(out.targets).any(-1)
+        if out.slices is not None:
+            known = known | (~torch.isnan(batch["slice_y"]).any(-1) & batch["valid"]).any(1).to(known.device)
+        if bool(known.any()):
+            total += float(loss_fn(out, batch)) * len(rows)
+            count += len(rows)
     model.train()
-    return prob, total / count if count else float("nan")
+    return _Predictions(prob, slices, total / count if count else float("nan"))
+
+
+def _auc_any(prob: np.ndarray, truth: np.ndarray, labels: tuple[str, ...]) -> float:
+    """AUC of `any` (of the mean over labels when there is no `any`)."""
+    if "any" in labels:
+        k = labels.index("any")
+        return auc_or_nan(truth[:, k], prob[:, k])
+    aucs = [auc_or_nan(truth[:, k], prob[:, k]) for k in range(len(labels))]
+    return math.nan if np.all(np.isnan(aucs)) else float(np.nanmean(aucs))
 
 
 def _selection_metrics(
@@ -271,6 +372,27 @@ def _selection_metrics(
     return out
 
 
+def _slice_frame(inputs: _Inputs, slices: dict[int, np.ndarray], labels: tuple[str, ...]) -> pd.DataFrame:
+    """Slice predictions of a slice-supervised volume model on the slice store's rows: each stored
+    slice's probability goes to its `source_z` (the max where interpolated slices share one)."""
+    if inputs.slice_index is None or not slices:
+        return empty_slices(labels)
+    frames = []
+    data = inputs.eval_data
+    groups = inputs.slice_index.groupby(["dataset", "study_id"], sort=False).indices
+    for i, per_slice in sorted(slices.items()):
+        source_z = np.asarray(read_fixed_attrs(data.stores[i], data.study_ids[i])["source_z"])
+        best = pd.DataFrame(per_slice, index=source_z[: len(per_slice)]).groupby(level=0).max()
+        rows = inputs.slice_index.iloc[groups[tuple(inputs.keys.iloc[i])]]
+        rows = rows[rows["z"].isin(best.index)]
+        frames.append((rows, best.loc[rows["z"]].to_numpy(dtype=np.float32)))
+    keys = pd.concat([r for r, _ in frames], ignore_index=True)
+    prob = np.concatenate([p for _, p in frames])
+    return prediction_frame(
+        keys[["dataset", "study_id", "z", "slice_id"]], prob, multilabel_targets(keys, labels), labels
+    )
+
+
 def train_baseline(
     studies: pd.DataFrame,
     fold: int,
@@ -282,10 +404,12 @@ def train_baseline(
     embeddings: str | None = None,
     stage1_checkpoint: str | None = None,
     method: str | None = None,
+    index: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     """Train a volume or embedding baseline on fold `fold`; returns the `metrics.json` summary.
 
-    `method` names the model in the metrics (the config entry's name; default the registry name)."""
+    `method` names the model in the metrics (the config entry's name; default the registry name);
+    `index` (the slice index) gives the slice labels of `supervision: slice`."""
     s = settings if isinstance(settings, BaselineSettings) else BaselineSettings.from_dict(settings)
     name = model_config["name"]
     kind = inputs_of(name)
@@ -294,7 +418,8 @@ def train_baseline(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta = {**stamp("train-baseline", {"model": model_config, **s.learning_settings()}), "fold": fold}
-    inputs = _Inputs(kind, studies, fold, s, volumes, embeddings)
+    supervision = model_config.get("supervision", "study")
+    inputs = _Inputs(kind, studies, fold, s, volumes, embeddings, supervision, index)
     train_idx, val_idx = np.flatnonzero(inputs.split == "train"), np.flatnonzero(inputs.split == "inner")
     if len(train_idx) < 2 or not len(val_idx):
         raise ConfigError(
@@ -323,7 +448,7 @@ def train_baseline(
                 raise ConfigError(
                     f"baselines.mem_mb: {name} on volumes {inputs.sample_shape()} with batch_size "
                     f"{s.batch_size} needs about {need:.0f} MB, more than the declared {s.mem_mb} MB; lower "
-                    f"baselines.batch_size or baselines.volume.depth/size, turn on "
+                    f"baselines.batch_size or baselines.volume.max_depth/size, turn on "
                     f"baselines.gradient_checkpointing, or raise baselines.mem_mb"
                 )
         if s.gradient_checkpointing:
@@ -332,21 +457,24 @@ def train_baseline(
         summary = _fit(model, inputs, train_idx, val_idx, s, out, device, meta, model_config)
 
     model.load_state_dict(load_checkpoint(out / "best.pt")["model"])
-    prob, _ = _predict(model, inputs, np.arange(len(inputs.keys)), s, StudyLoss(s), device)
+    predicted = _predict(model, inputs, np.arange(len(inputs.keys)), s, StudyLoss(s), device)
     keys = inputs.keys.assign(split=inputs.split)
     if inputs.n_slices is not None:
         keys = keys.assign(n_slices=inputs.n_slices)
-    studies_out = prediction_frame(keys, prob, inputs.targets, s.labels)
+    studies_out = prediction_frame(keys, predicted.study, inputs.targets, s.labels)
     extra_summary = {
         **summary,
         "parameters": sum(p.numel() for p in model.parameters()),
         "missing_inputs": inputs.missing,
         "inputs": kind,
+        "supervision": supervision,
     }
+    if kind == "volume":
+        extra_summary["volume_shape"] = list(inputs.sample_shape())
     return write_outputs(
         out,
         studies_out,
-        empty_slices(s.labels),
+        _slice_frame(inputs, predicted.slices, s.labels),
         s.labels,
         method or name,
         fold,
@@ -354,6 +482,29 @@ def train_baseline(
         s.threshold,
         extra_summary,
     )
+
+
+def refresh_batch_norm(model: nn.Module, inputs: _Inputs, train_idx: np.ndarray, s: BaselineSettings,
+                       device: str) -> int:  # fmt: skip
+    """Re-estimate every batch norm's running statistics from `s.bn_refresh` training volumes (a fixed
+    draw, no augmentation), as `torch.optim.swa_utils.update_bn` does; returns the volumes used."""
+    if not s.bn_refresh or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return 0
+    rng = np.random.default_rng(derive_seed(s.seed, 0, 0xB4))
+    chosen = np.sort(rng.permutation(train_idx)[: s.bn_refresh])
+    loader = DataLoader(inputs.eval_data, batch_size=s.batch_size, sampler=chosen.tolist(),
+                        collate_fn=inputs.collate, num_workers=s.num_workers)  # fmt: skip
+    with _autocast(device, s):
+        torch.optim.swa_utils.update_bn((batch["x"] for batch in loader), model, torch.device(device))
+    return len(chosen)
+
+
+def _evaluate(model: nn.Module, inputs: _Inputs, val_idx: np.ndarray, s: BaselineSettings,
+              loss_fn: StudyLoss, device: str) -> dict[str, float]:  # fmt: skip
+    predicted = _predict(model, inputs, val_idx, s, loss_fn, device)
+    truth = inputs.targets[val_idx]
+    selection = _selection_metrics(predicted.study[val_idx], truth, s.labels, s.threshold)
+    return {"val_loss": predicted.loss, **selection}
 
 
 def _fit(
@@ -367,11 +518,14 @@ def _fit(
     meta: dict[str, Any],
     model_config: dict[str, Any],
 ) -> dict[str, Any]:
-    """The epoch loop with per-epoch `last.pt` and resume; returns timing and the best epoch."""
+    """The epoch loop with per-epoch `last.pt` and resume; returns timing, the best epoch, the
+    evaluation before training and the last epoch's training AUC."""
     last_path, best_so_far = out / "last.pt", out / "best-so-far.pt"
     optimizer = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
+    batches = len(_epoch_batches(train_idx, s.batch_size, s.seed, 0))
+    schedule = make_schedule(s.scheduler, optimizer, s.epochs * batches, s.warmup_fraction, s.section)
     loss_fn = StudyLoss(s)
-    state: dict[str, Any] = {"epoch": 0, "history": [], "best": None, "seconds": []}
+    state: dict[str, Any] = {"epoch": 0, "history": [], "best": None, "seconds": [], "bn_refresh": 0}
     identity = {
         "settings": s.learning_settings(),
         "model_config": model_config,
@@ -382,6 +536,7 @@ def _fit(
         if payload["identity"] == identity and payload["state"]["epoch"] < s.epochs:
             model.load_state_dict(payload["model"])
             optimizer.load_state_dict(payload["optimizer"])
+            schedule.load_state_dict(payload["schedule"])
             set_rng_state(payload["rng"], device)
             state = payload["state"]
             log.info("resuming from %s at epoch %d", last_path, state["epoch"])
@@ -389,9 +544,22 @@ def _fit(
             log.warning(
                 "not resuming from %s (another run or a finished one): training from scratch", last_path
             )
-    truth = inputs.targets[val_idx]
-    while state["epoch"] < s.epochs:
+
+    def keep(row: dict[str, float], epoch: int) -> None:
+        state["history"].append(row)
+        if improved(row[s.monitor], state["best"], s.monitor):
+            state["best"] = row[s.monitor]
+            save_checkpoint(best_so_far, {"model": model.state_dict(), "epoch": epoch, "config": model_config,
+                                          "meta": meta, "metrics": row})  # fmt: skip
+
+    if not state["history"]:  # a fresh run: what the network knows before any step (epoch -1)
+        state["bn_refresh"] = refresh_batch_norm(model, inputs, train_idx, s, device)
+        keep({"epoch": -1, "train_loss": math.nan, "train_auc_any": math.nan,
+              **_evaluate(model, inputs, val_idx, s, loss_fn, device), "seconds": 0.0}, -1)  # fmt: skip
+        log.info("before training: %s", {k: round(v, 4) for k, v in state["history"][-1].items()})
+    while state["epoch"] < s.epochs and not patience_spent(state["history"], s.monitor, s.patience):
         epoch, started, total, count = state["epoch"], time.perf_counter(), 0.0, 0
+        seen_prob, seen_truth = [], []
         loader = DataLoader(
             inputs.train_data,
             batch_sampler=_epoch_batches(train_idx, s.batch_size, s.seed, epoch),
@@ -400,41 +568,33 @@ def _fit(
         )
         for batch in tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None):
             with _autocast(device, s):
-                logits, seg, targets = _forward(model, batch, inputs.kind, device)
-            loss = loss_fn(logits, targets, seg, batch)
+                outputs = _forward(model, batch, inputs.kind, device)
+            loss = loss_fn(outputs, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total, count = total + float(loss.detach()) * len(targets), count + len(targets)
+            schedule.step()
+            n = len(outputs.targets)
+            total, count = total + float(loss.detach()) * n, count + n
+            seen_prob.append(torch.sigmoid(outputs.study.detach().float()).cpu().numpy())
+            seen_truth.append(outputs.targets.cpu().numpy())
         seconds = time.perf_counter() - started
-        prob, val_loss = _predict(model, inputs, val_idx, s, loss_fn, device)
         row = {
             "epoch": epoch,
             "train_loss": total / count,
-            "val_loss": val_loss,
-            **_selection_metrics(prob[val_idx], truth, s.labels, s.threshold),
+            "train_auc_any": _auc_any(np.concatenate(seen_prob), np.concatenate(seen_truth), s.labels),
+            **_evaluate(model, inputs, val_idx, s, loss_fn, device),
             "seconds": seconds,
         }
-        state["history"].append(row)
+        keep(row, epoch)
         state["seconds"].append(seconds)
-        if improved(row[s.monitor], state["best"], s.monitor):
-            state["best"] = row[s.monitor]
-            save_checkpoint(
-                best_so_far,
-                {
-                    "model": model.state_dict(),
-                    "epoch": epoch,
-                    "config": model_config,
-                    "meta": meta,
-                    "metrics": row,
-                },
-            )
         state["epoch"] = epoch + 1
         save_checkpoint(
             last_path,
             {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(),
                 "rng": rng_state(device),
                 "state": state,
                 "identity": identity,
@@ -442,9 +602,21 @@ def _fit(
         )
         write_history(out, state["history"], s.monitor, f"Baseline {model_config['name']}")
         log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items()})
+    if state["epoch"] < s.epochs:
+        log.info("no better %s for %d epochs: stopped before epoch %d", s.monitor, s.patience, state["epoch"])
+    write_history(out, state["history"], s.monitor, f"Baseline {model_config['name']}")
     best = load_checkpoint(best_so_far)
     save_checkpoint(out / "best.pt", best)
-    return {"best_epoch": int(best["epoch"]), "seconds_per_epoch": float(np.mean(state["seconds"]))}
+    trained = [row for row in state["history"] if row["epoch"] >= 0]
+    return {
+        "best_epoch": int(best["epoch"]),
+        "epochs_run": len(trained),
+        "seconds_per_epoch": float(np.mean(state["seconds"])) if state["seconds"] else 0.0,
+        "before_training": {k: v for k, v in state["history"][0].items() if k.startswith("val_")},
+        "bn_refresh_volumes": state["bn_refresh"],
+        "train_auc_any_last": trained[-1]["train_auc_any"] if trained else math.nan,
+        "train_loss_last": trained[-1]["train_loss"] if trained else math.nan,
+    }
 
 
 def stage1_encoder(

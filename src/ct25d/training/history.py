@@ -21,6 +21,17 @@ def improved(value: float, best: float | None, monitor: str) -> bool:
     return value < best if monitor.endswith("loss") else value > best
 
 
+def patience_spent(history: list[dict[str, float]], monitor: str, patience: int | None) -> bool:
+    """Whether the last `patience` epochs all failed to beat the best epoch before them."""
+    if not patience or len(history) <= patience:
+        return False
+    best = None
+    for row in history[:-patience]:
+        if improved(row[monitor], best, monitor):
+            best = row[monitor]
+    return not any(improved(row[monitor], best, monitor) for row in history[-patience:])
+
+
 def write_history(out: Path, history: list[dict[str, float]], monitor: str, title: str) -> None:
     """`metrics.csv` (one row per epoch) and `learning_curve.png` in `out`."""
     write_csv(out / "metrics.csv", pd.DataFrame(history))
@@ -28,22 +39,31 @@ def write_history(out: Path, history: list[dict[str, float]], monitor: str, titl
 
 
 def plot_history(path: Path, history: list[dict[str, float]], monitor: str, title: str) -> None:
-    """Train/validation loss per epoch, with the mean validation AUC on a second axis."""
+    """Train/validation loss per epoch, with the AUCs on a second axis: the validation mean, and
+    `any` on the training and validation studies where recorded (an arm that memorised nothing shows
+    a training AUC near 0.5). Epoch -1, the evaluation before training, is a point without a train
+    loss."""
     from matplotlib.figure import Figure
 
     frame = pd.DataFrame(history)
-    fig = Figure(figsize=(6, 4))
+    fig = Figure(figsize=(6.5, 4))
     ax = fig.subplots()
     ax.plot(frame["epoch"], frame["train_loss"], "o-", label="train loss")
     ax.plot(frame["epoch"], frame["val_loss"], "o-", label="validation loss")
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
-    if "val_auc_mean" in frame:
+    curves = [("val_auc_mean", "s--", "tab:green", "val AUC (mean)"),
+              ("val_auc_any", "^--", "tab:olive", "val AUC (any)"),
+              ("train_auc_any", "v:", "tab:purple", "train AUC (any)")]  # fmt: skip
+    shown = [c for c in curves if c[0] in frame and frame[c[0]].notna().any()]
+    if shown:
         twin = ax.twinx()
-        twin.plot(frame["epoch"], frame["val_auc_mean"], "s--", color="tab:green", label="val AUC (mean)")
+        for column, style, color, label in shown:
+            twin.plot(frame["epoch"], frame[column], style, color=color, label=label)
+        twin.axhline(0.5, color="grey", lw=0.6)
         twin.set_ylabel("AUC")
-        twin.legend(loc="upper right")
-    ax.legend(loc="upper left")
+        twin.legend(loc="upper right", fontsize="small")
+    ax.legend(loc="upper left", fontsize="small")
     ax.set_title(f"{title} learning curve (best by {monitor})")
     fig.tight_layout()
     with atomic_path(path) as tmp:
