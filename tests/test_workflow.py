@@ -40,11 +40,11 @@ qc: {per_dataset: 1}
 stage1: {backbones: [resnet10t], image_size: 32, epochs: 1, batch_size: 16, tta_flip: false}
 stage2: {models: {bilstm: {name: bilstm, hidden: 16}}, epochs: 2}
 baselines:
-  volume: {depth: 32, size: 32}
+  volume: {max_depth: 32}
   epochs: 1
   batch_size: 2
   models:
-    r3d: {name: resnet10, conv1_t_stride: 2}
+    r3d: {name: resnet10, conv1_t_stride: 2, supervision: slice, pooling: max}
     acs: {name: acs, init: stage1}
     cnn25: {name: cnn25, slices: 8, hidden: 16}
     thick: {name: thick2d, k: 3, image_size: 32}
@@ -137,7 +137,7 @@ def test_a_lost_embedding_shard_is_redone_alone(workdir: Path) -> None:
         ("stage1", "lr", 0.002, "train_slices"),
         ("stage2", "lr", 0.002, "train_sequence"),
         ("baselines", "lr", 0.002, "train_baseline"),
-        ("baselines", "volume", {"depth": 32, "size": 48}, "volume_shard"),
+        ("baselines", "volume", {"max_depth": 40}, "volume_shard"),
     ],
 )
 def test_a_setting_reruns_its_rule_and_nothing_upstream(workdir: Path, section, key, value, first) -> None:
@@ -198,6 +198,11 @@ def test_stage_outputs(workdir: Path) -> None:
     for baseline in ("r3d", "acs", "cnn25", "thick"):
         assert (results / "baselines" / baseline / "fold0" / "predictions_studies.parquet").is_file()
     assert (results / "baselines" / "r3d" / "fold0" / "benchmark.tsv").is_file()
+    # supervision: slice scores the slice store's own slices; every run records what it learned
+    r3d_slices = pd.read_parquet(results / "baselines" / "r3d" / "fold0" / "predictions_slices.parquet")
+    assert not r3d_slices.empty and r3d_slices["slice_id"].notna().all()
+    r3d = json.loads((results / "baselines" / "r3d" / "fold0" / "metrics.json").read_text())
+    assert r3d["supervision"] == "slice" and "train_auc_any_last" in r3d and "before_training" in r3d
     table = pd.read_csv(results / "comparison" / "comparison.csv")
     assert len(table) == 7  # Stage-1 head, Stage-1 cosine, Stage-2 bilstm, 4 baselines
     assert set(table.loc[table["stage"] == "baseline", "approach"]) == {
