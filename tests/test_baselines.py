@@ -194,6 +194,15 @@ def test_slice_supervised_acs_starts_at_stage1s_score_and_writes_slice_predictio
     expected = auc_or_nan(np.array(truth), np.array(prob))
     assert summary["before_training"]["val_auc_any"] == pytest.approx(expected, abs=1e-6)
 
+    # The comparison shows what the 3D row read and whether it learned anything on its training set.
+    table = write_comparison([], [], tmp_path / "cmp", [tmp_path / "metrics.json"], replicates=20)
+    assert table.iloc[0]["train AUC, last epoch"] == f"{summary['train_auc_any_last']:.2f}"
+    header = (tmp_path / "cmp" / "comparison.md").read_text().splitlines()[0]
+    assert (
+        "3D rows read volumes of 3 x 32 x 64 x 64 (each study's own slices at the slice store's pixels"
+        in header
+    )
+
 
 def test_2p5cnn_trains_on_frozen_embeddings(cohort: dict, tmp_path: Path) -> None:
     entry = {"name": "cnn25", "backbone": "test_resnet", "slices": 8, "hidden": 16}

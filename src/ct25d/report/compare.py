@@ -87,7 +87,14 @@ def load_runs(stage1: list[str | Path], stage2: list[str | Path], baselines: lis
                 approach = f"2.5D: Stage 2 {method}"
             else:
                 approach = f"{FAMILIES[summary['inputs']]}: {method}"
-            extra = {k: summary[k] for k in ("parameters", "seconds_per_epoch") if k in summary}
+            kept = (
+                "parameters",
+                "seconds_per_epoch",
+                "train_auc_any_last",
+                "volume_shape",
+                "volume_from_slices",
+            )
+            extra = {k: summary[k] for k in kept if k in summary}
             folder = Path(path).parent
             # The training job's `benchmark:` file: Stage-1 rules share their backbone's training run.
             bench = (folder.parent.parent if kind == "stage1" else folder) / "benchmark.tsv"
@@ -204,11 +211,15 @@ def comparison(
     """(long table: one row per approach and set of studies; the scored predictions per approach)."""
     predictions = scored_predictions(runs, labels)
     meta: dict[str, dict[str, Any]] = {}
+    train_aucs: dict[str, dict[int, float]] = {}
     for run in runs:
         entry = meta.setdefault(run.approach, {"stage": run.stage, "folds": set(), "train_s": 0.0,
                                                "peak_mb": math.nan})  # fmt: skip
         entry["folds"].add(run.fold)
-        entry.update({k: v for k, v in run.extra.items() if k not in ("train_s", "peak_mb")})
+        per_fold = ("train_s", "peak_mb", "train_auc_any_last")
+        entry.update({k: v for k, v in run.extra.items() if k not in per_fold})
+        if "train_auc_any_last" in run.extra:
+            train_aucs.setdefault(run.approach, {})[run.fold] = run.extra["train_auc_any_last"]
         entry["train_s"] += run.extra.get("train_s", math.nan)  # all folds' training jobs
         peak = run.extra.get("peak_mb", math.nan)
         entry["peak_mb"] = peak if math.isnan(entry["peak_mb"]) else max(entry["peak_mb"], peak)
@@ -228,6 +239,9 @@ def comparison(
                     "folds": ", ".join(map(str, sorted(meta[approach]["folds"]))),
                     **_one_set(part, ref, labels, replicates, seed),
                     "fold AUCs": ", ".join(f"{a:.3f}" for a in spread.get((approach, name), [])),
+                    "train AUCs": ", ".join(
+                        f"{a:.2f}" for _, a in sorted(train_aucs.get(approach, {}).items())
+                    ),
                 }
             )
     return pd.DataFrame(rows), predictions
@@ -292,6 +306,8 @@ def wide_table(long: pd.DataFrame, slice_scores: dict[str, float], reference: st
         row["parameters"] = (
             int(parameters) if isinstance(parameters, numbers.Number) and parameters == parameters else None
         )
+        # The training AUC of `any` at each fold's last epoch: an arm that memorised nothing shows it.
+        row["train AUC, last epoch"] = first.get("train AUCs") or None
         row["s/epoch"] = first.get("seconds_per_epoch")
         row["training s (all folds)"] = first.get("train_s")
         row["peak RSS GB"] = first.get("peak_mb", math.nan) / 1024
@@ -364,6 +380,25 @@ def _text(value: Any) -> Any:
     if isinstance(value, float):
         return "n/a" if math.isnan(value) else round(value, 3)
     return value
+
+
+def volume_note(runs: list[Run]) -> str:
+    """What the 3D rows read, for the table's header: a resized volume shows fewer pixels than the
+    2D rows do, and the reader must know it."""
+    shapes = {(tuple(r.extra["volume_shape"]), r.extra.get("volume_from_slices", "")) for r in runs
+              if "volume_shape" in r.extra}  # fmt: skip
+    notes = [
+        " x ".join(map(str, shape))
+        + {
+            True: " (each study's own slices at the slice store's pixels, padded or cropped to that depth)",
+            False: " (resized: fewer pixels than the 2D rows see, one label per study)",
+            "": "",  # a run from before the store said
+        }[from_slices]
+        for shape, from_slices in sorted(shapes, key=str)
+    ]
+    if not notes:
+        return ""
+    return f"3D rows read volumes of {'; '.join(notes)} (channels x depth x height x width). "
 
 
 def verdicts(long: pd.DataFrame, reference: str | None) -> list[str]:
@@ -473,7 +508,7 @@ def write_comparison(
         f"temperatures chosen on each fold's inner split. 95% bootstrap intervals over studies ({replicates} "
         f"replicates, seed {seed}); ΔAUC: paired bootstrap against the reference ({reference or 'none'}). "
         f"Training s: the approach's own training jobs over all folds (Stage-2 and 2.5CNN rows exclude the "
-        f"Stage-1 run they read); peak RSS from the same `benchmark:` files.",
+        f"Stage-1 run they read); peak RSS from the same `benchmark:` files. {volume_note(runs)}",
         "",
         table.map(_text).to_markdown(index=False),
         "",

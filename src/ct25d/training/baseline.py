@@ -191,6 +191,7 @@ class _Inputs:
                 self.slice_index = index.merge(self.keys, on=["dataset", "study_id"])
                 slice_targets = slice_label_arrays(self.slice_index, self.keys, s.labels)
             depth = int(table["pad_to"].max())
+            self.from_slices = bool(table["from_slices"].all())
             self.train_data: Any = VolumeDataset(
                 table, self.targets, Augment.from_settings(s.augment), s.seed, depth, slice_targets
             )
@@ -471,6 +472,7 @@ def train_baseline(
     }
     if kind == "volume":
         extra_summary["volume_shape"] = list(inputs.sample_shape())
+        extra_summary["volume_from_slices"] = inputs.from_slices
     return write_outputs(
         out,
         studies_out,
