@@ -18,6 +18,7 @@ rule compare:
         stage2=[f"{RESULTS}/stage2/{m}/{b}/fold{f}/metrics.json" for m, b, f in STAGE2_RUNS],
         baselines=rules.baselines.input,
         reads=[synthetic_dir(d) if is_synthetic(d) else label_file(d) for d in CQ500_SETS],
+        patients=f"{RESULTS}/splits/folds.parquet",
     output:
         csv=report(f"{RESULTS}/comparison/comparison.csv", category="Comparison"),
         md=f"{RESULTS}/comparison/comparison.md",
@@ -46,7 +47,7 @@ rule compare:
         "../envs/ct25d.yaml"
     shell:
         "ct25d compare --stage1 {input.stage1} --stage2 {input.stage2} --baselines {input.baselines} "
-        "--readers {params.readers} --settings {params.settings:q} --out {params.out} > {log} 2>&1"
+        "--readers {params.readers} --patients {input.patients} --settings {params.settings:q} --out {params.out} > {log} 2>&1"
 
 
 rule comparison:

@@ -15,16 +15,18 @@ from ct25d.errors import ConfigError
 from ct25d.evaluation.predictions import prediction_frame
 from ct25d.evaluation.scoring import (
     Interval,
-    apply_temperature,
     auc_rows,
     best_threshold,
     bootstrap_auc,
+    bootstrap_weights,
     expected_calibration_error,
-    f1_rows,
+    expit,
     fit_temperature,
+    logit,
     paired_auc_difference,
     paired_f1_difference,
-    resample,
+    weighted_auc,
+    weighted_f1,
 )
 from ct25d.labels import RSNA_LABELS
 from ct25d.report.compare import (
@@ -39,50 +41,97 @@ from ct25d.report.compare import (
 rng = np.random.default_rng(0)
 
 
-def test_auc_and_f1_match_scikit_learn_with_ties() -> None:
+def test_auc_and_f1_match_scikit_learn_with_ties_and_weights() -> None:
     y = rng.integers(0, 2, size=(20, 50))
     p = np.round(rng.random((20, 50)), 1)  # many ties
     expected = [roc_auc_score(a, b) for a, b in zip(y, p, strict=True)]
     np.testing.assert_allclose(auc_rows(y, p), expected)
-    pred = p > 0.5
-    np.testing.assert_allclose(f1_rows(y, pred), [f1_score(a, b) for a, b in zip(y, pred, strict=True)])
     assert np.isnan(auc_rows(np.ones(5), np.arange(5))[0])  # one class: undefined, not 0.5
-    assert np.isnan(f1_rows(np.zeros(5), np.ones(5))[0])  # no positive: F1 undefined, not 0
+    # A replicate's weights count each study that often: the same as scoring the repeated rows.
+    w = rng.integers(0, 3, size=(20, 50))
+    for row in range(20):
+        ys, ps, ws = np.repeat(y[row], w[row]), np.repeat(p[row], w[row]), w[row][None]
+        assert weighted_auc(y[row], p[row], ws)[0] == pytest.approx(roc_auc_score(ys, ps))
+        assert weighted_f1(y[row], p[row] > 0.5, ws)[0] == pytest.approx(f1_score(ys, ps > 0.5))
+    assert np.isnan(weighted_f1(np.zeros(5), np.ones(5), np.ones((1, 5)))[0])  # no positive: undefined, not 0
+
+
+def test_the_bootstrap_draws_patients_within_classes() -> None:
+    """Every replicate keeps both classes; a patient's studies are drawn together, as often as the patient."""
+    y = np.array([1, 0, 0, 0, 0, 0, 0, 0, 0, 0.0])  # one positive study: an unstratified draw often loses it
+    patients = np.array(["a", "a", "b", "b", "c", "d", "e", "f", "g", "h"])
+    w = bootstrap_weights(y, 500, 0, patients)
+    assert w.shape == (500, 10) and (w[:, 0] > 0).all()  # the positive patient is in every replicate
+    np.testing.assert_array_equal(w[:, 0], w[:, 1])
+    np.testing.assert_array_equal(w[:, 2], w[:, 3])
+    assert (w[:, 2:].sum(1) > 0).all() and w.sum(1).min() > 0
+    np.testing.assert_array_equal(w, bootstrap_weights(y, 500, 0, patients))  # seeded
 
 
 def test_bootstrap_is_reproducible_for_a_seed_and_brackets_the_value() -> None:
     y = rng.integers(0, 2, 80).astype(float)
     p = np.clip(y * 0.3 + rng.random(80) * 0.7, 0, 1)
-    a = bootstrap_auc(y, p, resample(80, 500, seed=4))
-    b = bootstrap_auc(y, p, resample(80, 500, seed=4))
-    c = bootstrap_auc(y, p, resample(80, 500, seed=5))
+    a = bootstrap_auc(y, p, bootstrap_weights(y, 500, seed=4))
+    b = bootstrap_auc(y, p, bootstrap_weights(y, 500, seed=4))
+    c = bootstrap_auc(y, p, bootstrap_weights(y, 500, seed=5))
     assert a == b and a != c
     assert a.low < a.value < a.high and a.value == pytest.approx(roc_auc_score(y, p))
-    perfect = bootstrap_auc(np.array([0, 0, 1, 1.0]), np.array([0.1, 0.2, 0.8, 0.9]), resample(4, 200, 0))
+    four = np.array([0, 0, 1, 1.0])
+    perfect = bootstrap_auc(four, np.array([0.1, 0.2, 0.8, 0.9]), bootstrap_weights(four, 200, 0))
     assert (perfect.value, perfect.high) == (1.0, 1.0)
 
 
 def test_paired_difference_of_a_model_with_itself_is_exactly_zero() -> None:
     y = rng.integers(0, 2, 60).astype(float)
     p = rng.random(60)
-    same = paired_auc_difference(y, p, p, resample(60, 300, 1))
+    same = paired_auc_difference(y, p, p, bootstrap_weights(y, 300, 1))
     assert (same.value, same.low, same.high) == (0.0, 0.0, 0.0) and not same.excludes_zero()
-    better = paired_auc_difference(y, y * 0.5 + p * 0.5, p, resample(60, 300, 1))
+    better = paired_auc_difference(y, y * 0.5 + p * 0.5, p, bootstrap_weights(y, 300, 1))
     assert better.excludes_zero() and better.low > 0
-    same_f1 = paired_f1_difference(y, p > 0.5, p > 0.5, resample(60, 300, 1))
+    same_f1 = paired_f1_difference(y, p > 0.5, p > 0.5, bootstrap_weights(y, 300, 1))
     assert (same_f1.value, same_f1.low, same_f1.high) == (0.0, 0.0, 0.0)
-    assert paired_f1_difference(y, y > 0.5, p > 0.5, resample(60, 300, 1)).low > 0  # perfect calls win
+    assert (
+        paired_f1_difference(y, y > 0.5, p > 0.5, bootstrap_weights(y, 300, 1)).low > 0
+    )  # perfect calls win
 
 
 def test_temperature_recovers_overconfidence_and_keeps_the_auc() -> None:
     z = rng.normal(0, 2, 4000)
     y = (rng.random(4000) < 1 / (1 + np.exp(-z))).astype(float)
-    overconfident = 1 / (1 + np.exp(-3 * z))
+    overconfident = 3 * z
     t = fit_temperature(y, overconfident)
-    assert t == pytest.approx(3.0, rel=0.1)
-    calibrated = apply_temperature(overconfident, t)
+    assert t.value == pytest.approx(3.0, rel=0.1) and t.flag == ""
+    calibrated = expit(overconfident / t.value)
     assert roc_auc_score(y, calibrated) == pytest.approx(roc_auc_score(y, overconfident))
-    assert expected_calibration_error(y, calibrated) < expected_calibration_error(y, overconfident) / 3
+    assert expected_calibration_error(y, calibrated) < expected_calibration_error(y, expit(overconfident)) / 3
+
+
+def test_temperature_falls_back_to_one_where_it_cannot_be_fitted() -> None:
+    z = np.array([-3.0, -2, -1, 1, 2, 3, 4, 5, 6, 7])
+    y = (z > 0).astype(float)
+    separable = fit_temperature(y, z, min_positives=2)
+    assert (separable.value, separable.flag) == (1.0, "T=1: separable")
+    assert fit_temperature(y, z).flag == "T=1: 7 positives, 3 negatives"  # min_positives 5 by default
+    uninformative = np.repeat(np.linspace(-3, 3, 50), 2)  # each score once positive, once negative
+    flat = fit_temperature(np.tile([0.0, 1.0], 50), uninformative)  # no signal: T runs to the top
+    assert flat.value == pytest.approx(10.0, rel=1e-3) and flat.flag.startswith("T at bound")
+
+
+def test_logits_keep_every_float32_probability_apart() -> None:
+    p = np.array([0.5, 0.99, 0.9999, 1 - 6e-8, 1.0], dtype=np.float32)
+    z = logit(p)
+    assert np.all(np.diff(z) > 0) and np.isfinite(z).all()
+
+
+def test_threshold_search_matches_the_exhaustive_one() -> None:
+    for _ in range(20):
+        y = rng.integers(0, 2, 300).astype(float)
+        p = np.round(rng.random(300), 2)  # ties
+        values = np.unique(p)
+        candidates = np.concatenate([[values[0] - 1e-9], (values[:-1] + values[1:]) / 2, [values[-1] + 1e-9]])
+        pred = p[None, :] > candidates[:, None]
+        f1 = 2 * (pred & (y == 1)).sum(1) / (pred.sum(1) + y.sum())
+        assert best_threshold(y, p) == pytest.approx(candidates[int(np.argmax(f1))])
 
 
 def test_threshold_and_ece_hand_cases() -> None:
@@ -232,7 +281,7 @@ def test_kappa_with_each_cq500_reader(tmp_path: Path) -> None:
     reads.to_csv(tmp_path / "reads.csv", index=False)
     ids = [pseudonym(f"CQ500CT{n} CQ500CT{n}", "salt", "st-") for n in range(8)]
     p = np.array([0.9, 0.8, 0.1, 0.2, 0.7, 0.6, 0.3, 0.1])
-    frame = pd.DataFrame({"set": "cq500", "study_id": ids, "p_any": p, "t_any": 0.5})
+    frame = pd.DataFrame({"set": "cq500", "study_id": ids, "s_any": logit(p), "t_any": 0.0})
     table = reader_kappas({"model": frame}, "cq500", tmp_path / "reads.csv", "salt").set_index("rater")
     call = (p > 0.5).astype(int)
     assert table.loc["model", "κ vs R1"] == pytest.approx(cohen_kappa_score(r1, call))
@@ -250,9 +299,75 @@ def test_cq500_findings_are_scored_on_their_own_labels() -> None:
     frame = pd.DataFrame({"set": "cq500", "dataset": "cq500", "study_id": [f"s{i}" for i in range(n)]})
     for k, label in enumerate(FINDINGS.values()):
         frame[label] = (np.arange(n) % (k + 2) == 0).astype(float)
-        frame[f"p_{label}"] = rng.random(n)
-    frame["p_subdural"] = frame["subdural"] * 0.5 + 0.25  # only SDH is predicted perfectly
+        frame[f"s_{label}"] = rng.random(n)
+    frame["s_subdural"] = frame["subdural"] * 0.5 + 0.25  # only SDH is predicted perfectly
     table = findings_table({"m": frame}, replicates=100, seed=0).set_index("approach")
     assert table.loc["m", "SDH AUC"].value == 1.0
     assert table.loc["m", "SDH n+"] == int(frame["subdural"].sum())
     assert all(table.loc["m", f"{f} AUC"].value < 1.0 for f in FINDINGS if f != "SDH")
+
+
+def test_a_separable_inner_split_leaves_every_auc_and_difference_unchanged(tmp_path: Path) -> None:
+    """Inner splits the models separate perfectly (where a free temperature runs to ~0 and turns
+    every score above the gap into the same probability): T stays 1, flagged, and every AUC and ΔAUC
+    is the one of the models' own scores."""
+    paths = {}
+    for name, quality in (("a", 0.3), ("b", 0.15)):
+        paths[name] = [
+            fake_run(tmp_path / f"{name}{f}", f, name, quality, 20 * f + len(name)) for f in (0, 1)
+        ]
+        for path in paths[name]:
+            file = path.parent / "predictions_studies.parquet"
+            studies = pd.read_parquet(file)
+            inner = studies["split"] == "inner"
+            gap = np.where(studies.loc[inner, "any"] == 1, 0.6, 0.0) + 0.4 * rng.random(inner.sum())
+            for label in RSNA_LABELS:
+                studies.loc[inner, f"prob_{label}"] = gap.astype(np.float32)
+            studies.to_parquet(file)
+    runs = load_runs([], paths["a"], paths["b"])
+    long, _ = comparison(runs, list(RSNA_LABELS), "2.5D: Stage 2 a", replicates=50)
+    raw = {}
+    for run in runs:
+        studies = run.studies[run.studies["split"].isin(["validation", "external"])]
+        raw.setdefault(run.approach, []).append(studies.assign(z=logit(studies["prob_any"].to_numpy())))
+    for approach, frames in raw.items():
+        frame = pd.concat(frames)
+        internal = frame[frame["split"] == "validation"]
+        external = frame[frame["split"] == "external"].groupby("study_id")[["any", "z"]].mean()
+        expected = {INTERNAL: roc_auc_score(internal["any"], internal["prob_any"]),
+                    "cq500": roc_auc_score(external["any"], external["z"])}  # fmt: skip
+        rows = long[long["approach"] == approach].set_index("set")
+        for name, auc in expected.items():
+            assert rows.loc[name, "auc"].value == pytest.approx(auc, abs=1e-12)
+        assert "separable" in rows.iloc[0]["calibration"]
+    a = long[long["approach"] == "2.5D: Stage 2 a"].set_index("set")["auc"]
+    b = long[long["approach"] == "3D: b"].set_index("set")
+    for name in (INTERNAL, "cq500"):
+        assert b.loc[name, "delta_auc"].value == pytest.approx(
+            b.loc[name, "auc"].value - a[name].value, abs=1e-12
+        )
+
+
+def _clustered_cohort(r: np.random.Generator, patients: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """1-5 studies per patient sharing a patient effect that raises the label's odds and lowers the
+    score: studies of one patient are not independent, as RSNA's and CQ500's are not."""
+    k = r.integers(1, 6, patients)
+    u = np.repeat(r.normal(0, 1, patients), k)
+    y = (r.random(len(u)) < 1 / (1 + np.exp(0.5 - 2.0 * u))).astype(float)
+    return y, y - 0.7 * u + r.normal(0, 1, len(u)), np.repeat(np.arange(patients), k)
+
+
+def test_patient_bootstrap_intervals_cover_the_true_auc() -> None:
+    """Over 200 cohorts of 300 patients, the 95% interval covers the population AUC in 93-97% of
+    draws; resampling studies as if independent does not (too narrow)."""
+    y, score, _ = _clustered_cohort(np.random.default_rng(0), 300_000)
+    truth = roc_auc_score(y, score)
+    r = np.random.default_rng(1)
+    covered = {"patients": 0, "studies": 0}
+    for draw in range(200):
+        y, score, patients = _clustered_cohort(r, 300)
+        for name, clusters in (("patients", patients), ("studies", None)):
+            interval = bootstrap_auc(y, score, bootstrap_weights(y, 1000, draw, clusters))
+            covered[name] += interval.low <= truth <= interval.high
+    assert 0.93 <= covered["patients"] / 200 <= 0.97, covered
+    assert covered["studies"] / 200 < 0.93, covered

@@ -42,6 +42,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
         dict(args.readers or []),
         s.get("salt", ""),
         s.get("claims"),
+        int(s.get("min_positives", 5)),
+        args.patients,
     )
     log.info("%d approaches compared; see %s/comparison.md", len(table), args.out)
 
@@ -78,5 +80,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         default={},
         help="config `compare`: reference approach, bootstrap replicates, seed (JSON)",
     )
+    p.add_argument("--patients", help="splits/folds.parquet: each study's patient, the bootstrap's cluster")
     p.add_argument("--out", required=True, help="folder: comparison.csv, comparison.md, comparison.png")
     p.set_defaults(func=cmd_compare)

@@ -4,9 +4,11 @@ Each run (one approach on one outer fold) wrote its study predictions with their
 run and label, a temperature and a threshold are fitted on the *inner* split only and applied
 unchanged to the outer fold and the external sets. Internal scores pool the outer folds'
 predictions (out-of-fold); external sets are scored by the mean of the fold models' calibrated
-probabilities (each study once). Every score carries a 95% bootstrap interval over studies, and
-each approach's AUC is compared with the reference's by a paired bootstrap on the same studies:
-an interval that contains 0 means the data cannot tell the two apart.
+logits (each study once, by every fold). Ranks (AUC, AP, ΔAUC) read float64 logits, which a
+temperature never ties. Every score carries a 95% interval from a bootstrap over patients,
+stratified so that every replicate holds both classes, and each approach's AUC is compared with
+the reference's by a paired bootstrap on the same studies: an interval that contains 0 means the
+data cannot tell the two apart. A set with fewer than `min_positives` positives gets no AUC.
 """
 
 from __future__ import annotations
@@ -26,16 +28,18 @@ from ct25d.atomic import atomic_path, write_csv, write_json
 from ct25d.errors import ConfigError
 from ct25d.evaluation.scoring import (
     Interval,
-    apply_temperature,
+    Temperature,
     auc_rows,
     best_threshold,
     bootstrap_auc,
     bootstrap_f1,
+    bootstrap_weights,
+    expit,
     fit_temperature,
+    logit,
     paired_auc_difference,
     paired_f1_difference,
     point_metrics,
-    resample,
 )
 from ct25d.provenance import stamp
 
@@ -105,47 +109,83 @@ def load_runs(stage1: list[str | Path], stage2: list[str | Path], baselines: lis
     return runs
 
 
-def inner_choices(studies: pd.DataFrame, labels: list[str]) -> dict[str, tuple[float, float]]:
-    """Per label, (temperature, threshold) fitted on the inner split's studies only."""
+def inner_choices(
+    studies: pd.DataFrame, labels: list[str], min_positives: int = 5
+) -> dict[str, tuple[Temperature, float]]:
+    """Per label, (temperature, threshold on the raw logit) fitted on the inner split's studies only.
+
+    The threshold is chosen on the raw logits (F1 depends on the ranks only), so a temperature
+    can never move a call."""
     inner = studies[studies["split"] == "inner"]
     choices = {}
     for name in labels:
         known = inner[name].notna()
-        y, p = inner.loc[known, name].to_numpy(float), inner.loc[known, f"prob_{name}"].to_numpy(float)
-        temperature = fit_temperature(y, p) if len(y) else 1.0
-        choices[name] = (temperature, best_threshold(y, apply_temperature(p, temperature)) if len(y) else 0.5)
+        y, z = inner.loc[known, name].to_numpy(float), logit(inner.loc[known, f"prob_{name}"].to_numpy())
+        temperature = (
+            fit_temperature(y, z, min_positives) if len(y) else Temperature(1.0, "T=1: no inner studies")
+        )
+        choices[name] = (temperature, best_threshold(y, z) if len(y) else 0.0)
     return choices
 
 
-def scored_predictions(runs: list[Run], labels: list[str]) -> dict[str, pd.DataFrame]:
-    """Per approach: one row per scored study (`set`: internal or an external dataset), calibrated
-    `p_<label>` and `t_<label>` (threshold), from the inner choices of the run that made it."""
+def scored_predictions(
+    runs: list[Run], labels: list[str], min_positives: int = 5, patients: pd.DataFrame | None = None
+) -> tuple[dict[str, pd.DataFrame], dict[str, list[str]]]:
+    """Per approach: one row per scored study (`set`: internal or an external dataset) with `s_<label>`
+    (the calibrated logit, float64: ranks as the model's own score), `t_<label>` (the inner split's
+    threshold on that scale) and `p_<label>` (the calibrated probability, for calibration only);
+    and per approach the calibration flags of its runs. `patient_id` comes from `patients`
+    (dataset, study_id, patient_id; each study its own patient without it): the bootstrap's cluster.
+
+    An external study is scored by the mean of the fold models' calibrated logits, each study by
+    every fold model: one missing from a fold stops the comparison rather than averaging fewer."""
     by_approach: dict[str, list[pd.DataFrame]] = {}
+    flags: dict[str, list[str]] = {}
     for run in runs:
         studies = run.studies
         present = [n for n in labels if n in studies]
-        choices = inner_choices(studies, present)
+        choices = inner_choices(studies, present, min_positives)
         scored = studies[studies["split"].isin(["validation", "external"])].copy()
         scored["set"] = np.where(scored["split"] == "validation", INTERNAL, scored["dataset"])
         for name, (temperature, threshold) in choices.items():
-            scored[f"p_{name}"] = apply_temperature(scored[f"prob_{name}"].to_numpy(float), temperature)
-            scored[f"t_{name}"] = threshold
+            scored[f"s_{name}"] = logit(scored[f"prob_{name}"].to_numpy()) / temperature.value
+            scored[f"t_{name}"] = threshold / temperature.value
+            if temperature.flag:
+                flags.setdefault(run.approach, []).append(f"fold {run.fold} {name}: {temperature.flag}")
         by_approach.setdefault(run.approach, []).append(scored.assign(fold=run.fold))
     out = {}
     for approach, frames in by_approach.items():
         frame = pd.concat(frames, ignore_index=True)
         internal = frame[frame["set"] == INTERNAL]
-        # External: the mean over fold models of their calibrated probabilities and thresholds.
-        numeric = [c for c in frame if c.startswith(("p_", "t_"))] + [n for n in labels if n in frame]
-        external = (
-            frame[frame["set"] != INTERNAL]
-            .groupby(["set", "dataset", "study_id"], as_index=False)[numeric]
-            .mean()
+        outside = frame[frame["set"] != INTERNAL]
+        folds = sorted(frame["fold"].unique())
+        seen = outside.groupby(["set", "study_id"])["fold"].nunique()
+        if (seen < len(folds)).any():
+            (dataset, study), _ = next(iter(seen[seen < len(folds)].items()))
+            have = set(outside.loc[(outside["set"] == dataset) & (outside["study_id"] == study), "fold"])
+            missing = [f for f in folds if f not in have]
+            raise ValueError(
+                f"{approach}: external study {dataset}/{study} has no prediction from fold(s) {missing}"
+            )
+        numeric = [c for c in frame if c.startswith(("s_", "t_"))] + [n for n in labels if n in frame]
+        external = outside.groupby(["set", "dataset", "study_id"], as_index=False)[numeric].mean()
+        scored = pd.concat([internal, external], ignore_index=True).drop(
+            columns="patient_id", errors="ignore"
         )
-        out[approach] = pd.concat([internal, external], ignore_index=True).sort_values(
-            ["set", "dataset", "study_id"]
+        if patients is not None:
+            scored = scored.merge(patients[["dataset", "study_id", "patient_id"]], on=["dataset", "study_id"],
+                                  how="left", validate="many_to_one")  # fmt: skip
+        missing = (
+            scored["patient_id"].isna() if "patient_id" in scored else pd.Series(True, index=scored.index)
         )
-    return out
+        scored.loc[missing, "patient_id"] = (
+            scored.loc[missing, "dataset"] + "/" + scored.loc[missing, "study_id"]
+        )
+        for name in labels:
+            if f"s_{name}" in scored:
+                scored[f"p_{name}"] = expit(scored[f"s_{name}"].to_numpy(float))
+        out[approach] = scored.sort_values(["set", "dataset", "study_id"])
+    return out, flags
 
 
 def fold_aucs(runs: list[Run]) -> dict[tuple[str, str], list[float]]:
@@ -156,60 +196,92 @@ def fold_aucs(runs: list[Run]) -> dict[tuple[str, str], list[float]]:
         for dataset, part in studies[(studies["split"] == "external") & studies["any"].notna()].groupby(
             "dataset"
         ):
-            auc = auc_rows(part["any"].to_numpy(float), part["prob_any"].to_numpy(float))[0]
+            auc = auc_rows(part["any"].to_numpy(float), logit(part["prob_any"].to_numpy()))[0]
             out.setdefault((run.approach, dataset), []).append(float(auc))
     return out
 
 
+def patients_of(frame: pd.DataFrame) -> np.ndarray | None:
+    """The bootstrap's clusters: each study's patient (None: each study its own)."""
+    return frame["patient_id"].to_numpy() if "patient_id" in frame else None
+
+
+def too_few(y: np.ndarray, min_positives: int) -> Interval | None:
+    """A placeholder interval where a set holds fewer than `min_positives` positives (or negatives)."""
+    n_pos = int(np.sum(y))
+    if min(n_pos, len(y) - n_pos) >= min_positives:
+        return None
+    return Interval(math.nan, math.nan, math.nan, f"too few positives (n+ {n_pos}, n {len(y)})")
+
+
 def _one_set(
-    frame: pd.DataFrame, reference: pd.DataFrame | None, labels: list[str], replicates: int, seed: int
+    frame: pd.DataFrame,
+    reference: pd.DataFrame | None,
+    labels: list[str],
+    replicates: int,
+    seed: int,
+    min_positives: int = 5,
 ) -> dict[str, Any]:
-    """Scores of one approach on one set of studies (`any` with intervals, macro AUC, difference)."""
+    """Scores of one approach on one set of studies (`any` with intervals, macro AUC, difference):
+    ranks from the calibrated logits `s_`, calls at each study's own fold threshold `t_`,
+    calibration from `p_`, intervals from a stratified bootstrap over patients."""
     known = frame["any"].notna().to_numpy()
     part = frame[known]
-    y, p, t = part["any"].to_numpy(float), part["p_any"].to_numpy(float), part["t_any"].to_numpy(float)
-    index = resample(len(part), replicates, seed)
+    y, score = part["any"].to_numpy(float), part["s_any"].to_numpy(float)
+    calls = score > part["t_any"].to_numpy(float)
+    weights = bootstrap_weights(y, replicates, seed, patients_of(part))
+    few = too_few(y, min_positives)
     row: dict[str, Any] = {
         "n": len(part),
         "n_pos": int(y.sum()),
-        "auc": bootstrap_auc(y, p, index),
-        "f1": bootstrap_f1(y, p > t, index),
-        **point_metrics(y, p, float(np.mean(t)) if len(t) else 0.5),
+        "patients": int(part["patient_id"].nunique()) if "patient_id" in part else len(part),
+        "auc": few or bootstrap_auc(y, score, weights),
+        "f1": few or bootstrap_f1(y, calls, weights),
+        **point_metrics(y, score, calls, part["p_any"].to_numpy(float)),
     }
     aucs = []
     for name in labels:
-        if f"p_{name}" in frame and frame[name].notna().any():
+        if f"s_{name}" in frame and frame[name].notna().any():
             sub = frame[frame[name].notna()]
-            aucs.append(float(auc_rows(sub[name].to_numpy(float), sub[f"p_{name}"].to_numpy(float))[0]))
+            aucs.append(float(auc_rows(sub[name].to_numpy(float), sub[f"s_{name}"].to_numpy(float))[0]))
     present = [a for a in aucs if not math.isnan(a)]  # labels with positives and negatives here
     row["macro_auc"] = float(np.mean(present)) if present else math.nan
     row["labels_present"] = len(present)
     if reference is not None:
-        row.update(paired_differences(part, reference, index))
+        deltas = paired_differences(part, reference, weights)
+        row.update({k: few or v for k, v in deltas.items()})
     return row
 
 
-def paired_differences(part: pd.DataFrame, other: pd.DataFrame, index: np.ndarray) -> dict[str, Interval]:
+def paired_differences(part: pd.DataFrame, other: pd.DataFrame, weights: np.ndarray) -> dict[str, Interval]:
     """`delta_auc` and `delta_f1` (volume, `any`) of `part` minus `other` on the same studies (the
-    rows of `part` with a known label), paired bootstrap over `index`; empty if `other` lacks some."""
-    y, p = part["any"].to_numpy(float), part["p_any"].to_numpy(float)
+    rows of `part` with a known label), paired bootstrap with `weights`; empty if `other` lacks some."""
+    y, score = part["any"].to_numpy(float), part["s_any"].to_numpy(float)
     matched = part[["dataset", "study_id"]].merge(
-        other[["dataset", "study_id", "p_any", "t_any"]], on=["dataset", "study_id"], how="left"
+        other[["dataset", "study_id", "s_any", "t_any"]], on=["dataset", "study_id"], how="left"
     )
-    if not len(matched) or matched["p_any"].isna().any():
+    if not len(matched) or matched["s_any"].isna().any():
         return {}
-    calls = matched["p_any"].to_numpy(float) > matched["t_any"].to_numpy(float)
+    other_score = matched["s_any"].to_numpy(float)
     return {
-        "delta_auc": paired_auc_difference(y, p, matched["p_any"].to_numpy(float), index),
-        "delta_f1": paired_f1_difference(y, p > part["t_any"].to_numpy(float), calls, index),
+        "delta_auc": paired_auc_difference(y, score, other_score, weights),
+        "delta_f1": paired_f1_difference(
+            y, score > part["t_any"].to_numpy(float), other_score > matched["t_any"].to_numpy(float), weights
+        ),
     }
 
 
 def comparison(
-    runs: list[Run], labels: list[str], reference: str | None, replicates: int = 1000, seed: int = 0
+    runs: list[Run],
+    labels: list[str],
+    reference: str | None,
+    replicates: int = 1000,
+    seed: int = 0,
+    min_positives: int = 5,
+    patients: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """(long table: one row per approach and set of studies; the scored predictions per approach)."""
-    predictions = scored_predictions(runs, labels)
+    predictions, flags = scored_predictions(runs, labels, min_positives, patients)
     meta: dict[str, dict[str, Any]] = {}
     train_aucs: dict[str, dict[int, float]] = {}
     for run in runs:
@@ -237,8 +309,9 @@ def comparison(
                     "set": name,
                     **meta[approach],
                     "folds": ", ".join(map(str, sorted(meta[approach]["folds"]))),
-                    **_one_set(part, ref, labels, replicates, seed),
+                    **_one_set(part, ref, labels, replicates, seed, min_positives),
                     "fold AUCs": ", ".join(f"{a:.3f}" for a in spread.get((approach, name), [])),
+                    "calibration": "; ".join(flags.get(approach, [])),
                     "train AUCs": ", ".join(
                         f"{a:.2f}" for _, a in sorted(train_aucs.get(approach, {}).items())
                     ),
@@ -299,6 +372,7 @@ def wide_table(long: pd.DataFrame, slice_scores: dict[str, float], reference: st
                 row["macro AUC (OOF)"] = r["macro_auc"]
                 row["sens / spec (OOF)"] = f"{r['sensitivity']:.2f} / {r['specificity']:.2f}"
                 row["ECE (OOF)"] = r["ece"]
+                row["Brier (OOF)"] = r["brier"]
             if reference and isinstance(r.get("delta_auc"), Interval):
                 row[f"ΔAUC vs ref ({where})"] = r["delta_auc"]
                 row[f"ΔF1 vs ref ({where})"] = r["delta_f1"]
@@ -307,6 +381,7 @@ def wide_table(long: pd.DataFrame, slice_scores: dict[str, float], reference: st
             int(parameters) if isinstance(parameters, numbers.Number) and parameters == parameters else None
         )
         # The training AUC of `any` at each fold's last epoch: an arm that memorised nothing shows it.
+        row["calibration flags"] = first.get("calibration") or None
         row["train AUC, last epoch"] = first.get("train AUCs") or None
         row["s/epoch"] = first.get("seconds_per_epoch")
         row["training s (all folds)"] = first.get("train_s")
@@ -322,7 +397,9 @@ FINDINGS = {"ICH": "any", "IPH": "intraparenchymal", "IVH": "intraventricular", 
             "EDH": "epidural", "SAH": "subarachnoid"}  # fmt: skip
 
 
-def findings_table(predictions: dict[str, pd.DataFrame], replicates: int, seed: int) -> pd.DataFrame:
+def findings_table(
+    predictions: dict[str, pd.DataFrame], replicates: int, seed: int, min_positives: int = 5
+) -> pd.DataFrame:
     """Study-level AUC per finding (as the CQ500 paper scores it), per approach and set of studies;
     a finding without both classes in a set is left empty, not scored."""
     rows = []
@@ -333,8 +410,10 @@ def findings_table(predictions: dict[str, pd.DataFrame], replicates: int, seed: 
                 known = part[part[label].notna()] if label in part else part.iloc[:0]
                 y = known[label].to_numpy(float) if len(known) else np.zeros(0)
                 if len(y) and 0 < y.sum() < len(y):
-                    index = resample(len(y), replicates, seed)
-                    row[f"{finding} AUC"] = bootstrap_auc(y, known[f"p_{label}"].to_numpy(float), index)
+                    weights = bootstrap_weights(y, replicates, seed, patients_of(known))
+                    row[f"{finding} AUC"] = too_few(y, min_positives) or bootstrap_auc(
+                        y, known[f"s_{label}"].to_numpy(float), weights
+                    )
                     row[f"{finding} n+"] = int(y.sum())
             rows.append(row)
     return pd.DataFrame(rows)
@@ -364,7 +443,7 @@ def reader_kappas(predictions: dict[str, pd.DataFrame], dataset: str, reads: str
         part = part[part.index.isin(raw["study_id"])]
         if part.empty:
             continue
-        call = (part["p_any"] > part["t_any"]).astype(int)
+        call = (part["s_any"] > part["t_any"]).astype(int)
         row: dict[str, Any] = {"rater": approach, "studies": len(part)}
         for reader in CQ500_READERS:
             row[f"κ vs {reader}"] = cohen_kappa_score(calls[reader].reindex(part.index), call)
@@ -454,6 +533,7 @@ def claims_table(
     predictions: dict[str, pd.DataFrame],
     replicates: int,
     seed: int,
+    min_positives: int = 5,
 ) -> pd.DataFrame:
     """Each claim "`better` beats `than` on `metric`" tested on every scored set by the paired bootstrap
     of the difference (better minus than) on the same studies, with its verdict."""
@@ -464,11 +544,12 @@ def claims_table(
         for name, part in predictions[better].groupby("set", sort=True):
             part = part[part["any"].notna()]
             other = predictions[than][predictions[than]["set"] == name]
-            delta = paired_differences(part, other, resample(len(part), replicates, seed)).get(
-                f"delta_{metric}"
-            )
+            y = part["any"].to_numpy(float)
+            weights = bootstrap_weights(y, replicates, seed, patients_of(part))
+            delta = paired_differences(part, other, weights).get(f"delta_{metric}")
             if delta is None:
                 continue
+            delta = too_few(y, min_positives) or delta
             rows.append({"claim": claim["claim"], "better": better, "than": than,
                          "metric": f"volume {metric.upper()}", "set": name, "n": len(part),
                          "difference": delta, "verdict": claim_verdict(delta)})  # fmt: skip
@@ -489,6 +570,8 @@ def write_comparison(
     readers: dict[str, str] | None = None,
     salt: str = "",
     claims: list[dict[str, Any]] | None = None,
+    min_positives: int = 5,
+    patients: str | Path | pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """comparison.csv / .md (wide table + verdicts), comparison_long.csv, claims.csv / .md (each of
     `claims` tested), findings.csv / .md (per finding), readers.csv (kappa with each CQ500 reader,
@@ -499,14 +582,19 @@ def write_comparison(
     labels = list(labels or RSNA_LABELS)
     out = Path(out_dir)
     runs = load_runs(stage1, stage2, baselines)
-    long, predictions = comparison(runs, labels, reference, replicates, seed)
+    if patients is not None and not isinstance(patients, pd.DataFrame):
+        patients = pd.read_parquet(patients, columns=["dataset", "study_id", "patient_id"])
+    long, predictions = comparison(runs, labels, reference, replicates, seed, min_positives, patients)
     table = wide_table(long, slice_f1(runs), reference)
     write_csv(out / "comparison.csv", table.map(_text))
     write_csv(out / "comparison_long.csv", long.map(_text))
     lines = [
-        f"Scores: internal = pooled outer folds (OOF); external = mean of the fold models. Thresholds and "
-        f"temperatures chosen on each fold's inner split. 95% bootstrap intervals over studies ({replicates} "
-        f"replicates, seed {seed}); ΔAUC: paired bootstrap against the reference ({reference or 'none'}). "
+        f"Scores: internal = pooled outer folds (OOF); external = mean of the fold models. Thresholds "
+        f"and temperatures chosen on each fold's inner split (T = 1 where it cannot be fitted: "
+        f"`calibration flags`); AUCs from the models' own scores. 95% intervals from a bootstrap over "
+        f"patients, stratified by class ({replicates} replicates, seed {seed}); no AUC below "
+        f"{min_positives} positives. ΔAUC: paired "
+        f"bootstrap against the reference ({reference or 'none'}). Sens / spec at each fold's own threshold. "
         f"Training s: the approach's own training jobs over all folds (Stage-2 and 2.5CNN rows exclude the "
         f"Stage-1 run they read); peak RSS from the same `benchmark:` files. {volume_note(runs)}",
         "",
@@ -534,18 +622,19 @@ def write_comparison(
         plot_strips,
     )
 
-    tested = claims_table(list(claims or []), runs, predictions, replicates, seed).map(_text)
+    tested = claims_table(list(claims or []), runs, predictions, replicates, seed, min_positives).map(_text)
     write_csv(out / "claims.csv", tested)
     with atomic_path(out / "claims.md") as tmp:
         tmp.write_text("Each claim tested by the paired bootstrap of `better` minus `than` on the same "
-                       f"studies ({replicates} replicates, seed {seed}): supported if the 95% interval lies "
-                       "above 0.\n\n"
+                       f"studies, resampling patients ({replicates} replicates, seed {seed}): supported "
+                       "if the 95% interval lies above 0.\n\n"
                        + tested.to_markdown(index=False) + "\n")  # fmt: skip
-    findings = findings_table(predictions, replicates, seed).map(_text)
+    findings = findings_table(predictions, replicates, seed, min_positives).map(_text)
     write_csv(out / "findings.csv", findings)
     with atomic_path(out / "findings.md") as tmp:
         tmp.write_text("Study-level AUC per finding (CQ500 paper's names; labels: the majority of the three "
-                       "readers), 95% bootstrap intervals over studies.\n\n"
+                       f"readers), 95% intervals from a bootstrap over patients; none below {min_positives} "
+                       "positives.\n\n"
                        + findings.to_markdown(index=False) + "\n")  # fmt: skip
     kappas = [
         reader_kappas(predictions, d, path, salt).assign(dataset=d) for d, path in (readers or {}).items()

@@ -90,7 +90,7 @@ def plot_curves(predictions: dict[str, pd.DataFrame], path: Path, kind: str = "r
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
     for ax, (approach, frame) in zip(axes, predictions.items(), strict=False):
         for k, (name, part) in enumerate(frame[frame["any"].notna()].groupby("set")):
-            y, p = part["any"].to_numpy(float), part["p_any"].to_numpy(float)
+            y, p = part["any"].to_numpy(float), part["s_any"].to_numpy(float)
             if 0 < y.sum() < len(y):
                 if kind == "roc":
                     x, yy, _ = roc_curve(y, p)
@@ -115,7 +115,7 @@ def plot_confusion(predictions: dict[str, pd.DataFrame], path: Path) -> None:
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
     for ax, (approach, frame) in zip(axes, predictions.items(), strict=False):
         part = frame[frame["set"].str.startswith("internal") & frame["any"].notna()]
-        truth, call = part["any"].to_numpy(int), (part["p_any"] > part["t_any"]).to_numpy(int)
+        truth, call = part["any"].to_numpy(int), (part["s_any"] > part["t_any"]).to_numpy(int)
         matrix = np.array([[((truth == t) & (call == c)).sum() for c in (0, 1)] for t in (0, 1)])
         ax.imshow(matrix, cmap="Blues")
         for t in (0, 1):
