@@ -2,11 +2,17 @@
 import json
 import os
 import shlex
+import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+
+# Rules call `ct25d`: the one installed beside the Python that runs Snakemake comes first on PATH,
+# so `.venv/bin/snakemake` works without activating the venv, and cluster jobs (started by the same
+# interpreter) find the same package. With --use-conda the rule's environment still comes first.
+os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 
 validate(config, "../config/schema.yaml")
 # What the schema cannot check (timm names, model arguments, files, columns) is checked once, when
