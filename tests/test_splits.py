@@ -97,3 +97,32 @@ def test_held_out_features_halve_the_inner_split_by_patient() -> None:
     assert set(out[inner]) == {"train", "inner"}
     halves = {name: set(folds.loc[inner & (out == name), "patient_id"]) for name in ("train", "inner")}
     assert not halves["train"] & halves["inner"] and abs(len(halves["train"]) - len(halves["inner"])) <= 1
+
+
+def test_train_fraction_keeps_the_scored_studies_and_nests_the_training_ones() -> None:
+    """Learning curves: every fraction scores the same studies in the same folds; the patients
+    allowed to train or select grow with the fraction (nested), in every fold and `any` stratum;
+    a left-out patient is validation in its own fold and unused in every other."""
+    from ct25d.datasets.splits import LEFT_OUT
+
+    studies = cohort(n_patients=80)
+    full = assign_folds(studies, 3, seed=2)
+    allowed = {}
+    for fraction in (0.25, 0.5, 1.0):
+        folds = assign_folds(studies, 3, seed=2, train_fraction=fraction)
+        pd.testing.assert_series_equal(folds["fold"], full["fold"])
+        allowed[fraction] = set(folds.loc[folds["inner_for"] >= 0, "patient_id"])
+        for fold in range(3):
+            split = study_splits(folds, fold)
+            assert set(split[folds["fold"] == fold]) == {"validation"}
+            out = (folds["inner_for"] == LEFT_OUT) & (folds["fold"] != fold)
+            assert set(split[out]) <= {"unused"}
+            training = ~out & (folds["fold"] != fold) & (folds["role"] == "train")
+            assert set(split[training]) == {"train", "inner"}
+        per_fold = folds[folds["role"] == "train"].groupby("fold")["patient_id"].nunique()
+        kept = folds[folds["inner_for"] >= 0].groupby("fold")["patient_id"].nunique()
+        assert ((kept / per_fold - fraction).abs() < 0.12).all(), (fraction, kept / per_fold)
+    assert allowed[0.25] < allowed[0.5] < allowed[1.0]
+    assert (full["inner_for"] != LEFT_OUT).all()
+    with pytest.raises(ConfigError, match=r"splits\.train_fraction"):
+        assign_folds(studies, 3, seed=2, train_fraction=0)

@@ -298,3 +298,47 @@ def test_study_config_plans_every_family_on_every_fold(tmp_path: Path) -> None:
     assert {"synth_cohort", "train_slices", "train_sequence", "train_baseline", "compare"} <= planned
     runs = re.search(r"^train_baseline\s+(\d+)\s*$", output, flags=re.M)
     assert runs and int(runs.group(1)) == len(study["baselines"]["models"]) * len(study["stage1"]["folds"])
+
+
+@pytest.mark.workflow
+def test_rules_find_ct25d_without_an_activated_venv(tmp_path: Path) -> None:
+    """`.venv/bin/snakemake` with a PATH that lacks the venv (no `activate`): the first rules still
+    run, because the workflow puts the interpreter's own bin folder first."""
+    snakemake_bin = Path(sys.executable).parent / "snakemake"
+    if not snakemake_bin.is_file():
+        pytest.skip(f"no snakemake script beside {sys.executable}")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(TINY))
+    bare = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if Path(p) != snakemake_bin.parent)
+    target = "results/rsna/scan/files.parquet"
+    cmd = [str(snakemake_bin), target, "--cores", "1", "--snakefile", str(ROOT / "Snakefile"),
+           "--directory", str(tmp_path), "--configfile", str(tmp_path / "config.yaml")]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PATH": bare}, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert (tmp_path / target).is_file()
+
+
+@pytest.mark.workflow
+def test_sweep_runs_each_fraction_and_draws_the_data_size_curve(tmp_path: Path) -> None:
+    """`ct25d sweep` on the tiny cohort, two training fractions: each fraction's comparison is saved
+    with its training sizes (smaller at the smaller fraction, the scored studies the same), the
+    curve's table and plot are written, and a second call runs nothing again."""
+    config = json.loads(json.dumps(TINY))
+    config["baselines"]["models"] = {"r3d": TINY["baselines"]["models"]["r3d"]}
+    config["sweep"] = {"train_fractions": [0.6, 1.0]}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    cmd = [sys.executable, "-m", "ct25d", "sweep", "--configfile", "sweep.yaml", "--cores", "2",
+           "--", "--snakefile", str(ROOT / "Snakefile")]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    sizes = {
+        f: json.loads((tmp_path / f"results/sweep/fraction-{f:g}/sizes.json").read_text()) for f in (0.6, 1.0)
+    }
+    assert sizes[0.6]["studies_mean"] < sizes[1.0]["studies_mean"]
+    assert sizes[0.6]["scored_internal"] == sizes[1.0]["scored_internal"]
+    table = pd.read_csv(tmp_path / "results/comparison/data_size.csv")
+    assert {"2D resnet10t: thresholded head", "2.5D: Stage 2 bilstm", "3D: r3d"} <= set(table["approach"])
+    assert set(table["fraction"]) == {0.6, 1.0}
+    assert (tmp_path / "results/comparison/data_size.png").stat().st_size > 10_000
+    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0 and again.stderr.count("not run again") == 2, again.stderr[-2000:]

@@ -111,10 +111,13 @@ def cmd_splits(args: argparse.Namespace) -> None:
         pd.concat(frames, ignore_index=True),
         int(require(s, "folds", "splits")),
         int(require(s, "seed", "splits")),
+        float(s.get("train_fraction", 1.0)),
     )
     meta = stamp("splits", {**s, "roles": roles})
     write_parquet(args.out, folds, meta)
     log.info("folds: %s", folds["fold"].value_counts().sort_index().to_dict())
+    inner = folds["inner_for"].value_counts().sort_index().to_dict()
+    log.info("inner_for (-2: left out by splits.train_fraction): %s", inner)
 
 
 def _read_rejected(paths: list[str]) -> Any:

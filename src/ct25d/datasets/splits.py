@@ -9,6 +9,11 @@ Nested protocol: for outer fold f, the studies of fold f are only ever scored; a
 chosen is chosen (best epoch, thresholds, temperature); the rest trains. Each training patient has
 one `inner_for`: a fold other than its own, spread evenly and balanced on `any` within each fold,
 so each outer fold's inner split holds about 1/(folds-1) of its training patients.
+
+Learning curves (`splits.train_fraction` < 1): the folds, and so every scored study, stay those of
+the whole cohort; only a nested, seeded share of each fold's patients (stratified on `any`) is
+allowed to train or select. The others get `inner_for = LEFT_OUT`: scored in their own fold, unused
+in the others. A smaller fraction's patients are always a subset of a larger one's.
 """
 
 from __future__ import annotations
@@ -23,18 +28,21 @@ from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 from ct25d.errors import ConfigError
 
 EXTERNAL_FOLD = -1
+LEFT_OUT = -2  # `inner_for` of a training patient outside `splits.train_fraction`
 ROLES = ("train", "external")
 SPLIT_COLUMNS = ["dataset", "role", "study_id", "patient_id", "fold", "inner_for"]
 # What a study is for, given an outer fold (`study_splits`).
 SPLITS = ("train", "inner", "validation", "external", "unused")
 
 
-def assign_folds(studies: pd.DataFrame, folds: int, seed: int) -> pd.DataFrame:
+def assign_folds(studies: pd.DataFrame, folds: int, seed: int, train_fraction: float = 1.0) -> pd.DataFrame:
     """One row per study with its fold.
 
     `studies` needs columns dataset, role, study_id, patient_id and `any` (0/1; NA counts as 0 for
     balancing only). The result is sorted by (dataset, study_id) and does not depend on row order.
     """
+    if isinstance(train_fraction, bool) or not 0 < float(train_fraction) <= 1:
+        raise ConfigError(f"splits.train_fraction: must be in (0, 1], got {train_fraction!r}")
     missing = [c for c in ("dataset", "role", "study_id", "patient_id", "any") if c not in studies.columns]
     if missing:
         raise ValueError(f"assign_folds: missing column(s) {missing}")
@@ -55,7 +63,11 @@ def assign_folds(studies: pd.DataFrame, folds: int, seed: int) -> pd.DataFrame:
     out["fold"] = fold
     inner = np.full(len(table), EXTERNAL_FOLD, dtype=np.int64)
     if train.any():
-        inner[train] = _inner_for(table[train].assign(fold=fold[train]), folds, seed)
+        members = table[train].assign(fold=fold[train])
+        kept = _kept_for_training(members, float(train_fraction), seed)
+        inner_kept = np.full(len(members), LEFT_OUT, dtype=np.int64)
+        inner_kept[kept] = _inner_for(members[kept], folds, seed)
+        inner[train] = inner_kept
     out["inner_for"] = inner
     return out.astype({"dataset": str, "role": str, "study_id": str, "patient_id": str, "fold": "int64",
                        "inner_for": "int64"})  # fmt: skip
@@ -79,14 +91,35 @@ def _inner_for(train: pd.DataFrame, folds: int, seed: int) -> np.ndarray:
     return train["patient_id"].map(inner).to_numpy(dtype=np.int64)
 
 
+def _kept_for_training(train: pd.DataFrame, fraction: float, seed: int) -> np.ndarray:
+    """Per study, whether its patient is in the `fraction` of its fold (and `any` stratum) that may
+    train. Patients are ranked once by a seeded draw that does not depend on `fraction`, and each
+    stratum keeps its first ceil(fraction * n): the subsets of increasing fractions are nested."""
+    if fraction >= 1:
+        return np.ones(len(train), dtype=bool)
+    patients = (
+        train.assign(any=train["any"].fillna(0).astype(int))
+        .groupby("patient_id", sort=True)
+        .agg(fold=("fold", "first"), any=("any", "max"))
+    )
+    patients["order"] = np.random.default_rng([seed, 0x5A1E]).permutation(len(patients))
+    kept: set[str] = set()
+    for _, group in patients.groupby(["fold", "any"]):
+        n = int(np.ceil(fraction * len(group)))
+        kept.update(group.sort_values("order").index[:n])
+    return train["patient_id"].isin(kept).to_numpy()
+
+
 def study_splits(frame: pd.DataFrame, fold: int) -> pd.Series:
     """What each row (study or slice) is for when `fold` is the outer fold: `train`, `inner` (all
-    selection), `validation` (the outer fold: scored only), `external` (scored only) or `unused`."""
+    selection), `validation` (the outer fold: scored only), `external` (scored only) or `unused`
+    (including patients left out by `splits.train_fraction`)."""
     train_role = (frame["role"] == "train") & (frame["fold"] >= 0)
     inner = train_role & (frame["fold"] != fold) & (frame["inner_for"] == fold)
+    left_out = train_role & (frame["inner_for"] == LEFT_OUT)
     split = np.select(
-        [train_role & (frame["fold"] == fold), inner, train_role, frame["role"] == "external"],
-        ["validation", "inner", "train", "external"],
+        [train_role & (frame["fold"] == fold), inner, left_out, train_role, frame["role"] == "external"],
+        ["validation", "inner", "unused", "train", "external"],
         default="unused",
     )
     return pd.Series(split, index=frame.index)

@@ -461,6 +461,21 @@ def _text(value: Any) -> Any:
     return value
 
 
+def interval_records(long: pd.DataFrame) -> list[dict[str, Any]]:
+    """Every interval of the long table as numbers (approach, set, metric, value, low, high, note), for
+    tools that read comparisons back (`ct25d sweep`) without parsing "0.700 [0.652, 0.747]"."""
+    records = []
+    for row in long.to_dict(orient="records"):
+        for metric, value in row.items():
+            if isinstance(value, Interval):
+                records.append({"approach": row["approach"], "set": row["set"], "metric": metric,
+                                "value": None if math.isnan(value.value) else value.value,
+                                "low": None if math.isnan(value.low) else value.low,
+                                "high": None if math.isnan(value.high) else value.high,
+                                "note": value.note})  # fmt: skip
+    return records
+
+
 def volume_note(runs: list[Run]) -> str:
     """What the 3D rows read, for the table's header: a resized volume shows fewer pixels than the
     2D rows do, and the reader must know it."""
@@ -612,6 +627,7 @@ def write_comparison(
             ),
             "runs": [str(run.folder) for run in runs],
             "rows": json.loads(long.map(_text).to_json(orient="records")),
+            "intervals": interval_records(long),
         },
     )
     from ct25d.report.figures import (
