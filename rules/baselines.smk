@@ -73,7 +73,7 @@ def baseline_backbone(name):
 
 
 def baseline_kind(name):
-    from ct25d.models.baselines import inputs_of
+    from ct25d.models.families import inputs_of
 
     return inputs_of(BASELINES[name]["name"])
 

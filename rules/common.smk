@@ -16,11 +16,12 @@ os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.envir
 
 validate(config, "../config/schema.yaml")
 # What the schema cannot check (timm names, model arguments, files, columns) is checked once, when
-# the DAG is built; jobs a cluster starts skip it.
+# the DAG is built; jobs a cluster starts skip it. The model checks' passing verdict is cached by the
+# settings and code they read, so a no-op `snakemake -n` does not import torch.
 if workflow.is_main_process:
     from ct25d.config_check import check_config
 
-    _problems = check_config(config)
+    _problems = check_config(config, Path(".snakemake") / "ct25d")
     if _problems:
         raise WorkflowError("config problems:\n  " + "\n  ".join(_problems))
 

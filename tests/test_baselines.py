@@ -524,3 +524,11 @@ def test_gradient_checkpointing_gives_the_same_gradients() -> None:
     for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, msg=name)
     assert set(plain.state_dict()) == set(checkpointed.state_dict())  # names unchanged
+
+
+def test_every_registered_baseline_says_what_it_reads() -> None:
+    """The torch-free table the DAG is planned from names exactly the registered baselines."""
+    from ct25d.models.baselines import BASELINES
+    from ct25d.models.families import BASELINE_INPUTS
+
+    assert set(BASELINES.names()) == set(BASELINE_INPUTS)

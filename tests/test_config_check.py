@@ -131,3 +131,23 @@ def test_every_problem_is_listed_at_once(config: dict) -> None:
     config["stage1"]["monitor"] = "val_lsos"
     config["stage2"]["models"]["bilstm"]["hiden"] = 1
     assert len(check_config(config)) == 2
+
+
+def test_a_cached_verdict_is_keyed_by_the_model_settings(config: dict, tmp_path: Path) -> None:
+    """A passing model check is remembered (the next plan skips torch); a changed model setting has
+    another key, so its problem is still found; dataset settings (checked every time) do not enter
+    the key."""
+    from ct25d.config_check import library_key
+
+    assert check_config(config, tmp_path) == []
+    assert [p.name for p in tmp_path.iterdir()] == [f"config-check-{library_key(config)}.ok"]
+    assert check_config(config, tmp_path) == []
+    bad = copy.deepcopy(config)
+    bad["stage2"]["models"]["bilstm"]["hiden"] = 8
+    assert library_key(bad) != library_key(config)
+    problems = check_config(bad, tmp_path)
+    assert any("stage2.models.bilstm" in p for p in problems), problems
+    assert len(list(tmp_path.iterdir())) == 1  # a failing verdict is never cached
+    moved = copy.deepcopy(config)
+    moved["datasets"]["rsna"]["shards"] = 7
+    assert library_key(moved) == library_key(config)

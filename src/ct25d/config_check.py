@@ -10,7 +10,10 @@ Every problem is listed at once, each naming its key.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -164,7 +167,8 @@ def check_baselines(config: dict[str, Any]) -> list[str]:
     only, no memory or compute), thickened 2D as Stage-1 settings."""
     import torch
 
-    from ct25d.models.baselines import BASELINES, inputs_of
+    from ct25d.models.baselines import BASELINES
+    from ct25d.models.families import inputs_of
     from ct25d.training.baseline import split_entry, thick_settings
     from ct25d.volumes.fixed_store import volume_geometry
 
@@ -240,12 +244,37 @@ def check_claims(config: dict[str, Any]) -> list[str]:
     ]
 
 
-def check_config(config: dict[str, Any]) -> list[str]:
-    """Every problem found in a schema-valid config, each naming its key."""
+def library_key(config: dict[str, Any]) -> str:
+    """What the library checks' verdict depends on: the settings they read, this package's source
+    files (name, size, mtime) and the versions of the libraries that build the models."""
+    package = Path(__file__).parent
+    files = sorted(
+        (str(p.relative_to(package)), p.stat().st_size, p.stat().st_mtime_ns) for p in package.rglob("*.py")
+    )
+    versions = {name: metadata.version(name) for name in ("torch", "timm", "monai")}
+    read = {k: config.get(k) for k in ("stage1", "stage2", "baselines", "preprocess")}
+    text = json.dumps({"config": read, "files": files, "versions": versions}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def check_config(config: dict[str, Any], cache: Path | None = None) -> list[str]:
+    """Every problem found in a schema-valid config, each naming its key.
+
+    The checks that import torch, timm and MONAI and build every model cost seconds; with `cache` (a
+    folder) their passing verdict is remembered under `library_key`, so a planning run whose model
+    settings and code did not change skips them. The file-system checks always run: files move."""
     problems = check_datasets(config)
     _regex(config.get("ingest", {}).get("exclude_series", ""), "ingest.exclude_series", problems)
-    problems += check_stage1(config.get("stage1", {}))
-    problems += check_stage2(config.get("stage2", {}))
-    problems += check_baselines(config)
     problems += check_claims(config)
-    return problems
+    passed = cache / f"config-check-{library_key(config)}.ok" if cache is not None else None
+    if passed is not None and passed.is_file():
+        return problems
+    library = check_stage1(config.get("stage1", {}))
+    library += check_stage2(config.get("stage2", {}))
+    library += check_baselines(config)
+    if passed is not None and not library:
+        from ct25d.atomic import atomic_path
+
+        with atomic_path(passed) as tmp:
+            tmp.write_text("the model settings under this key passed ct25d.config_check\n")
+    return problems + library

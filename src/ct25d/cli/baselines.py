@@ -54,7 +54,7 @@ def cmd_volume_index(args: argparse.Namespace) -> None:
 def cmd_train_baseline(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from ct25d.models.baselines import inputs_of
+    from ct25d.models.families import inputs_of
     from ct25d.training.baseline import split_entry, train_baseline, train_thickened
     from ct25d.training.devices import lease_device
 

@@ -44,19 +44,6 @@ from ct25d.training.checkpoint import stage1_payload, unwrap_state_dict
 BASELINES = Registry("baseline")
 
 
-def inputs_of(name: str) -> str:
-    """What the registered baseline reads: volume | embeddings | slices."""
-    return BASELINES.get(name).inputs  # type: ignore[attr-defined]
-
-
-def _reads(kind: str) -> Callable[[Any], Any]:
-    def mark(builder: Any) -> Any:
-        builder.inputs = kind
-        return builder
-
-    return mark
-
-
 def load_medicalnet(model: nn.Module, path: str | os.PathLike[str], in_channels: int) -> None:
     """Load a local MedicalNet checkpoint into a MONAI ResNet (its classifier stays fresh).
 
@@ -124,7 +111,6 @@ def _classifier(
 
 
 def _monai_resnet(depth: int) -> Callable[..., nn.Module]:
-    @_reads("volume")
     def build(
         in_channels: int,
         num_classes: int,
@@ -166,7 +152,6 @@ for _depth in (10, 18, 34, 50):
 
 
 @BASELINES.register("densenet121")
-@_reads("volume")
 def densenet121(
     in_channels: int,
     num_classes: int,
@@ -185,7 +170,6 @@ def densenet121(
 
 
 @BASELINES.register("unet_dual")
-@_reads("volume")
 class DualTaskUNet(monai_nets.BasicUNet):
     """BasicUNet whose bottleneck also feeds a classifier: `forward -> (logits, lesion logits)`, the
     logits per study or per slice (`supervision`). Built with batch norm, then `norm`: MONAI's default
@@ -232,7 +216,6 @@ class DualTaskUNet(monai_nets.BasicUNet):
 
 
 @BASELINES.register("acs")
-@_reads("volume")
 def acs(
     in_channels: int,
     num_classes: int,
@@ -278,7 +261,6 @@ class _FeatureMap(nn.Module):
 
 
 @BASELINES.register("cnn25")
-@_reads("embeddings")
 class SliceStackHead(nn.Module):
     """2.5CNN (seed 001): a study's frozen slice embeddings, resampled to `slices` positions, through a
     light convolutional head over the slice axis (3D convolution on stacked vectors is 1D in z)."""
@@ -313,7 +295,7 @@ class SliceStackHead(nn.Module):
         return self.head(torch.cat([h.mean(2), h.amax(2)], 1))
 
 
-BASELINES.register("thick2d")(_reads("slices")(ThickSliceClassifier))
+BASELINES.register("thick2d")(ThickSliceClassifier)
 
 
 def enable_checkpointing(model: nn.Module) -> int:

@@ -44,7 +44,8 @@ from ct25d.datasets.volume_dataset import VolumeDataset
 from ct25d.errors import ConfigError
 from ct25d.evaluation.metrics import auc_or_nan, f1_or_nan, volume_max
 from ct25d.evaluation.predictions import empty_slices, prediction_frame, write_outputs
-from ct25d.models.baselines import BASELINES, enable_checkpointing, inputs_of
+from ct25d.models.baselines import BASELINES, enable_checkpointing
+from ct25d.models.families import inputs_of
 from ct25d.models.stage2 import masked_slice_loss, volume_logits
 from ct25d.models.thick import ThickSliceClassifier
 from ct25d.models.volume import SUPERVISIONS, check_choice
