@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import logging
 import shutil
 import subprocess
@@ -27,8 +28,11 @@ def _fraction_dir(results: Path, fraction: float) -> Path:
     return results / "sweep" / f"fraction-{fraction:g}"
 
 
-def _config_key(config_text: str, fraction: float) -> str:
-    return hashlib.sha256(f"{config_text}\n{fraction!r}".encode()).hexdigest()
+def _config_key(config: dict[str, Any], fraction: float) -> str:
+    """The run's identity: the merged config without the `sweep` section (so a sweep extended by one
+    fraction, or run a few fractions at a time, reuses the fractions already saved) and the fraction."""
+    workflow = {k: v for k, v in config.items() if k != "sweep"}
+    return hashlib.sha256(json.dumps([workflow, fraction], sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _merged_config(paths: list[str]) -> dict[str, Any]:
@@ -53,7 +57,7 @@ def run_fraction(configfiles: list[str], fraction: float, snakemake_args: list[s
     config = _merged_config(configfiles)
     results = Path(config.get("results", "results"))
     folder = _fraction_dir(results, fraction)
-    key = _config_key("\n".join(Path(p).read_text() for p in configfiles), fraction)
+    key = _config_key(config, fraction)
     done = folder / "done.txt"
     if done.is_file() and done.read_text().strip() == key and (folder / "comparison").is_dir():
         log.info("fraction %g: saved comparison is from this config; not run again", fraction)
