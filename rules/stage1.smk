@@ -19,6 +19,9 @@ rule train_slices:
         f"{RESULTS}/logs/train_slices/{{backbone}}-{{fold}}.log",
     benchmark:
         f"{S1}/benchmark.tsv"
+    # Stage 1 heads the longest chain (embeddings, Stage 2, ACS, 2.5CNN, thickened 2D): it goes first
+    # when it and the 3D-from-scratch runs wait for the same cores.
+    priority: 10
     threads: 2
     resources:
         gpu=config["stage1"]["gpus"],  # > 1: one DDP training over that many leased devices
@@ -48,6 +51,7 @@ rule embed_shard:
         f"{RESULTS}/logs/embed_shard/{{backbone}}-{{fold}}-{{dataset}}-{{shard}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/embed_shard/{{backbone}}-{{fold}}-{{dataset}}-{{shard}}.tsv",
+    priority: 10
     threads: 2
     resources:
         gpu=1,
