@@ -209,7 +209,11 @@ def ingest_shard(
 
 class SliceRows:
     """The slice table of the converted studies, gathered per study and built with one pandas
-    selection at the end (per-study DataFrame operations cost more than decoding)."""
+    selection at the end (per-study DataFrame operations cost more than decoding).
+
+    Each row names its image (`path`, `frame`): two files can share a SOPInstanceUID, hence a
+    slice_id, and the report must tell the stored one from its set-aside copy.
+    """
 
     def __init__(self, files: pd.DataFrame, root: Path) -> None:
         self._files = files
@@ -237,6 +241,8 @@ class SliceRows:
         picked = self._files.iloc[images.get_indexer(wanted)]
         table = pd.DataFrame(
             {
+                "path": paths.array,
+                "frame": pd.Series(self._columns["frame"], dtype="int64"),
                 "study_id": pd.Series(self._columns["study_id"], dtype="str"),
                 "z": pd.Series(self._columns["z"], dtype="int64"),
                 "slice_id": picked["slice_id"].astype("str").array,
