@@ -7,12 +7,14 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
-from conftest import demo_config, write_ct_series
+from conftest import ct_header, demo_config, write_ct_series
 
 from ct25d.cli import main
 from ct25d.errors import Ct25dError
+from ct25d.synth.dicom_writer import SliceGeometry, write_secondary_capture
 from ct25d.volumes.report import file_outcomes, reconcile, series_outcomes
 
 SETTINGS = json.dumps(demo_config()["ingest"])
@@ -75,3 +77,30 @@ def test_a_copy_under_another_name_is_dropped_not_converted(tmp_path: Path) -> N
     table.loc[table["path"] == copy, "outcome"] = "converted"
     with pytest.raises(Ct25dError, match=r"CT0002_copy.dcm \(frame -1\) is converted only in the outcome"):
         reconcile(table, series, studies, volumes, slices, rejections)
+
+
+def test_an_archive_of_renderings_stops_with_every_files_reason(tmp_path: Path, caplog) -> None:
+    """No file holds HU (colour and 8-bit secondary captures): the scan still fails, and says why for
+    each file in the log and in the rejected-files report."""
+    root = tmp_path / "archive"
+    geometry = SliceGeometry((0.0, 0.0, 0.0), (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), 0.8)
+    hu = np.linspace(-100, 200, 256).reshape(16, 16)
+    for k in range(3):
+        folder = root / "P1" / "s1" / "renderings"
+        folder.mkdir(parents=True, exist_ok=True)
+        write_secondary_capture(folder / f"IM{k}.dcm", ct_header(), geometry, hu, f"2.25.7{k}", colour=k > 0)
+    (root / "P1" / "s1" / "report.pdf").write_bytes(b"%PDF-1.4")
+    assert scan(root, {"P1/s1": 1}, tmp_path / "out") == 2
+    rejected = pd.read_csv(tmp_path / "out" / "scan" / "rejected_files.csv").set_index("path")
+    assert len(rejected) == 4
+    assert rejected.loc["P1/s1/report.pdf", "reason"] == "not a DICOM file name (.pdf)"
+    renderings = rejected.loc[[f"P1/s1/renderings/IM{k}.dcm" for k in range(3)], "reason"]
+    assert renderings.iloc[0].startswith("SOPClassUID 1.2.840.10008.5.1.4.1.1.7 (Secondary Capture)")
+    assert renderings.iloc[1:].str.startswith("SamplesPerPixel 3 (RGB)").all()
+    logged = [r.getMessage() for r in caplog.records]
+    for path, reason in rejected["reason"].items():
+        assert f"rejected {path}: {reason}" in logged
+    error = logged[-1]
+    assert "none of the 4 files under" in error and "2 x SamplesPerPixel 3 (RGB)" in error
+    assert str(tmp_path / "out" / "scan" / "rejected_files.csv") in error
+    assert not (tmp_path / "out" / "scan" / "files.parquet").exists()
