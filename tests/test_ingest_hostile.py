@@ -4,6 +4,7 @@ in a report with its reason, and the counts reconcile row by row."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -23,19 +24,23 @@ TREE = {"layout": "dicom_tree", "role": "train", "label_key": "folder",
         "folder_pattern": "^(?P<study>[^/]+/[^/]+)/"}  # fmt: skip
 
 
-def scan(root: Path, labels: dict[str, int], out: Path, dataset: dict = TREE) -> int:
-    """`ct25d scan` of `root` with study labels {folder key: any}; its exit status."""
-    out.mkdir(parents=True, exist_ok=True)
+def tree_labels(folder: Path, labels: dict[str, int]) -> Path:
+    """A study label CSV {study key: any} in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
     rows = "".join(f"{key},{value}\n" for key, value in labels.items())
-    (out / "labels.csv").write_text("study,any\n" + rows)
-    return main(["scan", "--root", str(root), "--dataset", json.dumps(dataset), "--labels",
-                 str(out / "labels.csv"), "--shards", "1", "--settings", SETTINGS,
-                 "--out", str(out / "scan")])  # fmt: skip
+    (folder / "labels.csv").write_text("study,any\n" + rows)
+    return folder / "labels.csv"
 
 
-def ingest(root: Path, labels: dict[str, int], out: Path) -> dict:
+def scan(root: Path, labels: Path, out: Path, dataset: dict = TREE) -> int:
+    """`ct25d scan` of `root` into out/scan; its exit status."""
+    return main(["scan", "--root", str(root), "--dataset", json.dumps(dataset), "--labels", str(labels),
+                 "--shards", "1", "--settings", SETTINGS, "--out", str(out / "scan")])  # fmt: skip
+
+
+def ingest(root: Path, labels: Path, out: Path, dataset: dict = TREE) -> dict:
     """Scan, convert (one shard) and report; the reconciled counts."""
-    assert scan(root, labels, out) == 0
+    assert scan(root, labels, out, dataset) == 0
     assert main(["ingest", "--root", str(root), "--scan", str(out / "scan"), "--shard", "0",
                  "--settings", SETTINGS, "--out-prefix", str(out / "shard-0")]) == 0  # fmt: skip
     assert main(["ingest-report", "--scan", str(out / "scan"), "--shards", str(out / "shard-0"),
@@ -54,7 +59,7 @@ def test_a_copy_under_another_name_is_dropped_not_converted(tmp_path: Path) -> N
     paths = write_ct_series(root / "P1" / "s1" / "series", n=6)
     shutil.copyfile(paths[2], paths[2].with_name("CT0002_copy.dcm"))
     out = tmp_path / "out"
-    counts = ingest(root, {"P1/s1": 0}, out)
+    counts = ingest(root, tree_labels(tmp_path, {"P1/s1": 0}), out)
     outcomes = outcomes_of(out)
     copy = "P1/s1/series/CT0002_copy.dcm"
     assert outcomes.loc[copy, "outcome"] == "dropped_at_ingest"
@@ -90,7 +95,7 @@ def test_an_archive_of_renderings_stops_with_every_files_reason(tmp_path: Path, 
         folder.mkdir(parents=True, exist_ok=True)
         write_secondary_capture(folder / f"IM{k}.dcm", ct_header(), geometry, hu, f"2.25.7{k}", colour=k > 0)
     (root / "P1" / "s1" / "report.pdf").write_bytes(b"%PDF-1.4")
-    assert scan(root, {"P1/s1": 1}, tmp_path / "out") == 2
+    assert scan(root, tree_labels(tmp_path, {"P1/s1": 1}), tmp_path / "out") == 2
     rejected = pd.read_csv(tmp_path / "out" / "scan" / "rejected_files.csv").set_index("path")
     assert len(rejected) == 4
     assert rejected.loc["P1/s1/report.pdf", "reason"] == "not a DICOM file name (.pdf)"
@@ -104,3 +109,61 @@ def test_an_archive_of_renderings_stops_with_every_files_reason(tmp_path: Path, 
     assert "none of the 4 files under" in error and "2 x SamplesPerPixel 3 (RGB)" in error
     assert str(tmp_path / "out" / "scan" / "rejected_files.csv") in error
     assert not (tmp_path / "out" / "scan" / "files.parquet").exists()
+
+
+def hostile_study_folders(root: Path, layout: str, cohorts: dict[str, Path]) -> tuple[list[str], Path]:
+    """An archive of four labelled studies: one good, one emptied by a failed download, one holding
+    only a file that is not DICOM, one missing. Returns the four label keys and the label file."""
+    if layout == "cq500":
+        keys = [f"CQ500-CT-{k}" for k in (1, 2, 3, 4)]
+        folders = [root / f"CQ500CT{k} CQ500CT{k}" / "Unknown Study" / "CT Plain" for k in (1, 2, 3)]
+        reads = pd.read_csv(cohorts["cq500"] / "reads.csv").iloc[[0] * 4].assign(name=keys)
+        reads.to_csv(root.parent / "reads.csv", index=False)
+        labels = root.parent / "reads.csv"
+    else:
+        keys = ["P1/s1", "P2/s1", "P3/s1", "P4/s1"]
+        folders = [root / key / "series" for key in keys[:3]]
+        labels = tree_labels(root.parent, dict.fromkeys(keys, 1))
+    write_ct_series(folders[0], n=4)
+    folders[1].mkdir(parents=True)
+    folders[2].mkdir(parents=True)
+    (folders[2] / "CT000000.dcm").write_bytes(b"\0" * 300)
+    return keys, labels
+
+
+@pytest.mark.parametrize("layout", ["cq500", "dicom_tree"])
+def test_study_folders_without_a_readable_image_are_studies_not_key_counts(cohorts, tmp_path, layout) -> None:
+    root = tmp_path / "archive"
+    keys, labels = hostile_study_folders(root, layout, cohorts)
+    dataset = {"layout": "cq500", "role": "train"} if layout == "cq500" else TREE
+    counts = ingest(root, labels, tmp_path / "out", dataset)
+    # the key with no folder at all is named in label_match.json, not only counted
+    assert counts["labels"]["unmatched_label_keys"] == [keys[3]]
+    assert (counts["labels"]["studies"], counts["labels"]["label_keys_unmatched"]) == (3, 1)
+    assert (counts["studies_found"], counts["studies_converted"], counts["studies_rejected"]) == (3, 1, 2)
+    studies = pd.read_parquet(tmp_path / "out" / "scan" / "studies.parquet").set_index("name")
+    assert studies["has_labels"].all() and studies.loc[keys[0], "problem"] == ""
+    rejections = pd.read_csv(tmp_path / "out" / "rejections.csv", keep_default_na=False)
+    why = rejections[rejections["level"] == "study"].set_index("study_id")["reason"]
+    assert (
+        why[studies.loc[keys[1], "study_id"]]
+        == "no series could be converted; the study folder holds no file"
+    )
+    assert re.fullmatch(
+        r"no series could be converted; no readable image in the study folder: 1 file\(s\) rejected at scan, "
+        r"e\.g\. .*/CT000000.dcm: not a DICOM file .*",
+        why[studies.loc[keys[2], "study_id"]],
+    )
+    assert set(why.index) == set(studies.loc[keys[1:3], "study_id"])
+
+
+def test_unmatched_uid_keys_are_named_by_their_line(tmp_path: Path) -> None:
+    """Label keys that are StudyInstanceUIDs are listed by their line in the label file: the UID
+    itself never leaves the scan."""
+    write_ct_series(tmp_path / "archive" / "P1" / "s1" / "series", n=3, header=ct_header(study_uid="2.25.11"))
+    labels = tree_labels(tmp_path, {"2.25.11": 0, "2.25.999": 1, "2.25.998": 0})
+    dataset = {"layout": "dicom_tree", "role": "train", "label_key": "StudyInstanceUID"}
+    assert scan(tmp_path / "archive", labels, tmp_path / "out", dataset) == 0
+    text = (tmp_path / "out" / "scan" / "label_match.json").read_text()
+    assert json.loads(text)["unmatched_label_keys"] == ["labels.csv line 3", "labels.csv line 4"]
+    assert "2.25.99" not in text

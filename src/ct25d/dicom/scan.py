@@ -27,7 +27,7 @@ from ct25d.dicom.choice import ACCEPTABLE, classify, kernel_kind, rank_series
 from ct25d.dicom.files import list_files, relative_paths
 from ct25d.dicom.headers import SliceHeader, file_headers, pseudonym
 from ct25d.dicom.hu import hu_problem
-from ct25d.dicom.labelling import LabelSource, attach_labels, check_label_match
+from ct25d.dicom.labelling import LabelSource, Unread, attach_labels, check_label_match
 from ct25d.dicom.override import apply_override
 from ct25d.dicom.series import GeometryRules, sort_series
 from ct25d.errors import ConfigError, Ct25dError, SeriesError
@@ -240,7 +240,7 @@ def scan_archive(
     files["path"] = relative_paths(files["path"], root)
     files["study_id"] = _study_ids(files, layout, settings.pseudonym_salt)
     files["unit"] = series_units(files, layout)
-    labelled = attach_labels(files, labels, settings.pseudonym_salt)
+    labelled = attach_labels(files, labels, settings.pseudonym_salt, Unread(root, rejected))
     match = check_label_match(labelled, labels, settings.min_label_match)
     files, studies = labelled.files, labelled.studies
     image_key = files["sop_uid"].where(
@@ -251,7 +251,7 @@ def scan_archive(
     series = apply_override(series, studies, override, settings.pseudonym_salt) if override else series
     series = rank_series(series, settings.preferred_thickness_mm, settings.accept_series)
     patients = files.groupby("study_id")["patient_id"].first()
-    studies["patient_id"] = studies["study_id"].map(patients)
+    studies["patient_id"] = studies["study_id"].map(patients).fillna("")  # "": a study without images
     studies["shard"] = studies["study_id"].map(lambda s: shard_of(s, shards)).astype(int)
     files = files.drop(columns=["sop_uid", "name"], errors="ignore")
     return ScanResult(files=files, series=series, studies=studies, rejected=rejected, label_match=match)

@@ -176,7 +176,7 @@ def gather(scan_dir: str | Path, shard_prefixes: list[str | Path]) -> dict[str, 
     counts = reconcile(outcomes, series, studies, volumes, slices, shard_rejections)
     counts["labels"] = json.loads((scan_dir / "label_match.json").read_text())
 
-    manifest = volumes.merge(studies.drop(columns=["patient_id"]), on="study_id", how="left")
+    manifest = volumes.merge(studies.drop(columns=["patient_id", "problem"]), on="study_id", how="left")
     manifest = manifest.sort_values("study_id").reset_index(drop=True)
     counts["label_positive_studies"] = {
         label: int(manifest[label].fillna(0).astype(int).sum()) for label in RSNA_LABELS if label in manifest
