@@ -10,12 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pydicom
 import pytest
 from conftest import ct_header, demo_config, write_ct_series
 
 from ct25d.cli import main
 from ct25d.errors import Ct25dError
-from ct25d.synth.dicom_writer import SliceGeometry, write_secondary_capture
+from ct25d.synth.dicom_writer import SliceGeometry, write_enhanced_series, write_secondary_capture
 from ct25d.volumes.report import file_outcomes, reconcile, series_outcomes
 
 SETTINGS = json.dumps(demo_config()["ingest"])
@@ -167,3 +168,60 @@ def test_unmatched_uid_keys_are_named_by_their_line(tmp_path: Path) -> None:
     text = (tmp_path / "out" / "scan" / "label_match.json").read_text()
     assert json.loads(text)["unmatched_label_keys"] == ["labels.csv line 3", "labels.csv line 4"]
     assert "2.25.99" not in text
+
+
+def edit(path: Path, **values: object) -> None:
+    """Set top-level header values of a written file."""
+    ds = pydicom.dcmread(path)
+    for keyword, value in values.items():
+        setattr(ds, keyword, value)
+    ds.save_as(path)
+
+
+def test_derived_maps_are_excluded_and_a_rescale_type_that_is_not_hu_is_flagged(tmp_path: Path) -> None:
+    """A perfusion map (Enhanced CT, ImageType ...PERFUSION\\RCBF, RescaleType US, no contrast tag)
+    is refused as not HU; a MIP in HU is a derived series, never a candidate; an axial series whose
+    RescaleType is US converts with a flag."""
+    root = tmp_path / "archive"
+    write_ct_series(root / "P1" / "s1" / "plain", n=4, header=ct_header(series_description="CT Plain"))
+    mip = write_ct_series(
+        root / "P1" / "s1" / "mip", n=4, header=ct_header(series_uid="2.25.14", series_number=3)
+    )
+    for path in mip:
+        edit(path, ImageType=["DERIVED", "SECONDARY", "MIP"])
+    perfusion = root / "P1" / "s1" / "cbf" / "map.dcm"
+    perfusion.parent.mkdir()
+    geometry = SliceGeometry((-6.0, -6.0, 0.0), (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), 0.8)
+    positions = np.array([[-6.0, -6.0, 5.0 * k] for k in range(4)])
+    header = ct_header(series_uid="2.25.15", series_description="rCBF", storage="u1000")
+    write_enhanced_series(perfusion, header, geometry, np.zeros((4, 16, 16)), positions, "2.25.150")
+    ds = pydicom.dcmread(perfusion)
+    ds.ImageType = ["DERIVED", "PRIMARY", "PERFUSION", "RCBF"]
+    ds.SharedFunctionalGroupsSequence[0].PixelValueTransformationSequence[0].RescaleType = "US"
+    ds.save_as(perfusion)
+    us = write_ct_series(
+        root / "P2" / "s1" / "axial", n=4, header=ct_header(study_uid="2.25.21", series_uid="2.25.22")
+    )
+    for path in us:
+        edit(path, RescaleType="US")
+    out = tmp_path / "out"
+    counts = ingest(root, tree_labels(tmp_path, {"P1/s1": 0, "P2/s1": 1}), out)
+    assert counts["studies_converted"] == 2
+    rejected = pd.read_csv(out / "scan" / "rejected_files.csv").set_index("path")["reason"]
+    assert rejected["P1/s1/cbf/map.dcm"] == (
+        "RescaleType US with ImageType DERIVED\\PRIMARY\\PERFUSION\\RCBF: a derived map in its own units, "
+        "not HU"
+    )
+    choice = pd.read_csv(out / "series_choice.csv", keep_default_na=False).set_index("unit")
+    assert choice.loc["P1/s1/mip", "series_class"] == "derived"
+    assert choice.loc["P1/s1/mip", "why"] == (
+        "not a candidate: derived series (ImageType DERIVED\\SECONDARY\\MIP: MIP is a derived map or "
+        "projection, not anatomy)"
+    )
+    assert choice.loc["P1/s1/plain", "outcome"] == "converted"
+    manifest = pd.read_parquet(out / "manifest.parquet").set_index("unit")
+    assert manifest.loc["P1/s1/plain", "flags"] == ""
+    assert (
+        manifest.loc["P2/s1/axial", "flags"]
+        == "RescaleType US: the header does not say HU; values kept as HU"
+    )

@@ -69,6 +69,16 @@ def test_descriptions_of_real_archives(kind: str, description: str) -> None:
         (("", ""), "H70h", "ORIGINAL\\PRIMARY\\AXIAL", "bone", "ConvolutionKernel 'H70h'"),
         (("", ""), "BONEPLUS", "ORIGINAL\\PRIMARY\\AXIAL", "bone", "ConvolutionKernel"),
         (("", ""), "H40s", "ORIGINAL\\PRIMARY\\LOCALIZER", "localizer", "ImageType LOCALIZER"),
+        (
+            ("", ""),
+            "",
+            "DERIVED\\PRIMARY\\PERFUSION\\RCBF",
+            "derived",
+            "ImageType DERIVED\\PRIMARY\\PERFUSION",
+        ),
+        (("", ""), "", "DERIVED\\SECONDARY\\MIP", "derived", "ImageType DERIVED\\SECONDARY\\MIP: MIP is"),
+        (("", ""), "", "DERIVED\\PRIMARY\\AXIAL\\SUBTRACTION", "derived", "ImageType DERIVED"),
+        (("", ""), "", "DERIVED\\SECONDARY\\REFORMATTED", "plain", "no contrast"),  # a reformat is anatomy
     ],
 )
 def test_tags_kernel_and_image_type_come_before_the_description(tags, kernel, image_type, kind, why) -> None:

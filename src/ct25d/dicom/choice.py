@@ -1,4 +1,5 @@
-"""Which of a study's series to convert: classify each as plain / contrast / bone / localizer, then rank.
+"""Which of a study's series to convert: classify each as plain / contrast / bone / localizer /
+derived (a perfusion map, subtraction or projection), then rank.
 
 Real archives name series freely, and a filter on the word "contrast" drops CQ500's plain series
 "CT PRE CONTRAST THIN" while "CT 4cc sec 150cc D3D on" (a contrast study) passes. So every signal
@@ -21,8 +22,11 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-SERIES_CLASSES = ("plain", "contrast", "bone", "localizer")
-ACCEPTABLE = ("plain", "contrast", "bone")  # a localizer never forms a volume
+SERIES_CLASSES = ("plain", "contrast", "bone", "localizer", "derived")
+ACCEPTABLE = ("plain", "contrast", "bone")  # a localizer never forms a volume; a derived map is no anatomy
+# ImageType values of images computed from others that are not anatomical slices: perfusion maps,
+# subtractions, projections. Their pixels may be HU (a MIP) or not (a blood-flow map in ml/100 ml/min).
+NON_ANATOMICAL = ("PERFUSION", "RCBF", "RCBV", "MTT", "TTP", "TMAX", "SUBTRACTION", "MIP", "MINIP")
 
 # Phrases that mean "no contrast", removed from a description before contrast words are looked for.
 _PLAIN = re.compile(
@@ -62,6 +66,11 @@ def kernel_kind(kernel: str) -> str:
     return "unknown"
 
 
+def non_anatomical(image_type: str) -> list[str]:
+    """The values of an ImageType (`A\\B\\C`) that name a derived map or projection."""
+    return [v for v in (t.strip().upper() for t in image_type.split("\\")) if v in NON_ANATOMICAL]
+
+
 def has_value(text: str) -> bool:
     """Whether a contrast tag's value records an injection ("NONE", "NO", "0" do not)."""
     return text.strip().upper() not in _NO_VALUE
@@ -83,6 +92,12 @@ def classify(description: str, image_types: list[str], kernel: str, contrast_age
         return SeriesClass("localizer", "ImageType LOCALIZER")
     if _LOCALIZER.search(text):
         return SeriesClass("localizer", f"description {description!r} names a scout/localizer")
+    derived = next((t for t in image_types if non_anatomical(t)), "")
+    if derived:
+        names = "/".join(non_anatomical(derived))
+        return SeriesClass(
+            "derived", f"ImageType {derived}: {names} is a derived map or projection, not anatomy"
+        )
     if has_value(contrast_agent):
         return SeriesClass("contrast", f"ContrastBolusAgent {contrast_agent!r}")
     recorded = [t for t in contrast_tags.split("; ") if t and has_value(t.partition("=")[2])]

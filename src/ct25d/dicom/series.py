@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ct25d.dicom.headers import SliceHeader
-from ct25d.dicom.hu import rescale_of
+from ct25d.dicom.hu import rescale_of, rescale_type_flag
 from ct25d.dicom.pixels import read_hu, read_hu_native
 from ct25d.errors import SeriesError, SliceError
 
@@ -183,7 +183,7 @@ def sort_series(headers: Sequence[SliceHeader], rules: GeometryRules) -> SortedS
         raise SeriesError("single slice position: every image lies at one position", ordered[0].path)
 
     spacing, irregular = _spacing_flag(along, rules.spacing_tolerance)
-    flags += [irregular] if irregular else []
+    flags += [flag for flag in (irregular, rescale_type_flag(ordered)) if flag]
 
     travel = positions[-1] - positions[0]
     cos_tilt = min(1.0, abs(float(travel @ normal)) / float(np.linalg.norm(travel)))
