@@ -225,3 +225,41 @@ def test_derived_maps_are_excluded_and_a_rescale_type_that_is_not_hu_is_flagged(
         manifest.loc["P2/s1/axial", "flags"]
         == "RescaleType US: the header does not say HU; values kept as HU"
     )
+
+
+def test_one_bad_slice_is_dropped_like_a_truncated_one(tmp_path: Path) -> None:
+    """A slice without ImagePositionPatient, or of another size, no longer loses its series (and the
+    study with it): it is dropped with its reason and the gap is flagged, as a truncated slice is."""
+    root = tmp_path / "archive"
+    cases = {"P1/s1": "no_position", "P2/s1": "other_size", "P3/s1": "truncated"}
+    for k, (key, case) in enumerate(cases.items()):
+        header = ct_header(study_uid=f"2.25.{k}1", series_uid=f"2.25.{k}2")
+        folder = root / key / "series"
+        paths = write_ct_series(
+            folder, n=8, header=header, defects={3: "truncated"} if case == "truncated" else {}
+        )
+        if case == "no_position":
+            ds = pydicom.dcmread(paths[3])
+            del ds.ImagePositionPatient
+            ds.save_as(paths[3])
+        elif case == "other_size":  # the same slice, written at 8x8
+            small = write_ct_series(tmp_path / "small", n=8, rows=8, header=header)
+            shutil.copyfile(small[3], paths[3])
+    out = tmp_path / "out"
+    counts = ingest(root, tree_labels(tmp_path, dict.fromkeys(cases, 1)), out)
+    assert (counts["studies_converted"], counts["files_converted"], counts["files_dropped_at_ingest"]) == (
+        3,
+        21,
+        3,
+    )
+    manifest = pd.read_parquet(out / "manifest.parquet").set_index("name")
+    assert (manifest["n_slices"] == 7).all()
+    assert manifest["flags"].str.startswith("irregular slice spacing: 1 gap(s)").all()
+    outcomes = outcomes_of(out)
+    reasons = {key: outcomes.loc[f"{key}/series/CT0003.dcm", "reason"] for key in cases}
+    assert reasons["P1/s1"] == "missing or malformed ImagePositionPatient"
+    assert reasons["P2/s1"] == "Rows/Columns 8x8 differ from the series' 16x16"
+    assert reasons["P3/s1"].startswith("cannot decode pixel data: truncated")
+    assert (
+        outcomes.loc[[f"{key}/series/CT0003.dcm" for key in cases], "outcome"] == "dropped_at_ingest"
+    ).all()
