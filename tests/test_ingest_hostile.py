@@ -263,3 +263,24 @@ def test_one_bad_slice_is_dropped_like_a_truncated_one(tmp_path: Path) -> None:
     assert (
         outcomes.loc[[f"{key}/series/CT0003.dcm" for key in cases], "outcome"] == "dropped_at_ingest"
     ).all()
+
+
+def test_contrast_words_and_tags_of_real_names_choose_the_plain_series(tmp_path: Path) -> None:
+    """Oral and IV contrast at the preferred 5 mm, a "CT 5mm" whose header records an IV bolus, and a
+    thin plain series: the thin plain one is chosen."""
+    root = tmp_path / "archive"
+    names = {"oral": ("CT ORAL IV", 5.0), "tagged": ("CT 5mm", 5.0), "thin": ("CT PLAIN THIN", 2.5)}
+    for k, (folder, (description, thickness)) in enumerate(names.items()):
+        header = ct_header(series_uid=f"2.25.3{k}", series_number=k + 2, series_description=description,
+                           slice_thickness=thickness)  # fmt: skip
+        paths = write_ct_series(root / "P1" / "s1" / folder, n=4, header=header, step_mm=thickness)
+        for path in paths if folder == "tagged" else []:
+            edit(path, ContrastBolusRoute="IV")
+    assert scan(root, tree_labels(tmp_path, {"P1/s1": 0}), tmp_path / "out") == 0
+    series = pd.read_parquet(tmp_path / "out" / "scan" / "series.parquet").set_index("unit")
+    assert series.loc["P1/s1/thin", "rank"] == 0
+    assert (
+        series.loc["P1/s1/oral", "why"]
+        == "not a candidate: contrast series (description 'CT ORAL IV' says 'IV')"
+    )
+    assert series.loc["P1/s1/tagged", "class_why"] == "contrast tag ContrastBolusRoute=IV"

@@ -3,8 +3,9 @@ derived (a perfusion map, subtraction or projection), then rank.
 
 Real archives name series freely, and a filter on the word "contrast" drops CQ500's plain series
 "CT PRE CONTRAST THIN" while "CT 4cc sec 150cc D3D on" (a contrast study) passes. So every signal
-is read, strongest first: the contrast/bolus tags (when a scanner wrote them), ImageType, the
-reconstruction kernel, then the description with word-aware rules: a plain phrase ("PRE CONTRAST",
+is read, strongest first: ImageType, the contrast/bolus tags (when a scanner wrote them: an agent or
+route with a value decides either way, so "NONE" makes a "POST" series plain), the reconstruction
+kernel, then the description with word-aware rules: a plain phrase ("PRE CONTRAST",
 "NON CONTRAST", "W/O", "PLAIN", "NC") is taken out before contrast words are looked for, so "CT PRE
 CONTRAST BONE" is a plain acquisition in a bone kernel, not a contrast series.
 
@@ -37,6 +38,9 @@ _CONTRAST = re.compile(
     r"\b(POST|WITH|W)[\s_/\-]*(CONTRAST|CON|KM|IV|C)\b"
     r"|\bCONTRAST\b|\bCECT\b|\bCE\b|\bCTA\b|\bANGIO\w*|\bENHANCED\b|\bC\+"
     r"|\bARTERIAL\b|\bVENOUS\b|\bPORTAL\b|\bDELAYED\b|\bPERFUSION\b"
+    r"|\bIV\b"  # "CT ORAL IV", "10cc IV"; "NO IV" and "W/O IV" are plain phrases, taken out first
+    # a bare POST, but not the posterior fossa or the time after an operation or injury
+    r"|\bPOST\b(?![\s_\-]*(FOSSA|OP|OPERATIVE|OPERATION|SURG\w*|CRANI\w*|TRAUMA\w*|ICTAL|MORTEM)\b)"
     r"|\b\d+(\.\d+)?\s*(CC|ML)\b"  # contrast volumes, e.g. "4cc sec 150cc"
 )
 _LOCALIZER = re.compile(r"\b(SCOUT|LOCALI[SZ]ER|TOPOGRAM|SURVIEW|SCANOGRAM|SCOUTVIEW|PILOT)\b")
@@ -76,6 +80,19 @@ def has_value(text: str) -> bool:
     return text.strip().upper() not in _NO_VALUE
 
 
+# Tags whose explicit "no" (NONE, NO, 0...) settles the contrast question, over any description word.
+_DECIDING_TAGS = ("ContrastBolusAgent", "ContrastBolusRoute")
+
+
+def _tag_says_none(contrast_agent: str, contrast_tags: str) -> str:
+    """`ContrastBolusAgent 'NONE'` when a deciding tag records no contrast; "" when none says so (an
+    empty value says nothing)."""
+    values = {key: value for key, _, value in (t.partition("=") for t in contrast_tags.split("; ") if t)}
+    values["ContrastBolusAgent"] = contrast_agent
+    return next((f"{k} {values[k]!r}" for k in _DECIDING_TAGS
+                 if values.get(k, "").strip() and not has_value(values[k])), "")  # fmt: skip
+
+
 @dataclass(frozen=True)
 class SeriesClass:
     """A series' class and the signal that decided it."""
@@ -103,16 +120,21 @@ def classify(description: str, image_types: list[str], kernel: str, contrast_age
     recorded = [t for t in contrast_tags.split("; ") if t and has_value(t.partition("=")[2])]
     if recorded:
         return SeriesClass("contrast", f"contrast tag {recorded[0]}")
+    said_none = _tag_says_none(contrast_agent, contrast_tags)
     said_plain = _PLAIN.search(text)
     rest = _PLAIN.sub(" ", text)
     contrast_word = _CONTRAST.search(rest)
-    if contrast_word:
-        return SeriesClass("contrast", f"description {description!r} says {contrast_word.group(0).strip()!r}")
+    word = repr(contrast_word.group(0).strip()) if contrast_word else ""
+    if contrast_word and not said_none:
+        return SeriesClass("contrast", f"description {description!r} says {word}")
     if kernel_kind(kernel) == "sharp":
         return SeriesClass("bone", f"ConvolutionKernel {kernel!r} is a sharp (bone/lung) kernel")
     bone_word = _BONE_WORDS.search(rest)
     if bone_word:
         return SeriesClass("bone", f"description {description!r} says {bone_word.group(0).strip()!r}")
+    if said_none:
+        over = f", over the description's {word}" if word else ""
+        return SeriesClass("plain", f"no contrast: {said_none}{over}")
     if said_plain:
         return SeriesClass("plain", f"description {description!r} says {said_plain.group(0).strip()!r}")
     return SeriesClass("plain", "no contrast tag, contrast word or bone kernel")
