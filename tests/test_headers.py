@@ -49,6 +49,7 @@ def pydicom_values(path: Path) -> dict:
         "pixel_representation": int(ds.PixelRepresentation),
         "rescale_slope": float(ds.get("RescaleSlope", 1) or 1),
         "rescale_intercept": float(ds.get("RescaleIntercept", 0) or 0),
+        "rescale_type": str(ds.get("RescaleType", "")).upper(),
         "sop_class": str(ds.SOPClassUID),
         "samples_per_pixel": int(ds.SamplesPerPixel),
         "photometric": str(ds.PhotometricInterpretation),

@@ -46,6 +46,14 @@ def plain(tmp_path: Path):
         ({"bits_stored": 12, "pixel_representation": 0, "rescale_intercept": 0.0}, ""),  # RSNA wrap: repaired
         ({"bits_stored": 12, "pixel_representation": 0, "rescale_intercept": -1024.0}, ""),
         ({"photometric": "MONOCHROME1"}, ""),
+        # a perfusion map whose RescaleType says it is not HU; the same type on an axial image is kept
+        (
+            {"image_type": "DERIVED\\PRIMARY\\PERFUSION\\RCBF", "rescale_type": "US"},
+            "RescaleType US with ImageType DERIVED\\PRIMARY\\PERFUSION\\RCBF: a derived map",
+        ),
+        ({"image_type": "DERIVED\\PRIMARY\\SUBTRACTION", "rescale_type": "US"}, "RescaleType US"),
+        ({"image_type": "ORIGINAL\\PRIMARY\\AXIAL", "rescale_type": "US"}, ""),
+        ({"image_type": "DERIVED\\PRIMARY\\MIP"}, ""),  # HU: a series-level matter (choice: derived)
     ],
 )
 def test_hu_problem_names_the_tag_and_value(plain, changes: dict, reason: str) -> None:

@@ -31,6 +31,13 @@ NAMES = {
         "Head NC 5mm",
         "CT POST FOSSA 2.5mm",
         "Schädel nativ",
+        # a POST that is not contrast, and IV said not to be given
+        "POSTERIOR FOSSA 2mm",
+        "CT HEAD POST OP",
+        "CT POST-OP 5mm",
+        "CT Head post trauma",
+        "CT HEAD NO IV",
+        "HEAD W/O IV 5mm",
     ],
     "contrast": [
         "CT POST CONTRAST",
@@ -41,6 +48,14 @@ NAMES = {
         "HEAD W CONTRAST",
         "CECT BRAIN",
         "Head C+ 5mm",
+        "CECT",
+        "C+",
+        "CT ORAL IV",
+        "10cc IV",
+        "IV CONTRAST HEAD",
+        "CT BRAIN POST",
+        "POST 5mm",
+        "CT 5mm POST-2",
     ],
     "bone": ["CT BONE", "CT PRE CONTRAST BONE", "CT BONE-3"],
     "localizer": ["SCOUT", "Topogram 0.6 T20s", "Localizer"],
@@ -69,10 +84,39 @@ def test_descriptions_of_real_archives(kind: str, description: str) -> None:
         (("", ""), "H70h", "ORIGINAL\\PRIMARY\\AXIAL", "bone", "ConvolutionKernel 'H70h'"),
         (("", ""), "BONEPLUS", "ORIGINAL\\PRIMARY\\AXIAL", "bone", "ConvolutionKernel"),
         (("", ""), "H40s", "ORIGINAL\\PRIMARY\\LOCALIZER", "localizer", "ImageType LOCALIZER"),
+        (
+            ("", ""),
+            "",
+            "DERIVED\\PRIMARY\\PERFUSION\\RCBF",
+            "derived",
+            "ImageType DERIVED\\PRIMARY\\PERFUSION",
+        ),
+        (("", ""), "", "DERIVED\\SECONDARY\\MIP", "derived", "ImageType DERIVED\\SECONDARY\\MIP: MIP is"),
+        (("", ""), "", "DERIVED\\PRIMARY\\AXIAL\\SUBTRACTION", "derived", "ImageType DERIVED"),
+        (("", ""), "", "DERIVED\\SECONDARY\\REFORMATTED", "plain", "no contrast"),  # a reformat is anatomy
     ],
 )
 def test_tags_kernel_and_image_type_come_before_the_description(tags, kernel, image_type, kind, why) -> None:
     got = classify("Head 5mm", [image_type], kernel, *tags)
+    assert (got.kind, got.why.startswith(why)) == (kind, True), got.why
+
+
+@pytest.mark.parametrize(
+    ("description", "tags", "kind", "why"),
+    [
+        ("CT POST CONTRAST", ("NONE", ""), "plain",
+         "no contrast: ContrastBolusAgent 'NONE', over the description's 'POST CONTRAST'"),
+        ("CT ORAL IV", ("", "ContrastBolusRoute=NONE"), "plain",
+         "no contrast: ContrastBolusRoute 'NONE', over the description's 'IV'"),
+        ("CT PLAIN", ("", "ContrastBolusRoute=IV"), "contrast", "contrast tag ContrastBolusRoute=IV"),
+        ("CT PLAIN", ("OMNIPAQUE", ""), "contrast", "ContrastBolusAgent 'OMNIPAQUE'"),
+        ("CT POST CONTRAST", ("", "ContrastBolusRoute="), "contrast", "description 'CT POST CONTRAST' says"),
+        ("CT POST CONTRAST BONE", ("NO", ""), "bone", "description 'CT POST CONTRAST BONE' says 'BONE'"),
+        ("CT 5mm", ("", "ContrastBolusVolume=0"), "plain", "no contrast tag"),  # a volume decides nothing
+    ],
+)  # fmt: skip
+def test_a_contrast_agent_or_route_decides_over_the_description(description, tags, kind, why) -> None:
+    got = classify(description, ["ORIGINAL\\PRIMARY\\AXIAL"], "", *tags)
     assert (got.kind, got.why.startswith(why)) == (kind, True), got.why
 
 

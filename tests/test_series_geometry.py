@@ -133,3 +133,44 @@ def test_tilt_modes(mode: str) -> None:
 def test_broken_series_are_refused_with_a_reason(headers: list[SliceHeader], message: str) -> None:
     with pytest.raises(SeriesError, match=message):
         sort_series(headers, RULES)
+
+
+@pytest.mark.parametrize(
+    ("odd", "reason"),
+    [
+        ({"position": None}, "missing or malformed ImagePositionPatient"),
+        ({"pixel_spacing": None}, "missing or malformed PixelSpacing"),
+        ({"rows": 8}, "Rows/Columns 8x4 differ from the series' 4x4"),
+    ],
+)
+def test_one_odd_image_is_set_aside_and_leaves_a_flagged_gap(odd: dict, reason: str) -> None:
+    """Like a slice whose pixels cannot be decoded: the series keeps the others, and the gap shows."""
+    headers = make_headers([5.0 * k for k in range(6)])
+    headers[2] = dataclasses.replace(headers[2], **odd)
+    result = sort_series(headers, RULES)
+    assert [h.path for h in result.headers] == ["/x/0.dcm", "/x/1.dcm", "/x/3.dcm", "/x/4.dcm", "/x/5.dcm"]
+    assert [(d.path, d.reason) for d in result.dropped] == [("/x/2.dcm", reason)]
+    assert result.flags[0].startswith("irregular slice spacing: 1 gap(s)")
+
+
+def test_odd_images_in_half_the_series_refuse_it() -> None:
+    headers = make_headers([5.0 * k for k in range(4)])
+    headers[1:3] = [dataclasses.replace(h, position=None) for h in headers[1:3]]
+    with pytest.raises(SeriesError) as info:
+        sort_series(headers, RULES)
+    assert (info.value.path, info.value.reason) == ("/x/1.dcm", "missing or malformed ImagePositionPatient")
+    assert info.value.dropped == []
+    one_of_three = [headers[0], headers[1], headers[3]]
+    assert [d.path for d in sort_series(one_of_three, RULES).dropped] == ["/x/1.dcm"]
+
+
+def test_a_series_that_fails_after_setting_images_aside_names_them() -> None:
+    headers = make_headers([0.0, 5.0, 5.0, 5.0, 5.0])  # one position only, once the odd image is gone
+    headers[0] = dataclasses.replace(headers[0], rows=8)
+    with pytest.raises(SeriesError) as info:
+        sort_series(headers, RULES)
+    assert info.value.reason == (
+        "single slice position: every image lies at one position, after dropping 1 image(s) whose headers "
+        "differ from the series' (Rows/Columns 8x4 differ from the series' 4x4)"
+    )
+    assert [d.path for d in info.value.dropped] == ["/x/0.dcm"]

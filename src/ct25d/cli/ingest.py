@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ct25d.cli.common import json_object, require
 from ct25d.dicom.series import GeometryRules
-from ct25d.errors import ConfigError
+from ct25d.errors import ConfigError, Ct25dError
 
 log = logging.getLogger("ct25d")
 
@@ -42,7 +42,7 @@ def geometry_rules(settings: dict) -> GeometryRules:
 def cmd_scan(args: argparse.Namespace) -> None:
     from ct25d.atomic import write_csv, write_json, write_parquet
     from ct25d.dicom.labelling import LabelSource
-    from ct25d.dicom.scan import ScanSettings, scan_archive
+    from ct25d.dicom.scan import NothingToConvert, ScanSettings, scan_archive
     from ct25d.provenance import stamp
 
     s, d = args.settings, args.dataset
@@ -61,9 +61,14 @@ def cmd_scan(args: argparse.Namespace) -> None:
         key=str(d.get("label_key", "StudyInstanceUID")),
         folder_pattern=str(d.get("folder_pattern", LabelSource.folder_pattern)),
     )
-    result = scan_archive(args.root, source, args.shards, settings, args.workers, args.override)
-    meta = stamp("scan", {"shards": args.shards, "dataset": d, **s})
     out = Path(args.out)
+    try:
+        result = scan_archive(args.root, source, args.shards, settings, args.workers, args.override)
+    except NothingToConvert as exc:
+        report = out / "rejected_files.csv"
+        write_csv(report, exc.rejected)
+        raise Ct25dError(f"{exc}. Each file's reason is in the log above and in {report}") from exc
+    meta = stamp("scan", {"shards": args.shards, "dataset": d, **s})
     write_parquet(out / "files.parquet", result.files, meta)
     write_parquet(out / "series.parquet", result.series, meta)
     write_parquet(out / "studies.parquet", result.studies, meta)

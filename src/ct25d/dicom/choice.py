@@ -1,9 +1,11 @@
-"""Which of a study's series to convert: classify each as plain / contrast / bone / localizer, then rank.
+"""Which of a study's series to convert: classify each as plain / contrast / bone / localizer /
+derived (a perfusion map, subtraction or projection), then rank.
 
 Real archives name series freely, and a filter on the word "contrast" drops CQ500's plain series
 "CT PRE CONTRAST THIN" while "CT 4cc sec 150cc D3D on" (a contrast study) passes. So every signal
-is read, strongest first: the contrast/bolus tags (when a scanner wrote them), ImageType, the
-reconstruction kernel, then the description with word-aware rules: a plain phrase ("PRE CONTRAST",
+is read, strongest first: ImageType, the contrast/bolus tags (when a scanner wrote them: an agent or
+route with a value decides either way, so "NONE" makes a "POST" series plain), the reconstruction
+kernel, then the description with word-aware rules: a plain phrase ("PRE CONTRAST",
 "NON CONTRAST", "W/O", "PLAIN", "NC") is taken out before contrast words are looked for, so "CT PRE
 CONTRAST BONE" is a plain acquisition in a bone kernel, not a contrast series.
 
@@ -21,8 +23,11 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-SERIES_CLASSES = ("plain", "contrast", "bone", "localizer")
-ACCEPTABLE = ("plain", "contrast", "bone")  # a localizer never forms a volume
+SERIES_CLASSES = ("plain", "contrast", "bone", "localizer", "derived")
+ACCEPTABLE = ("plain", "contrast", "bone")  # a localizer never forms a volume; a derived map is no anatomy
+# ImageType values of images computed from others that are not anatomical slices: perfusion maps,
+# subtractions, projections. Their pixels may be HU (a MIP) or not (a blood-flow map in ml/100 ml/min).
+NON_ANATOMICAL = ("PERFUSION", "RCBF", "RCBV", "MTT", "TTP", "TMAX", "SUBTRACTION", "MIP", "MINIP")
 
 # Phrases that mean "no contrast", removed from a description before contrast words are looked for.
 _PLAIN = re.compile(
@@ -33,6 +38,9 @@ _CONTRAST = re.compile(
     r"\b(POST|WITH|W)[\s_/\-]*(CONTRAST|CON|KM|IV|C)\b"
     r"|\bCONTRAST\b|\bCECT\b|\bCE\b|\bCTA\b|\bANGIO\w*|\bENHANCED\b|\bC\+"
     r"|\bARTERIAL\b|\bVENOUS\b|\bPORTAL\b|\bDELAYED\b|\bPERFUSION\b"
+    r"|\bIV\b"  # "CT ORAL IV", "10cc IV"; "NO IV" and "W/O IV" are plain phrases, taken out first
+    # a bare POST, but not the posterior fossa or the time after an operation or injury
+    r"|\bPOST\b(?![\s_\-]*(FOSSA|OP|OPERATIVE|OPERATION|SURG\w*|CRANI\w*|TRAUMA\w*|ICTAL|MORTEM)\b)"
     r"|\b\d+(\.\d+)?\s*(CC|ML)\b"  # contrast volumes, e.g. "4cc sec 150cc"
 )
 _LOCALIZER = re.compile(r"\b(SCOUT|LOCALI[SZ]ER|TOPOGRAM|SURVIEW|SCANOGRAM|SCOUTVIEW|PILOT)\b")
@@ -62,9 +70,27 @@ def kernel_kind(kernel: str) -> str:
     return "unknown"
 
 
+def non_anatomical(image_type: str) -> list[str]:
+    """The values of an ImageType (`A\\B\\C`) that name a derived map or projection."""
+    return [v for v in (t.strip().upper() for t in image_type.split("\\")) if v in NON_ANATOMICAL]
+
+
 def has_value(text: str) -> bool:
     """Whether a contrast tag's value records an injection ("NONE", "NO", "0" do not)."""
     return text.strip().upper() not in _NO_VALUE
+
+
+# Tags whose explicit "no" (NONE, NO, 0...) settles the contrast question, over any description word.
+_DECIDING_TAGS = ("ContrastBolusAgent", "ContrastBolusRoute")
+
+
+def _tag_says_none(contrast_agent: str, contrast_tags: str) -> str:
+    """`ContrastBolusAgent 'NONE'` when a deciding tag records no contrast; "" when none says so (an
+    empty value says nothing)."""
+    values = {key: value for key, _, value in (t.partition("=") for t in contrast_tags.split("; ") if t)}
+    values["ContrastBolusAgent"] = contrast_agent
+    return next((f"{k} {values[k]!r}" for k in _DECIDING_TAGS
+                 if values.get(k, "").strip() and not has_value(values[k])), "")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -83,21 +109,32 @@ def classify(description: str, image_types: list[str], kernel: str, contrast_age
         return SeriesClass("localizer", "ImageType LOCALIZER")
     if _LOCALIZER.search(text):
         return SeriesClass("localizer", f"description {description!r} names a scout/localizer")
+    derived = next((t for t in image_types if non_anatomical(t)), "")
+    if derived:
+        names = "/".join(non_anatomical(derived))
+        return SeriesClass(
+            "derived", f"ImageType {derived}: {names} is a derived map or projection, not anatomy"
+        )
     if has_value(contrast_agent):
         return SeriesClass("contrast", f"ContrastBolusAgent {contrast_agent!r}")
     recorded = [t for t in contrast_tags.split("; ") if t and has_value(t.partition("=")[2])]
     if recorded:
         return SeriesClass("contrast", f"contrast tag {recorded[0]}")
+    said_none = _tag_says_none(contrast_agent, contrast_tags)
     said_plain = _PLAIN.search(text)
     rest = _PLAIN.sub(" ", text)
     contrast_word = _CONTRAST.search(rest)
-    if contrast_word:
-        return SeriesClass("contrast", f"description {description!r} says {contrast_word.group(0).strip()!r}")
+    word = repr(contrast_word.group(0).strip()) if contrast_word else ""
+    if contrast_word and not said_none:
+        return SeriesClass("contrast", f"description {description!r} says {word}")
     if kernel_kind(kernel) == "sharp":
         return SeriesClass("bone", f"ConvolutionKernel {kernel!r} is a sharp (bone/lung) kernel")
     bone_word = _BONE_WORDS.search(rest)
     if bone_word:
         return SeriesClass("bone", f"description {description!r} says {bone_word.group(0).strip()!r}")
+    if said_none:
+        over = f", over the description's {word}" if word else ""
+        return SeriesClass("plain", f"no contrast: {said_none}{over}")
     if said_plain:
         return SeriesClass("plain", f"description {description!r} says {said_plain.group(0).strip()!r}")
     return SeriesClass("plain", "no contrast tag, contrast word or bone kernel")

@@ -72,6 +72,7 @@ def frame_headers(ds: pydicom.Dataset, file_header: SliceHeader) -> list[SliceHe
         groups = FrameGroups(ds, per_frame[k] if per_frame else None, shared)
         slope = groups.get("PixelValueTransformationSequence", "RescaleSlope")
         intercept = groups.get("PixelValueTransformationSequence", "RescaleIntercept")
+        rescale_type = groups.get("PixelValueTransformationSequence", "RescaleType")
         contrast = "; ".join(v for v in (file_header.contrast_tags, _administered_contrast(groups)) if v)
         headers.append(
             dataclasses.replace(
@@ -82,6 +83,7 @@ def frame_headers(ds: pydicom.Dataset, file_header: SliceHeader) -> list[SliceHe
                 slice_thickness=float(groups.get("PixelMeasuresSequence", "SliceThickness") or 0.0),
                 rescale_slope=float(slope) if slope not in (None, "") else 1.0,
                 rescale_intercept=float(intercept) if intercept not in (None, "") else 0.0,
+                rescale_type=str(rescale_type or "").strip().upper(),
                 kernel=str(groups.get("CTReconstructionSequence", "ConvolutionKernel") or file_header.kernel),
                 contrast_tags=contrast,
                 instance_number=k + 1,

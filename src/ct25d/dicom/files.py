@@ -57,6 +57,13 @@ def _classify(path: str, name: str, found: list[str], skipped: list[Skipped]) ->
         found.append(path)
 
 
+def _prune(dirpath: str, dirnames: list[str]) -> list[str]:
+    """Take hidden folders and folder links out of an os.walk listing (in place); return the links."""
+    links = [os.path.join(dirpath, d) for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
+    dirnames[:] = [d for d in dirnames if not d.startswith(".") and os.path.join(dirpath, d) not in links]
+    return [link for link in links if not os.path.basename(link).startswith(".")]
+
+
 def _walk(top: str, found: list[str], skipped: list[Skipped]) -> None:
     """Every entry below `top`; symlinked folders are reported, not followed (they can loop)."""
 
@@ -64,12 +71,7 @@ def _walk(top: str, found: list[str], skipped: list[Skipped]) -> None:
         skipped.append((str(exc.filename), f"cannot list folder ({exc.strerror})"))
 
     for dirpath, dirnames, names in os.walk(top, onerror=failed):
-        for d in list(dirnames):
-            if d.startswith("."):
-                dirnames.remove(d)
-            elif os.path.islink(os.path.join(dirpath, d)):
-                dirnames.remove(d)
-                skipped.append((os.path.join(dirpath, d), "symlink to a folder: not followed"))
+        skipped += [(link, "symlink to a folder: not followed") for link in _prune(dirpath, dirnames)]
         for name in names:
             _classify(os.path.join(dirpath, name), name, found, skipped)
 
@@ -103,6 +105,24 @@ def list_files(root: Path, layout: str) -> tuple[list[str], list[Skipped]]:
     else:
         _walk(str(root), found, skipped)
     return sorted(found), sorted(skipped)
+
+
+def study_folders(root: Path, layout: str) -> list[str]:
+    """The folders that can hold a study, relative to `root` and ending in "/" (as a folder key
+    pattern sees a file's path): cq500's study folders; every folder of a dicom_tree; none in rsna.
+
+    Only a study folder that holds no image needs this: the images' paths name the others.
+    """
+    if layout == "cq500":
+        return sorted(f"{e.name}/" for e in os.scandir(root)
+                      if e.is_dir(follow_symlinks=False) and CQ500_FOLDER.fullmatch(e.name))  # fmt: skip
+    if layout != "dicom_tree":
+        return []
+    found = []
+    for dirpath, dirnames, _ in os.walk(root):
+        _prune(dirpath, dirnames)
+        found += [os.path.join(os.path.relpath(dirpath, root), d, "").removeprefix("./") for d in dirnames]
+    return sorted(found)
 
 
 def relative_paths(paths: pd.Series, root: Path) -> pd.Series:

@@ -70,6 +70,7 @@ class SliceHeader:
     pixel_representation: int = 0
     rescale_slope: float = 1.0
     rescale_intercept: float = 0.0
+    rescale_type: str = ""  # absent means HU (CT Image module); Enhanced CT writes HU or US
     pixel_offset: int = -1
     # What says whether the pixels hold HU at all, and what kind of series this is.
     sop_class: str = ""
@@ -130,8 +131,8 @@ _KEYWORDS = (
     "SeriesDescription", "SeriesNumber", "InstanceNumber", "ImageType", "ContrastBolusAgent", "Rows",
     "Columns", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness",
     "BitsAllocated", "BitsStored", "PixelRepresentation", "SamplesPerPixel", "NumberOfFrames",
-    "RescaleSlope", "RescaleIntercept", "SpecificCharacterSet", "SOPClassUID", "PhotometricInterpretation",
-    "ConvolutionKernel", *CONTRAST_TAGS,
+    "RescaleSlope", "RescaleIntercept", "RescaleType", "SpecificCharacterSet", "SOPClassUID",
+    "PhotometricInterpretation", "ConvolutionKernel", *CONTRAST_TAGS,
 )  # fmt: skip
 TAGS = {keyword: tag_for_keyword(keyword) for keyword in _KEYWORDS}
 WANTED = frozenset(TAGS.values())
@@ -287,6 +288,7 @@ def _header(raw: RawHeader, path: str, salt: str) -> SliceHeader:
         pixel_representation=values.ushort("PixelRepresentation"),
         rescale_slope=values.number("RescaleSlope", 1.0),
         rescale_intercept=values.number("RescaleIntercept", 0.0),
+        rescale_type=values.text("RescaleType").upper(),
         pixel_offset=_native_offset(raw, values),
         sop_class=values.text("SOPClassUID"),
         samples_per_pixel=values.ushort("SamplesPerPixel", 1),

@@ -6,12 +6,16 @@ and a converter that trusts Modality turns them into "HU" that later stages take
 reason names the tag and its value.
 
 CT reformats (ImageType DERIVED\\SECONDARY\\REFORMATTED stored as CT Image Storage with a 16-bit
-HU rescale) are real volumes and pass: only secondary captures, colour or palette images and ranges
-that cannot hold CT values are refused.
+HU rescale) are real volumes and pass: only secondary captures, colour or palette images, ranges
+that cannot hold CT values, and derived maps (ImageType PERFUSION\\RCBF, SUBTRACTION...) whose
+RescaleType says their units are not HU are refused.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from ct25d.dicom.choice import non_anatomical
 from ct25d.dicom.headers import SliceHeader
 from ct25d.dicom.pixels import Rescale
 
@@ -44,6 +48,9 @@ def hu_problem(h: SliceHeader) -> str:
         return (
             f"ImageType {h.image_type} in a non-CT SOP class ({h.sop_class or 'none'}): a secondary capture"
         )
+    kind = (h.rescale_type or "").upper()
+    if kind not in ("", "HU") and non_anatomical(h.image_type):
+        return f"RescaleType {kind} with ImageType {h.image_type}: a derived map in its own units, not HU"
     low, high = rescale_of(h).hu_bounds()
     if low > REQUIRED_HU[0] or high < REQUIRED_HU[1]:
         return (
@@ -52,3 +59,13 @@ def hu_problem(h: SliceHeader) -> str:
             f"cannot hold CT values ({REQUIRED_HU[0]:g}..{REQUIRED_HU[1]:g} HU)"
         )
     return ""
+
+
+def rescale_type_flag(headers: Sequence[SliceHeader]) -> str:
+    """A flag for a series whose RescaleType is not HU ("" when it is HU or absent, which means HU).
+
+    The image is anatomical (`hu_problem` refused derived maps in other units), so it is kept, but a
+    user should know the header does not promise HU.
+    """
+    kinds = sorted({(h.rescale_type or "").upper() for h in headers} - {"", "HU"})
+    return f"RescaleType {'/'.join(kinds)}: the header does not say HU; values kept as HU" if kinds else ""

@@ -27,7 +27,7 @@ from ct25d.dicom.choice import ACCEPTABLE, classify, kernel_kind, rank_series
 from ct25d.dicom.files import list_files, relative_paths
 from ct25d.dicom.headers import SliceHeader, file_headers, pseudonym
 from ct25d.dicom.hu import hu_problem
-from ct25d.dicom.labelling import LabelSource, attach_labels, check_label_match
+from ct25d.dicom.labelling import LabelSource, Unread, attach_labels, check_label_match
 from ct25d.dicom.override import apply_override
 from ct25d.dicom.series import GeometryRules, sort_series
 from ct25d.errors import ConfigError, Ct25dError, SeriesError
@@ -52,6 +52,15 @@ class ScanSettings:
             raise ConfigError(
                 f"ingest.accept_series: {list(self.accept_series)}; expected some of {ACCEPTABLE}"
             )
+
+
+class NothingToConvert(Ct25dError):
+    """No file of the archive is an image that holds HU. `rejected` holds every file's reason, for
+    the report a user needs to see what the archive holds instead (renderings, another modality)."""
+
+    def __init__(self, message: str, rejected: pd.DataFrame) -> None:
+        super().__init__(message)
+        self.rejected = rejected
 
 
 @dataclass
@@ -187,6 +196,28 @@ def _read_archive(paths: list[str], settings: ScanSettings, workers: int) -> tup
     return good, bad
 
 
+def _rejected_table(bad: list[dict], root: Path) -> pd.DataFrame:
+    """The rejected-files report: paths relative to `root`, sorted."""
+    rejected = pd.DataFrame(bad, columns=["path", "reason"])
+    if len(rejected):
+        rejected["path"] = relative_paths(rejected["path"], root)
+    return rejected.sort_values("path", ignore_index=True)
+
+
+def _nothing_to_convert(rejected: pd.DataFrame, root: Path) -> NothingToConvert:
+    """The error for an archive without one HU image, after logging each file's reason."""
+    for row in rejected.itertuples():
+        log.warning("rejected %s: %s", row.path, row.reason)
+    reasons = rejected["reason"].value_counts()
+    common = "; ".join(f"{n} x {reason}" for reason, n in reasons.iloc[:5].items())
+    more = f"; and {len(reasons) - 5} other reasons" if len(reasons) > 5 else ""
+    return NothingToConvert(
+        f"none of the {len(rejected)} files under {root} is a readable DICOM image that holds HU: "
+        f"{common}{more}",
+        rejected,
+    )
+
+
 def scan_archive(
     root: str | Path,
     labels: LabelSource,
@@ -199,19 +230,17 @@ def scan_archive(
     root = Path(root)
     layout = labels.layout
     paths, skipped = list_files(root, layout)
-    if not paths:
+    if not paths and not skipped:
         raise Ct25dError(f"no files found under DICOM root {root}")
     good, bad = _read_archive(paths, settings, workers)
-    bad += [{"path": p, "reason": r} for p, r in skipped]
+    rejected = _rejected_table(bad + [{"path": p, "reason": r} for p, r in skipped], root)
+    if not good:
+        raise _nothing_to_convert(rejected, root)
     files = pd.DataFrame(good)
-    if files.empty:
-        raise Ct25dError(
-            f"none of the {len(paths)} files under {root} is a readable DICOM image that holds HU"
-        )
     files["path"] = relative_paths(files["path"], root)
     files["study_id"] = _study_ids(files, layout, settings.pseudonym_salt)
     files["unit"] = series_units(files, layout)
-    labelled = attach_labels(files, labels, settings.pseudonym_salt)
+    labelled = attach_labels(files, labels, settings.pseudonym_salt, Unread(root, rejected))
     match = check_label_match(labelled, labels, settings.min_label_match)
     files, studies = labelled.files, labelled.studies
     image_key = files["sop_uid"].where(
@@ -222,11 +251,7 @@ def scan_archive(
     series = apply_override(series, studies, override, settings.pseudonym_salt) if override else series
     series = rank_series(series, settings.preferred_thickness_mm, settings.accept_series)
     patients = files.groupby("study_id")["patient_id"].first()
-    studies["patient_id"] = studies["study_id"].map(patients)
+    studies["patient_id"] = studies["study_id"].map(patients).fillna("")  # "": a study without images
     studies["shard"] = studies["study_id"].map(lambda s: shard_of(s, shards)).astype(int)
-    rejected = pd.DataFrame(bad, columns=["path", "reason"])
-    if len(rejected):
-        rejected["path"] = relative_paths(rejected["path"], root)
-    rejected = rejected.sort_values("path", ignore_index=True)
     files = files.drop(columns=["sop_uid", "name"], errors="ignore")
     return ScanResult(files=files, series=series, studies=studies, rejected=rejected, label_match=match)

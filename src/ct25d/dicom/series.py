@@ -7,13 +7,17 @@ carry vectors of length 0.9995, which would otherwise shrink the spacing and fak
 
 Only what cannot form a volume is refused (mixed sizes or orientations, a single slice, conflicting
 duplicates, a tilt beyond the configured limit), as a SeriesError naming the file or the measured
-values. What leaves the volume usable is returned as flags: missing or unevenly spaced slices are
-kept with each slice's true position (2D and 2.5D need no regular grid; stages that do interpolate
-on the positions), gantry tilt is corrected or kept as configured.
+values. One odd image does not refuse its series: an image whose header cannot join the rest (a
+missing geometry tag, another Rows/Columns) is set aside with its reason when such images are
+fewer than half the series, as an image whose pixels cannot be decoded is. What leaves the volume
+usable is returned as flags: missing or unevenly spaced slices are kept with each slice's true
+position (2D and 2.5D need no regular grid; stages that do interpolate on the positions), gantry
+tilt is corrected or kept as configured.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ct25d.dicom.headers import SliceHeader
-from ct25d.dicom.hu import rescale_of
+from ct25d.dicom.hu import rescale_of, rescale_type_flag
 from ct25d.dicom.pixels import read_hu, read_hu_native
 from ct25d.errors import SeriesError, SliceError
 
@@ -64,6 +68,8 @@ class SortedSeries:
     # (kept, duplicate) images at one position: their pixels are compared when decoding.
     duplicates: list[tuple[SliceHeader, SliceHeader]] = field(default_factory=list)
     flags: list[str] = field(default_factory=list)
+    # images set aside for their headers (a missing geometry tag, another size), with their reasons
+    dropped: list[SliceError] = field(default_factory=list)
 
 
 @dataclass
@@ -100,6 +106,20 @@ def _consistent(headers: Sequence[SliceHeader], key: str, tol: float | None = No
     return first
 
 
+GEOMETRY_TAGS = {"position": "ImagePositionPatient", "orientation": "ImageOrientationPatient",
+                 "pixel_spacing": "PixelSpacing"}  # fmt: skip
+
+
+def _image_defect(h: SliceHeader) -> str:
+    """Why one image's header keeps it out of any volume ("" if it does not)."""
+    if h.modality != "CT":
+        return f"modality {h.modality or '(none)'} is not CT"
+    if not h.has_pixels:
+        return "no pixel data"
+    missing = next((tag for name, tag in GEOMETRY_TAGS.items() if getattr(h, name) is None), "")
+    return f"missing or malformed {missing}" if missing else ""
+
+
 def _check_headers(headers: Sequence[SliceHeader]) -> None:
     """Refuse a set of images that is not one CT series with the geometry tags a volume needs."""
     if not headers:
@@ -107,18 +127,30 @@ def _check_headers(headers: Sequence[SliceHeader]) -> None:
     ids = {h.series_id for h in headers}
     if len(ids) > 1:
         raise SeriesError(f"mixed series: {len(ids)} SeriesInstanceUIDs in one set of files", headers[0].path)
-    tags = {"position": "ImagePositionPatient", "orientation": "ImageOrientationPatient",
-            "pixel_spacing": "PixelSpacing"}  # fmt: skip
     for h in headers:
-        if h.modality != "CT":
-            raise SeriesError(f"modality {h.modality or '(none)'} is not CT", h.path)
-        if not h.has_pixels:
-            raise SeriesError("no pixel data", h.path)
-        for name, tag in tags.items():
-            if getattr(h, name) is None:
-                raise SeriesError(f"missing or malformed {tag}", h.path)
+        if defect := _image_defect(h):
+            raise SeriesError(defect, h.path)
     if len(headers) < 2:
         raise SeriesError("single slice: a volume needs at least 2", headers[0].path)
+
+
+def _set_aside_odd(headers: Sequence[SliceHeader]) -> tuple[list[SliceHeader], list[SliceError]]:
+    """(the images that fit together, the others with their reasons): an image with a defect of its
+    own, or a Rows/Columns other than the commonest, is set aside when such images are fewer than
+    half the series. More, and the series itself is at fault: nothing is set aside, and the checks
+    refuse it naming the first odd file."""
+    reasons = [_image_defect(h) for h in headers]
+    sizes = Counter((h.rows, h.columns) for h, r in zip(headers, reasons, strict=True) if not r)
+    if sizes:
+        (rows, columns), _ = sizes.most_common(1)[0]
+        reasons = [r or ("" if (h.rows, h.columns) == (rows, columns) else
+                         f"Rows/Columns {h.rows}x{h.columns} differ from the series' {rows}x{columns}")
+                   for h, r in zip(headers, reasons, strict=True)]  # fmt: skip
+    n_odd = sum(map(bool, reasons))
+    if not n_odd or 2 * n_odd >= len(headers):
+        return list(headers), []
+    kept = [h for h, r in zip(headers, reasons, strict=True) if not r]
+    return kept, [SliceError(r, h.path, h.frame) for h, r in zip(headers, reasons, strict=True) if r]
 
 
 def unit_axes(orientation: Sequence[float], path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -166,7 +198,22 @@ def _spacing_flag(along: np.ndarray, tolerance: float) -> tuple[float, str]:
 
 
 def sort_series(headers: Sequence[SliceHeader], rules: GeometryRules) -> SortedSeries:
-    """Validate and order a series' images; raise SeriesError on anything that cannot form a volume."""
+    """Validate and order a series' images, setting aside the few that cannot join the rest (in
+    `dropped`); raise SeriesError on anything that cannot form a volume."""
+    kept, dropped = _set_aside_odd(headers)
+    try:
+        series = _sort(kept, rules)
+    except SeriesError as exc:
+        if not dropped:
+            raise
+        raise SeriesError(_after(exc.reason, dropped, "whose headers differ from the series'"), exc.path,
+                          dropped) from exc  # fmt: skip
+    series.dropped = dropped
+    return series
+
+
+def _sort(headers: Sequence[SliceHeader], rules: GeometryRules) -> SortedSeries:
+    """Order images that fit together and derive the geometry; SeriesError if they cannot form a volume."""
     _check_headers(headers)
     _consistent(headers, "rows")
     _consistent(headers, "columns")
@@ -183,7 +230,7 @@ def sort_series(headers: Sequence[SliceHeader], rules: GeometryRules) -> SortedS
         raise SeriesError("single slice position: every image lies at one position", ordered[0].path)
 
     spacing, irregular = _spacing_flag(along, rules.spacing_tolerance)
-    flags += [irregular] if irregular else []
+    flags += [flag for flag in (irregular, rescale_type_flag(ordered)) if flag]
 
     travel = positions[-1] - positions[0]
     cos_tilt = min(1.0, abs(float(travel @ normal)) / float(np.linalg.norm(travel)))
@@ -282,27 +329,30 @@ def load_volume(
     flagged. When what is left cannot form a volume, the SeriesError carries the dropped images and
     names the first of them in its reason, so the real cause is never lost.
     """
-    dropped: list[SliceError] = []
+    set_aside = list(series.dropped)  # for their headers, by `sort_series`
+    dropped: list[SliceError] = []  # here, for their pixels
     while True:
         try:
             volume, duplicates = _decode(series, scratch)
-            return volume, dropped + duplicates
+            return volume, set_aside + dropped + duplicates
         except SliceError as exc:
             dropped.append(exc)
         except SeriesError as exc:
-            raise SeriesError(_after(exc.reason, dropped), exc.path, dropped) from exc
+            raise SeriesError(_after(exc.reason, dropped), exc.path, set_aside + dropped) from exc
         gone = (dropped[-1].path, dropped[-1].frame)
         remaining = [h for h in series.headers + [d for _, d in series.duplicates] if h.key != gone]
         try:
             series = sort_series(remaining, rules)
         except SeriesError as exc:
-            raise SeriesError(_after(exc.reason, dropped), dropped[0].path, dropped) from exc
+            raise SeriesError(_after(exc.reason, dropped), dropped[0].path,
+                              set_aside + dropped + exc.dropped) from exc  # fmt: skip
+        set_aside += series.dropped
 
 
-def _after(reason: str, dropped: list[SliceError]) -> str:
-    """A series' failure reason, with the files dropped before it and the first one's own reason."""
+def _after(reason: str, dropped: list[SliceError], why: str = "that could not be decoded") -> str:
+    """A series' failure reason, with the images dropped before it and the first one's own reason."""
     if not dropped:
         return reason
     more = f" and {len(dropped) - 1} more" if len(dropped) > 1 else ""
     first = f"{dropped[0].reason}{more}"
-    return f"{reason}, after dropping {len(dropped)} image(s) that could not be decoded ({first})"
+    return f"{reason}, after dropping {len(dropped)} image(s) {why} ({first})"

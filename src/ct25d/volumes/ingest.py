@@ -118,18 +118,16 @@ def rejection(
     }
 
 
-def _rejection_rows(outcome: StudyOutcome, excluded: list[str]) -> list[dict[str, Any]]:
+def _rejection_rows(outcome: StudyOutcome, notes: list[str]) -> list[dict[str, Any]]:
     """Rows for the study's failed series and set-aside images, and for the study when it failed;
-    `excluded` holds the reasons its other series were never candidates."""
+    `notes` say why its other series were never candidates, or why it has none."""
     rows = [
         rejection("series", outcome.study_id, unit, path, reason) for unit, path, reason in outcome.failures
     ]
     rows += [rejection("file", outcome.study_id, unit, path, reason, frame)
              for unit, path, frame, reason in outcome.dropped]  # fmt: skip
     if outcome.volume is None:
-        why = [f"{unit}: {r}" for unit, _, r in outcome.failures] + [
-            f"not a candidate: {r}" for r in excluded
-        ]
+        why = [f"{unit}: {r}" for unit, _, r in outcome.failures] + notes
         rows.append(
             rejection("study", outcome.study_id, "", "", "no series could be converted; " + "; ".join(why))
         )
@@ -174,9 +172,12 @@ def ingest_shard(
     volumes: list[dict[str, Any]] = []
     slices = SliceRows(files, root)
     rejections = excluded_rows(series, study_ids)
-    excluded: dict[str, list[str]] = {}
+    notes: dict[str, list[str]] = {}
     for row in rejections:
-        excluded.setdefault(row["study_id"], []).append(f"{row['unit']} ({row['reason']})")
+        notes.setdefault(row["study_id"], []).append(f"not a candidate: {row['unit']} ({row['reason']})")
+    for study_id, problem in zip(studies["study_id"], studies["problem"], strict=True):
+        if problem:  # a study folder without images
+            notes.setdefault(study_id, []).append(problem)
     with hu_store_writer(store_path, provenance, codec) as store:
         pool = ProcessPoolExecutor(workers) if workers > 1 else None
         jobs = study_jobs(files, series, study_ids, root)
@@ -186,7 +187,7 @@ def ingest_shard(
             outcomes = map(partial(convert_study, root=root, rules=rules, scratch=ScratchVolume()), jobs)
         try:
             for outcome in tqdm(outcomes, total=len(study_ids), desc="ingest", unit="study", mininterval=2.0):
-                rejections.extend(_rejection_rows(outcome, excluded.get(outcome.study_id, [])))
+                rejections.extend(_rejection_rows(outcome, notes.get(outcome.study_id, [])))
                 if outcome.volume is None:
                     continue
                 row = _volume_row(outcome, patients[outcome.study_id])
@@ -209,7 +210,11 @@ def ingest_shard(
 
 class SliceRows:
     """The slice table of the converted studies, gathered per study and built with one pandas
-    selection at the end (per-study DataFrame operations cost more than decoding)."""
+    selection at the end (per-study DataFrame operations cost more than decoding).
+
+    Each row names its image (`path`, `frame`): two files can share a SOPInstanceUID, hence a
+    slice_id, and the report must tell the stored one from its set-aside copy.
+    """
 
     def __init__(self, files: pd.DataFrame, root: Path) -> None:
         self._files = files
@@ -237,6 +242,8 @@ class SliceRows:
         picked = self._files.iloc[images.get_indexer(wanted)]
         table = pd.DataFrame(
             {
+                "path": paths.array,
+                "frame": pd.Series(self._columns["frame"], dtype="int64"),
                 "study_id": pd.Series(self._columns["study_id"], dtype="str"),
                 "z": pd.Series(self._columns["z"], dtype="int64"),
                 "slice_id": picked["slice_id"].astype("str").array,

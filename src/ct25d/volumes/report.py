@@ -59,7 +59,7 @@ def file_outcomes(
     dropped = dropped.drop_duplicates(["path", "frame"]).set_index(["path", "frame"])["reason"]
     image = pd.MultiIndex.from_frame(table[["path", "frame"]])
     table["drop_reason"] = dropped.reindex(image).to_numpy()
-    converted = table["slice_id"].isin(set(slices["slice_id"]))
+    converted = image.isin(pd.MultiIndex.from_frame(slices[["path", "frame"]]))  # by image: see SliceRows
     failed = table["series_outcome"].str.startswith("failed")
     table["outcome"] = "in_unneeded_series"
     table.loc[table["series_outcome"] == "excluded", "outcome"] = "in_excluded_series"
@@ -87,12 +87,39 @@ def _check_converted_series(outcomes: pd.DataFrame, series: pd.DataFrame) -> Non
                          f"e.g. {lost['path'].iloc[0]}")  # fmt: skip
 
 
+def _images(table: pd.DataFrame) -> set[tuple[str, int]]:
+    return set(zip(table["path"], table["frame"].astype(int), strict=True))
+
+
+def _check_image_rows(outcomes: pd.DataFrame, slices: pd.DataFrame, rejections: pd.DataFrame) -> None:
+    """The images called converted are the stored slices, and those called dropped are the file rows
+    of the rejections, one for one: equal sums can hide an image counted on the wrong side."""
+    stored = _images(slices)
+    if len(stored) != len(slices):
+        raise Ct25dError(f"{len(slices) - len(stored)} image(s) stored as more than one slice")
+    sides = {
+        "converted": stored,
+        "dropped_at_ingest": _images(rejections[rejections["level"] == "file"]),
+    }
+    for outcome, expected in sides.items():
+        said = _images(outcomes[outcomes["outcome"] == outcome])
+        if said != expected:
+            path, frame = sorted(said ^ expected)[0]
+            where = "the outcome table" if (path, frame) in said else "the shard outputs"
+            raise Ct25dError(
+                f"file outcomes do not reconcile: {path} (frame {frame}) is {outcome} only in {where} "
+                f"({len(said)} {outcome} image(s) in the outcome table, {len(expected)} in the shard outputs)"
+            )
+
+
 def reconcile(
     outcomes: pd.DataFrame, series: pd.DataFrame, studies: pd.DataFrame, volumes: pd.DataFrame,
-    rejections: pd.DataFrame,
+    slices: pd.DataFrame, rejections: pd.DataFrame,
 ) -> dict[str, Any]:  # fmt: skip
-    """Counts per level; raise if inputs != converted + set aside at the file, series or study level."""
+    """Counts per level; raise if inputs != converted + set aside at the file, series or study level,
+    or if the images behind the file counts are not the stored slices and the dropped files."""
     _check_converted_series(outcomes, series)
+    _check_image_rows(outcomes, slices, rejections)
     by_outcome = outcomes["outcome"].value_counts()
     counts: dict[str, Any] = {"files_found": len(outcomes)}
     counts.update({f"files_{name}": int(by_outcome.get(name, 0)) for name in OUTCOMES})
@@ -146,10 +173,10 @@ def gather(scan_dir: str | Path, shard_prefixes: list[str | Path]) -> dict[str, 
     scan_rejected = pd.read_csv(scan_dir / "rejected_files.csv", dtype=str, keep_default_na=False)
     series["outcome"] = series_outcomes(series, volumes, shard_rejections)
     outcomes = file_outcomes(files, series, slices, shard_rejections, scan_rejected)
-    counts = reconcile(outcomes, series, studies, volumes, shard_rejections)
+    counts = reconcile(outcomes, series, studies, volumes, slices, shard_rejections)
     counts["labels"] = json.loads((scan_dir / "label_match.json").read_text())
 
-    manifest = volumes.merge(studies.drop(columns=["patient_id"]), on="study_id", how="left")
+    manifest = volumes.merge(studies.drop(columns=["patient_id", "problem"]), on="study_id", how="left")
     manifest = manifest.sort_values("study_id").reset_index(drop=True)
     counts["label_positive_studies"] = {
         label: int(manifest[label].fillna(0).astype(int).sum()) for label in RSNA_LABELS if label in manifest
@@ -160,7 +187,7 @@ def gather(scan_dir: str | Path, shard_prefixes: list[str | Path]) -> dict[str, 
     choice = series.assign(name=series["study_id"].map(names).fillna(""))[CHOICE_COLUMNS]
     return {
         "manifest": manifest,
-        "slices": slices.sort_values(["study_id", "z"]).reset_index(drop=True),
+        "slices": slices.drop(columns=["path", "frame"]).sort_values(["study_id", "z"], ignore_index=True),
         "rejections": rejections,
         "series_choice": choice,
         "file_outcomes": outcomes,
