@@ -328,6 +328,18 @@ def test_claims_are_decided_on_their_primary_set_with_holm(tmp_path: Path) -> No
                          claims=[{**claims[0], "kind": "equivalence"}])  # fmt: skip
 
 
+def test_a_study_in_two_outer_folds_stops_the_comparison(tmp_path: Path) -> None:
+    paths = [fake_run(tmp_path / f"m{f}", f, "m", 0.5, f) for f in (0, 1)]
+    file = paths[1].parent / "predictions_studies.parquet"
+    studies = pd.read_parquet(file)
+    studies["study_id"] = studies["study_id"].str.replace("-f1-", "-f0-")  # fold 1 scores fold 0's studies
+    studies.to_parquet(file)
+    with pytest.raises(
+        ValueError, match=r"3D: m: 24 rows for 12 studies in two outer folds .*folds \[0, 1\]"
+    ):
+        comparison(load_runs([], [], paths), list(RSNA_LABELS), None, replicates=20)
+
+
 @pytest.mark.parametrize(
     ("args", "verdict"),
     [

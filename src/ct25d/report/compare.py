@@ -213,7 +213,7 @@ def one_row_per(frame: pd.DataFrame, keys: list[str], approach: str, where: str)
         raise ValueError(
             f"{approach}: {len(twice)} rows for {twice.drop_duplicates(keys).shape[0]} studies {where} "
             f"(first: {first['set']} {first['dataset']}/{first['study_id']}, folds "
-            f"{sorted(twice.loc[(twice['study_id'] == first['study_id']), 'fold'].unique().tolist())}): "
+            f"{sorted(int(f) for f in twice.loc[twice['study_id'] == first['study_id'], 'fold'].dropna())}): "
             "one row per (approach, set, study) is needed; do two runs share this approach's name "
             "(e.g. one Stage-2 model on two backbones)?"
         )
