@@ -2,10 +2,14 @@
 
 
 def compare_reference():
-    """The approach every other is compared with: `compare.reference` (a Stage-2 run name, as the seed's
-    bi-LSTM), else the first Stage-2 model."""
-    name = config["compare"].get("reference") or next(iter(config["stage2"]["models"]), None)
-    return f"2.5D: Stage 2 {config['stage2']['models'][name]['name']}" if name in config["stage2"]["models"] else None
+    """The approach every other is compared with: `compare.reference` (a config name, as the seed's
+    bi-LSTM, resolved by `ct25d compare`), else the first Stage-2 model on the first backbone."""
+    first = next(iter(config["stage2"]["models"]), None)
+    return config["compare"].get("reference") or (first and f"{config['stage1']['backbones'][0]}:{first}")
+
+
+# Each Stage-2 run's metrics, named `<backbone>:<model>`: the same model on two backbones is two approaches.
+STAGE2_METRICS = [(f"{b}:{m}", f"{RESULTS}/stage2/{m}/{b}/fold{f}/metrics.json") for m, b, f in STAGE2_RUNS]
 
 
 # External sets in the CQ500 layout: their reads.csv gives each reader's calls.
@@ -15,7 +19,7 @@ CQ500_SETS = [d for d in DATASETS if DATASETS[d]["layout"] == "cq500" and DATASE
 rule compare:
     input:
         stage1=[f"{RESULTS}/stage1/{b}/fold{f}/eval/{rule}/metrics.json" for b, f in STAGE1_RUNS for rule in ("head", "cosine")],
-        stage2=[f"{RESULTS}/stage2/{m}/{b}/fold{f}/metrics.json" for m, b, f in STAGE2_RUNS],
+        stage2=[path for _, path in STAGE2_METRICS],
         baselines=rules.baselines.input,
         reads=[synthetic_dir(d) if is_synthetic(d) else label_file(d) for d in CQ500_SETS],
         patients=f"{RESULTS}/splits/folds.parquet",
@@ -39,6 +43,7 @@ rule compare:
         out=f"{RESULTS}/comparison",
         settings=as_json({**config["compare"], "reference": compare_reference(), "salt": config["ingest"]["pseudonym_salt"]}),
         readers=[f"{d}={label_file(d)}" for d in CQ500_SETS],
+        stage2=[f"{name}={path}" for name, path in STAGE2_METRICS],
     log:
         f"{RESULTS}/logs/compare/compare.log",
     benchmark:
@@ -46,7 +51,7 @@ rule compare:
     conda:
         "../envs/ct25d.yaml"
     shell:
-        "ct25d compare --stage1 {input.stage1} --stage2 {input.stage2} --baselines {input.baselines} "
+        "ct25d compare --stage1 {input.stage1} --stage2 {params.stage2} --baselines {input.baselines} "
         "--readers {params.readers} --patients {input.patients} --settings {params.settings:q} --out {params.out} > {log} 2>&1"
 
 

@@ -71,6 +71,24 @@ def real_dataset(tmp_path: Path, layout: str, header: str) -> dict:
             lambda c, t: c["compare"]["claims"].append({"claim": "x", "better": "bilstm", "than": "lstm3d"}),
             "compare.claims[3].than: 'lstm3d' is not an approach of this config",
         ),
+        (
+            lambda c, t: c["compare"]["claims"][0].update(kind="equivalence", margin=0),
+            "compare.claims[0]: compare.claims: '(a) 2.5D Stage 2 beats the 2D thresholded head': kind "
+            "equivalence needs margin > 0",
+        ),
+        (
+            lambda c, t: c["compare"]["claims"][0].update(primary="elsewhere"),
+            "compare.claims[0].primary: 'elsewhere' is not a scored set "
+            "(['internal (OOF)', 'cq500', 'hospital'])",
+        ),
+        (  # two backbones: a Stage-2 model or head alone names two approaches
+            lambda c, t: c["stage1"].update(backbones=["resnet10t", "resnet14t"]),
+            "compare.claims[0].better: 'bilstm' is not an approach of this config",
+        ),
+        (
+            lambda c, t: c["compare"].update(reference="lstm3d"),
+            "compare.reference: 'lstm3d' is not an approach",
+        ),
         (lambda c, t: c["stage1"].update(gpus=4, batch_size=2), "stage1.batch_size: 2 is less than"),
         (
             lambda c, t: c["ingest"].update(exclude_series="(unclosed"),
@@ -125,6 +143,16 @@ def test_each_problem_is_named(config: dict, tmp_path: Path, edit, message: str)
     edit(bad, tmp_path)
     problems = check_config(bad)
     assert any(message in p for p in problems), problems
+
+
+def test_claims_name_each_backbones_runs(config: dict) -> None:
+    """With two backbones every claim and the reference name their backbone, and then nothing is wrong."""
+    config["stage1"]["backbones"] = ["resnet10t", "resnet14t"]
+    config["compare"]["reference"] = "resnet10t:bilstm"
+    for claim in config["compare"]["claims"]:
+        claim.update({side: f"resnet14t:{claim[side]}" for side in ("better", "than") if claim[side] in
+                      ("bilstm", "head", "cosine")})  # fmt: skip
+    assert check_config(config) == []
 
 
 def test_every_problem_is_listed_at_once(config: dict) -> None:

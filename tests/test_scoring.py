@@ -15,6 +15,7 @@ from ct25d.errors import ConfigError
 from ct25d.evaluation.predictions import prediction_frame
 from ct25d.evaluation.scoring import (
     Interval,
+    Paired,
     auc_rows,
     best_threshold,
     bootstrap_auc,
@@ -22,6 +23,7 @@ from ct25d.evaluation.scoring import (
     expected_calibration_error,
     expit,
     fit_temperature,
+    holm,
     logit,
     paired_auc_difference,
     paired_f1_difference,
@@ -84,15 +86,51 @@ def test_bootstrap_is_reproducible_for_a_seed_and_brackets_the_value() -> None:
 def test_paired_difference_of_a_model_with_itself_is_exactly_zero() -> None:
     y = rng.integers(0, 2, 60).astype(float)
     p = rng.random(60)
-    same = paired_auc_difference(y, p, p, bootstrap_weights(y, 300, 1))
+    same = paired_auc_difference(y, p, p, bootstrap_weights(y, 300, 1)).interval()
     assert (same.value, same.low, same.high) == (0.0, 0.0, 0.0) and not same.excludes_zero()
-    better = paired_auc_difference(y, y * 0.5 + p * 0.5, p, bootstrap_weights(y, 300, 1))
+    better = paired_auc_difference(y, y * 0.5 + p * 0.5, p, bootstrap_weights(y, 300, 1)).interval()
     assert better.excludes_zero() and better.low > 0
-    same_f1 = paired_f1_difference(y, p > 0.5, p > 0.5, bootstrap_weights(y, 300, 1))
+    same_f1 = paired_f1_difference(y, p > 0.5, p > 0.5, bootstrap_weights(y, 300, 1)).interval()
     assert (same_f1.value, same_f1.low, same_f1.high) == (0.0, 0.0, 0.0)
     assert (
-        paired_f1_difference(y, y > 0.5, p > 0.5, bootstrap_weights(y, 300, 1)).low > 0
+        paired_f1_difference(y, y > 0.5, p > 0.5, bootstrap_weights(y, 300, 1)).interval().low > 0
     )  # perfect calls win
+
+
+def test_bootstrap_p_counts_the_replicates_on_the_nulls_side() -> None:
+    delta = Paired(0.02, np.array([-0.03, -0.01, 0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06]))
+    assert delta.p_above(0.0) == pytest.approx(4 / 10)  # H0: D <= 0 holds for 3 replicates (0 included)
+    assert delta.p_above(-0.05) == pytest.approx(1 / 10)  # none at or below -0.05: 1 / (R + 1), never 0
+    assert delta.p_below(0.05) == pytest.approx(3 / 10)
+    assert delta.interval() == Interval(0.02, *np.percentile(delta.replicates, [2.5, 97.5]))
+    assert np.isnan(Paired(0.1, np.array([0.1, np.nan])).p_above(0.0))  # an undefined replicate: no p
+
+
+def test_holm_matches_the_hand_computed_step_down() -> None:
+    p = np.array([0.01, 0.04, 0.03, 0.005])
+    adjusted, error = holm(p, 1000)
+    # sorted 0.005 (x4), 0.01 (x3), 0.03 (x2), 0.04 (x1, but never below the 0.06 before it)
+    np.testing.assert_allclose(adjusted, [0.03, 0.06, 0.06, 0.02])
+    np.testing.assert_allclose(error[[1, 2]], 2 * np.sqrt(0.03 * 0.97 / 1000))  # both set by p = 0.03
+    np.testing.assert_allclose(error[3], 4 * np.sqrt(0.005 * 0.995 / 1000))
+    assert holm(np.array([0.4, 0.9]), 100)[0].tolist() == [0.8, 0.9]
+    assert holm(np.array([0.7, 0.9]), 100)[0].tolist() == [1.0, 1.0]  # capped at 1
+    assert len(holm(np.zeros(0), 100)[0]) == 0
+
+
+def test_paired_bootstrap_p_keeps_its_level_and_finds_a_real_gain() -> None:
+    """Two models of the same quality on 300 clustered cohorts: the one-sided superiority p falls at or
+    below 0.05 in about 5% of them; a model with a real gain is found in most."""
+    r = np.random.default_rng(7)
+    below, found = 0, 0
+    for draw in range(300):
+        y, _, patients = _clustered_cohort(r, 150)
+        a, b, sharper = (y + r.normal(0, sd, len(y)) for sd in (1.5, 1.5, 0.8))  # AUC ~0.68, ~0.68, ~0.82
+        weights = bootstrap_weights(y, 400, draw, patients)
+        below += paired_auc_difference(y, a, b, weights).p_above(0.0) <= 0.05
+        found += paired_auc_difference(y, sharper, b, weights).p_above(0.0) <= 0.05
+    assert 0.02 <= below / 300 <= 0.09, below
+    assert found / 300 > 0.8, found
 
 
 def test_temperature_recovers_overconfidence_and_keeps_the_auc() -> None:
@@ -198,7 +236,7 @@ def test_choices_never_see_the_outer_fold_or_external_predictions(tmp_path: Path
 
 
 def test_comparison_pools_outer_folds_and_averages_external_models(tmp_path: Path) -> None:
-    good = [fake_run(tmp_path / f"good{f}", f, "good", 0.6, f) for f in (0, 1)]
+    good = [("b:good", fake_run(tmp_path / f"good{f}", f, "good", 0.6, f)) for f in (0, 1)]
     weak = [fake_run(tmp_path / f"weak{f}", f, "weak", 0.05, 10 + f) for f in (0, 1)]
     runs = load_runs([], good, weak)
     long, predictions = comparison(runs, list(RSNA_LABELS), "2.5D: Stage 2 good", replicates=200)
@@ -208,7 +246,7 @@ def test_comparison_pools_outer_folds_and_averages_external_models(tmp_path: Pat
     assert len(external) == 15 and external["study_id"].is_unique  # each external study once
     delta = internal.loc["3D: weak", "delta_auc"]
     assert delta.value < 0 and delta.excludes_zero()
-    table = write_comparison([], good, tmp_path / "out", weak, reference="2.5D: Stage 2 good", replicates=200)
+    table = write_comparison([], good, tmp_path / "out", weak, reference="good", replicates=200)
     assert {"volume AUC (OOF)", "volume AUC (cq500)", "ΔAUC vs ref (OOF)", "ΔF1 vs ref (OOF)"} <= set(
         table.columns
     )
@@ -230,41 +268,125 @@ def test_comparison_pools_outer_folds_and_averages_external_models(tmp_path: Pat
         assert (tmp_path / "out" / name).is_file()
 
 
-def test_claims_are_tested_both_ways_on_every_set_by_config_name(tmp_path: Path) -> None:
-    good = [fake_run(tmp_path / f"good{f}", f, "good", 0.6, f) for f in (0, 1)]
+def test_claims_are_decided_on_their_primary_set_with_holm(tmp_path: Path) -> None:
+    good = [("b:good", fake_run(tmp_path / f"good{f}", f, "good", 0.6, f)) for f in (0, 1)]
     weak = [fake_run(tmp_path / f"weak{f}", f, "weak", 0.05, 10 + f) for f in (0, 1)]
     claims = [
-        {"claim": "good wins", "better": "good", "than": "weak", "metric": "auc"},
+        {"claim": "good wins", "better": "good", "than": "weak"},  # the old fields alone: superiority
         {"claim": "weak wins", "better": "weak", "than": "good", "metric": "f1"},
+        {
+            "claim": "weak no worse",
+            "better": "weak",
+            "than": "good",
+            "kind": "non_inferiority",
+            "margin": 0.05,
+        },
+        {"claim": "good is good", "better": "good", "than": "b:good", "kind": "equivalence", "margin": 0.01},
+        {"claim": "good wins outside", "better": "good", "than": "weak", "primary": "cq500"},
+        {"claim": "nowhere", "better": "good", "than": "weak", "primary": "elsewhere"},
     ]
-    write_comparison([], good, tmp_path / "out", weak, replicates=200, claims=claims)
-    table = pd.read_csv(tmp_path / "out" / "claims.csv")
-    assert set(table["set"]) == {INTERNAL, "cq500"}
-    internal = table[table["set"] == INTERNAL].set_index("claim")
-    assert internal.loc["good wins", "verdict"] == "supported"
-    assert internal.loc["weak wins", "verdict"].startswith("contradicted")
+    write_comparison([], good, tmp_path / "out", weak, replicates=1000, claims=claims)
+    table = pd.read_csv(tmp_path / "out" / "claims.csv", keep_default_na=False)
+    primary = table[table["role"] == "primary"].set_index("claim")
+    assert primary["set"].to_dict() == {
+        **dict.fromkeys(["good wins", "weak wins", "weak no worse", "good is good"], INTERNAL),
+        "good wins outside": "cq500",
+        "nowhere": "elsewhere",
+    }
+    assert primary.loc["good wins", "kind"] == "superiority" and primary.loc["good wins", "H1"] == "D > 0"
+    assert primary.loc["good wins", "better"] == "2.5D: Stage 2 good" and primary.loc["good wins", "n"] == 24
+    # Five tests in the family ("nowhere" has none): the smallest p (1 / 1001) is multiplied by 5,
+    # far enough from 0.05 for its Monte Carlo error (5 sqrt(p (1 - p) / 1000) = 0.005).
+    assert float(primary.loc["good wins", "p"]) == pytest.approx(1 / 1001, rel=1e-3)
+    assert float(primary.loc["good wins", "p (Holm)"]) == pytest.approx(5 / 1001, rel=2e-3)
+    assert primary.loc["good wins", "verdict"] == "supported"
+    assert primary.loc["weak wins", "verdict"] == "not supported"
+    assert primary.loc["weak no worse", "verdict"] == "not supported"
+    # Identical scores: every replicate's difference is 0, inside any margin.
+    assert primary.loc["good is good", "difference"] == "0.000 [0.000, 0.000]"
+    assert primary.loc["good is good", "verdict"] == "supported"
+    assert primary.loc["nowhere", "verdict"].startswith("undecided")
+    assert primary.loc["nowhere", "p (Holm)"] == "n/a"
+    holm_p = primary["p (Holm)"].replace("n/a", "nan").astype(float)
+    assert (holm_p.dropna() >= primary["p"].replace("n/a", "nan").astype(float).dropna()).all()
+    exploratory = table[table["role"] == "exploratory"]
+    assert set(exploratory["set"]) == {INTERNAL, "cq500"}  # each claim's other set
+    assert (exploratory["p (Holm)"] == "n/a").all() and exploratory["verdict"].str.startswith(
+        "exploratory"
+    ).all()
+    text = (tmp_path / "out" / "claims.md").read_text()
+    assert "## Primary tests" in text and "## Exploratory" in text
     assert (
-        internal.loc["good wins", "better"] == "2.5D: Stage 2 good" and internal.loc["good wins", "n"] == 24
-    )
+        "1000 replicates" in text and "5 primary tests" in text and "0.0069" in text
+    )  # sqrt(.05 .95 / 1000)
     with pytest.raises(ConfigError, match="'nope' names 0 approaches"):
         write_comparison(
             [], good, tmp_path / "o2", weak, replicates=200, claims=[{**claims[0], "than": "nope"}]
         )
+    with pytest.raises(ConfigError, match="kind equivalence needs margin > 0"):
+        write_comparison([], good, tmp_path / "o3", weak, replicates=200,
+                         claims=[{**claims[0], "kind": "equivalence"}])  # fmt: skip
+
+
+def test_a_study_in_two_outer_folds_stops_the_comparison(tmp_path: Path) -> None:
+    paths = [fake_run(tmp_path / f"m{f}", f, "m", 0.5, f) for f in (0, 1)]
+    file = paths[1].parent / "predictions_studies.parquet"
+    studies = pd.read_parquet(file)
+    studies["study_id"] = studies["study_id"].str.replace("-f1-", "-f0-")  # fold 1 scores fold 0's studies
+    studies.to_parquet(file)
+    with pytest.raises(
+        ValueError, match=r"3D: m: 24 rows for 12 studies in two outer folds .*folds \[0, 1\]"
+    ):
+        comparison(load_runs([], [], paths), list(RSNA_LABELS), None, replicates=20)
 
 
 @pytest.mark.parametrize(
-    ("delta", "verdict"),
+    ("args", "verdict"),
     [
-        (Interval(0.1, 0.02, 0.2), "supported"),
-        (Interval(-0.1, -0.2, -0.01), "contradicted: the other way round"),
-        (Interval(0.01, -0.03, 0.04), "no difference beyond ±0.05"),
-        (Interval(0.05, -0.1, 0.2), "undecided: interval 0.30 wide, contains 0"),
-        (Interval(0.05, float("nan"), float("nan")), "undecided: too few studies for an interval"),
-        (Interval(0.0, 0.0, 0.0), "undecided: identical on these studies, no interval"),
+        (("primary", 0.001, 0.004, 0.001), "supported"),
+        (("primary", 0.03, 0.09, 0.01), "not supported"),
+        (
+            ("primary", 0.02, 0.045, 0.003),
+            "supported (borderline: adjusted p within 2 Monte Carlo SE (0.003) of 0.05)",
+        ),
+        (
+            ("primary", 0.02, 0.055, 0.003),
+            "not supported (borderline: adjusted p within 2 Monte Carlo SE (0.003) of 0.05)",
+        ),
+        (("primary", float("nan"), float("nan"), float("nan")), "undecided: no test (see the difference)"),
+        (("exploratory", 0.01, float("nan"), float("nan")), "exploratory: unadjusted p <= 0.05"),
+        (("exploratory", 0.2, float("nan"), float("nan")), "exploratory: unadjusted p > 0.05"),
     ],
 )
-def test_claim_verdicts(delta: Interval, verdict: str) -> None:
-    assert claim_verdict(delta) == verdict
+def test_claim_verdicts(args: tuple, verdict: str) -> None:
+    assert claim_verdict(*args, 0.05) == verdict
+
+
+def test_two_backbones_make_two_stage2_approaches_and_one_name_stops(tmp_path: Path) -> None:
+    """The same Stage-2 model on two backbones is two approaches, each named and resolvable by its
+    backbone; runs that share a name (as they did before) stop the comparison instead of being merged."""
+    runs = {b: [(f"{b}:lstm", fake_run(tmp_path / f"{b}{f}", f, "lstm", q, f + 5 * len(b))) for f in (0, 1)]
+            for b, q in (("r10", 0.6), ("mnv3", 0.3))}  # fmt: skip
+    claims = [{"claim": "backbones", "better": "r10:lstm", "than": "mnv3:lstm"}]
+    write_comparison([], runs["r10"] + runs["mnv3"], tmp_path / "out", replicates=50, claims=claims,
+                     reference="mnv3:lstm")  # fmt: skip
+    table = pd.read_csv(tmp_path / "out" / "comparison.csv")
+    assert sorted(table["approach"]) == ["2.5D mnv3: Stage 2 lstm", "2.5D r10: Stage 2 lstm"]
+    assert table.set_index("approach")["ΔAUC vs ref (OOF)"].notna().tolist() == [True, False]
+    tested = pd.read_csv(tmp_path / "out" / "claims.csv")
+    assert (
+        tested.loc[0, "better"] == "2.5D r10: Stage 2 lstm"
+        and tested.loc[0, "than"] == "2.5D mnv3: Stage 2 lstm"
+    )
+    with pytest.raises(ConfigError, match="'lstm' names 2 approaches"):
+        write_comparison([], runs["r10"] + runs["mnv3"], tmp_path / "o2", replicates=50,
+                         claims=[{**claims[0], "than": "lstm"}])  # fmt: skip
+    merged = [("lstm", path) for _, path in runs["r10"] + runs["mnv3"]]
+    with pytest.raises(
+        ValueError,
+        match=r"2.5D: Stage 2 lstm: 108 rows for 54 studies scored twice by one fold .* one row per",
+    ):
+        write_comparison([], merged, tmp_path / "o3", replicates=50)
 
 
 def test_kappa_with_each_cq500_reader(tmp_path: Path) -> None:
@@ -324,7 +446,7 @@ def test_a_separable_inner_split_leaves_every_auc_and_difference_unchanged(tmp_p
             for label in RSNA_LABELS:
                 studies.loc[inner, f"prob_{label}"] = gap.astype(np.float32)
             studies.to_parquet(file)
-    runs = load_runs([], paths["a"], paths["b"])
+    runs = load_runs([], [("b:a", path) for path in paths["a"]], paths["b"])
     long, _ = comparison(runs, list(RSNA_LABELS), "2.5D: Stage 2 a", replicates=50)
     raw = {}
     for run in runs:

@@ -211,6 +211,40 @@ def test_stage_outputs(workdir: Path) -> None:
 
 
 @pytest.mark.workflow
+def test_two_backbones_give_each_stage2_model_one_row_per_backbone(tmp_path: Path) -> None:
+    """Two Stage-1 backbones: Stage 2 trains on each, and the comparison keeps one row per backbone's
+    Stage-2 approach (they once merged into one, every study twice), which claims name by
+    `<backbone>:<model>`; the reference defaults to the first backbone's first Stage-2 model."""
+    config = json.loads(json.dumps(TINY))
+    backbones = ["resnet10t", "mobilenetv3_small_050"]
+    config["stage1"]["backbones"] = backbones
+    config["baselines"]["models"] = {}
+    claim = {"claim": "the backbone matters little", "better": f"{backbones[1]}:bilstm",
+             "than": "resnet10t:bilstm", "kind": "equivalence", "margin": 0.5}  # fmt: skip
+    # min_positives 1: the tiny cohort's 3 positives still get a p (tested end to end, not judged)
+    config["compare"] = {"bootstrap": 200, "min_positives": 1, "claims": [claim]}
+    plan = snakemake(tmp_path, config, "-n", "--quiet", "rules")
+    for rule in ("train_slices", "train_sequence"):  # 2 backbones x fold 0 (the default folds)
+        assert re.search(rf"^{rule}\s+2\s*$", plan, flags=re.M), plan
+    assert "train_baseline" not in planned_rules(plan)
+    snakemake(tmp_path, config)
+    table = pd.read_csv(tmp_path / "results" / "comparison" / "comparison.csv").set_index("approach")
+    stage2 = [f"2.5D {b}: Stage 2 bilstm" for b in backbones]
+    assert sorted(table.index[table["stage"] == "stage2"]) == sorted(stage2)
+    assert len(table) == 6 and table.index.is_unique  # and each backbone's head and cosine rules
+    delta = table["ΔAUC vs ref (OOF)"]  # against resnet10t's bi-LSTM, the reference
+    assert pd.notna(delta[stage2[1]]) and pd.isna(delta[stage2[0]])
+    long = pd.read_csv(tmp_path / "results" / "comparison" / "comparison_long.csv")
+    assert (long.groupby("approach")["set"].count() == 3).all()  # OOF, cq500, hospital: once each
+    claims = pd.read_csv(tmp_path / "results" / "comparison" / "claims.csv")
+    primary = claims[claims["role"] == "primary"].iloc[0]
+    assert (primary["better"], primary["than"]) == (stage2[1], stage2[0])
+    assert primary["kind"] == "equivalence" and primary["set"] == "internal (OOF)"
+    assert 0 < primary["p"] <= primary["p (Holm)"] <= 1  # one primary claim: Holm leaves its p as it is
+    assert primary["verdict"].startswith(("supported", "not supported"))
+
+
+@pytest.mark.workflow
 @pytest.mark.parametrize(
     ("section", "value", "named"),
     [

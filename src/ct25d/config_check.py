@@ -226,22 +226,41 @@ def check_baselines(config: dict[str, Any]) -> list[str]:
 
 
 def check_claims(config: dict[str, Any]) -> list[str]:
-    """Each claim's `better` and `than` must name an approach this config runs."""
+    """Each claim's `better` and `than` (and `compare.reference`) must name an approach this config runs,
+    as `ct25d compare` resolves it: a Stage-2 model or `head` / `cosine` alone only where one backbone
+    runs, else `<backbone>:<name>`. Each claim's kind needs its margin, and its primary set must be
+    scored: the pooled outer folds or an external dataset."""
+    from ct25d.report.compare import INTERNAL, Claim
+
     backbones = config.get("stage1", {}).get("backbones", [])
-    rules = ("head", "cosine") if len(backbones) == 1 else ()
+    models = [*config.get("stage2", {}).get("models", {}), "head", "cosine"]
     known = {
-        *config.get("stage2", {}).get("models", {}),
         *config.get("baselines", {}).get("models", {}),
-        *rules,
-        *(f"{b}:{rule}" for b in backbones for rule in ("head", "cosine")),
+        *(models if len(backbones) == 1 else ()),
+        *(f"{b}:{name}" for b in backbones for name in models),
     }
     names = ", ".join(sorted(known))
-    return [
-        f"compare.claims[{i}].{side}: {claim[side]!r} is not an approach of this config ({names})"
-        for i, claim in enumerate(config.get("compare", {}).get("claims", []))
-        for side in ("better", "than")
-        if claim[side] not in known
-    ]
+    compare = config.get("compare", {})
+    problems = []
+    if compare.get("reference") and compare["reference"] not in known:
+        problems.append(
+            f"compare.reference: {compare['reference']!r} is not an approach of this config ({names})"
+        )
+    sets = [INTERNAL, *(d for d, e in config.get("datasets", {}).items() if e.get("role") == "external")]
+    for i, claim in enumerate(compare.get("claims", [])):
+        where = f"compare.claims[{i}]"
+        problems += [
+            f"{where}.{side}: {claim[side]!r} is not an approach of this config ({names})"
+            for side in ("better", "than")
+            if claim[side] not in known
+        ]
+        if claim.get("primary", INTERNAL) not in sets:
+            problems.append(f"{where}.primary: {claim['primary']!r} is not a scored set ({sets})")
+        try:
+            Claim(**claim)
+        except ConfigError as exc:
+            problems.append(f"{where}: {exc}")
+    return problems
 
 
 def library_key(config: dict[str, Any]) -> str:

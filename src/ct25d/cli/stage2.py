@@ -44,6 +44,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
         s.get("claims"),
         int(s.get("min_positives", 5)),
         args.patients,
+        float(s.get("alpha", 0.05)),
     )
     log.info("%d approaches compared; see %s/comparison.md", len(table), args.out)
 
@@ -70,7 +71,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--stage1", nargs="*", default=[], help="metrics.json of the Stage-1 rules (eval/head, eval/cosine)"
     )
-    p.add_argument("--stage2", nargs="*", default=[], help="Stage-2 metrics.json files")
+    p.add_argument(
+        "--stage2", nargs="*", type=named, default=[], help="BACKBONE:MODEL=metrics.json of each Stage-2 run"
+    )
     p.add_argument("--baselines", nargs="*", default=[], help="baseline metrics.json files")
     p.add_argument("--readers", nargs="*", type=named, default=[],
                    help="DATASET=reads.csv of CQ500-layout sets: kappa with each reader")  # fmt: skip

@@ -6,7 +6,8 @@ reorders or ties them), and every rank-based number (AUC, AP, their differences)
 never a probability that float rounding may have clipped to 1. Intervals are percentile
 bootstraps over patients (`bootstrap_weights`): each replicate is a vector of study
 multiplicities, and a paired bootstrap uses the same vector for a model and the reference, so
-their difference carries its own interval.
+their difference carries its own interval, and the one-sided p-values of the claims (`Paired`,
+adjusted by `holm`) read the same replicates.
 
 AUC is the Mann-Whitney statistic (ties averaged), identical to scikit-learn's `roc_auc_score`,
 computed for all replicates at once from one sort of the scores.
@@ -211,22 +212,65 @@ def bootstrap_f1(y: np.ndarray, calls: np.ndarray, weights: np.ndarray) -> Inter
     return _percentiles(float(weighted_f1(y, calls, np.ones(len(y)))[0]), weighted_f1(y, calls, weights))
 
 
+@dataclass(frozen=True)
+class Paired:
+    """A paired difference (one score minus another on the same studies) with its bootstrap replicates:
+    the interval and the one-sided p-values read the same replicates, so they cannot disagree."""
+
+    value: float
+    replicates: np.ndarray
+
+    def interval(self) -> Interval:
+        return _percentiles(self.value, self.replicates)
+
+    def p_above(self, boundary: float) -> float:
+        """Bootstrap p of H0: difference <= `boundary` (against H1: difference > `boundary`)."""
+        return self._p(self.replicates <= boundary)
+
+    def p_below(self, boundary: float) -> float:
+        """Bootstrap p of H0: difference >= `boundary` (against H1: difference < `boundary`)."""
+        return self._p(self.replicates >= boundary)
+
+    def _p(self, in_null: np.ndarray) -> float:
+        """(1 + replicates on the null's side) / (R + 1): the p-value that inverts the one-sided
+        percentile interval, never 0 from a finite bootstrap; NaN where a replicate is undefined."""
+        if math.isnan(self.value) or not np.isfinite(self.replicates).all():
+            return math.nan
+        return float((1 + in_null.sum()) / (len(self.replicates) + 1))
+
+
 def paired_auc_difference(
     y: np.ndarray, score: np.ndarray, reference: np.ndarray, weights: np.ndarray
-) -> Interval:
-    """AUC(score) - AUC(reference) on the same studies, with the paired bootstrap interval."""
+) -> Paired:
+    """AUC(score) - AUC(reference) on the same studies, with its paired bootstrap replicates."""
     one = np.ones(len(y))
     value = float(weighted_auc(y, score, one)[0] - weighted_auc(y, reference, one)[0])
-    return _percentiles(value, weighted_auc(y, score, weights) - weighted_auc(y, reference, weights))
+    return Paired(value, weighted_auc(y, score, weights) - weighted_auc(y, reference, weights))
 
 
 def paired_f1_difference(
     y: np.ndarray, calls: np.ndarray, reference: np.ndarray, weights: np.ndarray
-) -> Interval:
-    """F1(calls) - F1(reference calls) on the same studies, with the paired bootstrap interval."""
+) -> Paired:
+    """F1(calls) - F1(reference calls) on the same studies, with its paired bootstrap replicates."""
     one = np.ones(len(y))
     value = float(weighted_f1(y, calls, one)[0] - weighted_f1(y, reference, one)[0])
-    return _percentiles(value, weighted_f1(y, calls, weights) - weighted_f1(y, reference, weights))
+    return Paired(value, weighted_f1(y, calls, weights) - weighted_f1(y, reference, weights))
+
+
+def holm(p: np.ndarray, replicates: int) -> tuple[np.ndarray, np.ndarray]:
+    """Holm-adjusted p-values (step-down, valid under any dependence between the tests) and each one's
+    Monte Carlo standard error: an adjusted p is (m - j + 1) * p_(j) for the raw bootstrap p_(j) that
+    sets it, and a p estimated from `replicates` draws errs by sqrt(p (1 - p) / replicates)."""
+    p = np.asarray(p, dtype=np.float64)
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    scaled = (m - np.arange(m)) * p[order]
+    driver = np.array([int(np.argmax(scaled[: k + 1])) for k in range(m)], dtype=int)  # first maximum so far
+    adjusted, error = np.empty(m), np.empty(m)
+    adjusted[order] = np.minimum(1.0, scaled[driver])
+    raw = p[order][driver]
+    error[order] = (m - driver) * np.sqrt(raw * (1 - raw) / replicates)
+    return adjusted, error
 
 
 def point_metrics(y: np.ndarray, score: np.ndarray, calls: np.ndarray, prob: np.ndarray) -> dict[str, float]:

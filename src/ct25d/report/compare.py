@@ -28,6 +28,7 @@ from ct25d.atomic import atomic_path, write_csv, write_json
 from ct25d.errors import ConfigError
 from ct25d.evaluation.scoring import (
     Interval,
+    Paired,
     Temperature,
     auc_rows,
     best_threshold,
@@ -36,6 +37,7 @@ from ct25d.evaluation.scoring import (
     bootstrap_weights,
     expit,
     fit_temperature,
+    holm,
     logit,
     paired_auc_difference,
     paired_f1_difference,
@@ -71,41 +73,52 @@ class Run:
         return slices.merge(self.studies[["dataset", "study_id", "split"]], on=["dataset", "study_id"])
 
 
-def load_runs(stage1: list[str | Path], stage2: list[str | Path], baselines: list[str | Path]) -> list[Run]:
-    """Runs from their `metrics.json` files (the predictions lie beside them)."""
+def load_runs(
+    stage1: list[str | Path], stage2: list[tuple[str, str | Path]], baselines: list[str | Path]
+) -> list[Run]:
+    """Runs from their `metrics.json` files (the predictions lie beside them).
+
+    Stage-2 runs come as (`<backbone>:<model>`, path): the same model on another Stage-1 backbone is
+    another approach. Its name carries the backbone where the Stage-2 runs read several
+    (`2.5D resnet10t: Stage 2 bilstm`), and stays `2.5D: Stage 2 bilstm` where they read one."""
+    several = len({name.rpartition(":")[0] for name, _ in stage2}) > 1
+    entries = [
+        *(("stage1", "", path) for path in stage1),
+        *(("stage2", name, path) for name, path in stage2),
+        *(("baseline", "", path) for path in baselines),
+    ]
     runs = []
-    for kind, paths in (("stage1", stage1), ("stage2", stage2), ("baseline", baselines)):
-        for path in paths:
-            summary = json.loads(Path(path).read_text())
-            method = (
-                next(iter(summary["results"])).split("/")[-1]
-                if summary["results"]
-                else Path(path).parent.name
-            )
-            key = method
-            if kind == "stage1":
-                rule = "thresholded head" if method == "head" else "cosine to class means"
-                approach = f"2D {summary['backbone']}: {rule}"
-                key = f"{summary['backbone']}:{method}"
-            elif kind == "stage2":
-                approach = f"2.5D: Stage 2 {method}"
-            else:
-                approach = f"{FAMILIES[summary['inputs']]}: {method}"
-            kept = (
-                "parameters",
-                "seconds_per_epoch",
-                "train_auc_any_last",
-                "volume_shape",
-                "volume_from_slices",
-            )
-            extra = {k: summary[k] for k in kept if k in summary}
-            folder = Path(path).parent
-            # The training job's `benchmark:` file: Stage-1 rules share their backbone's training run.
-            bench = (folder.parent.parent if kind == "stage1" else folder) / "benchmark.tsv"
-            if bench.is_file():
-                row = pd.read_csv(bench, sep="\t").iloc[-1]
-                extra.update(train_s=float(row["s"]), peak_mb=float(row["max_rss"]))
-            runs.append(Run(approach, kind, int(summary["fold"]), folder, extra, key))
+    for kind, name, path in entries:
+        summary = json.loads(Path(path).read_text())
+        method = (
+            next(iter(summary["results"])).split("/")[-1] if summary["results"] else Path(path).parent.name
+        )
+        key = method
+        if kind == "stage1":
+            rule = "thresholded head" if method == "head" else "cosine to class means"
+            approach = f"2D {summary['backbone']}: {rule}"
+            key = f"{summary['backbone']}:{method}"
+        elif kind == "stage2":
+            backbone, _, model = name.rpartition(":")
+            approach = f"2.5D {backbone}: Stage 2 {model}" if several else f"2.5D: Stage 2 {model}"
+            key = name
+        else:
+            approach = f"{FAMILIES[summary['inputs']]}: {method}"
+        kept = (
+            "parameters",
+            "seconds_per_epoch",
+            "train_auc_any_last",
+            "volume_shape",
+            "volume_from_slices",
+        )
+        extra = {k: summary[k] for k in kept if k in summary}
+        folder = Path(path).parent
+        # The training job's `benchmark:` file: Stage-1 rules share their backbone's training run.
+        bench = (folder.parent.parent if kind == "stage1" else folder) / "benchmark.tsv"
+        if bench.is_file():
+            row = pd.read_csv(bench, sep="\t").iloc[-1]
+            extra.update(train_s=float(row["s"]), peak_mb=float(row["max_rss"]))
+        runs.append(Run(approach, kind, int(summary["fold"]), folder, extra, key))
     return runs
 
 
@@ -138,7 +151,9 @@ def scored_predictions(
     (dataset, study_id, patient_id; each study its own patient without it): the bootstrap's cluster.
 
     An external study is scored by the mean of the fold models' calibrated logits, each study by
-    every fold model: one missing from a fold stops the comparison rather than averaging fewer."""
+    every fold model: one missing from a fold stops the comparison rather than averaging fewer, and so
+    does a study scored twice by one approach (two runs under one name, or one study in two outer
+    folds) rather than counting it twice."""
     by_approach: dict[str, list[pd.DataFrame]] = {}
     flags: dict[str, list[str]] = {}
     for run in runs:
@@ -156,6 +171,7 @@ def scored_predictions(
     out = {}
     for approach, frames in by_approach.items():
         frame = pd.concat(frames, ignore_index=True)
+        one_row_per(frame, ["set", "dataset", "study_id", "fold"], approach, "scored twice by one fold")
         internal = frame[frame["set"] == INTERNAL]
         outside = frame[frame["set"] != INTERNAL]
         folds = sorted(frame["fold"].unique())
@@ -172,6 +188,7 @@ def scored_predictions(
         scored = pd.concat([internal, external], ignore_index=True).drop(
             columns="patient_id", errors="ignore"
         )
+        one_row_per(scored, ["set", "dataset", "study_id"], approach, "in two outer folds")
         if patients is not None:
             scored = scored.merge(patients[["dataset", "study_id", "patient_id"]], on=["dataset", "study_id"],
                                   how="left", validate="many_to_one")  # fmt: skip
@@ -186,6 +203,20 @@ def scored_predictions(
                 scored[f"p_{name}"] = expit(scored[f"s_{name}"].to_numpy(float))
         out[approach] = scored.sort_values(["set", "dataset", "study_id"])
     return out, flags
+
+
+def one_row_per(frame: pd.DataFrame, keys: list[str], approach: str, where: str) -> None:
+    """Stop where `frame` holds a study twice: a paired bootstrap needs one row per study and approach."""
+    twice = frame[frame.duplicated(keys, keep=False)]
+    if len(twice):
+        first = twice.iloc[0]
+        raise ValueError(
+            f"{approach}: {len(twice)} rows for {twice.drop_duplicates(keys).shape[0]} studies {where} "
+            f"(first: {first['set']} {first['dataset']}/{first['study_id']}, folds "
+            f"{sorted(int(f) for f in twice.loc[twice['study_id'] == first['study_id'], 'fold'].dropna())}): "
+            "one row per (approach, set, study) is needed; do two runs share this approach's name "
+            "(e.g. one Stage-2 model on two backbones)?"
+        )
 
 
 def fold_aucs(runs: list[Run]) -> dict[tuple[str, str], list[float]]:
@@ -249,11 +280,11 @@ def _one_set(
     row["labels_present"] = len(present)
     if reference is not None:
         deltas = paired_differences(part, reference, weights)
-        row.update({k: few or v for k, v in deltas.items()})
+        row.update({k: few or v.interval() for k, v in deltas.items()})
     return row
 
 
-def paired_differences(part: pd.DataFrame, other: pd.DataFrame, weights: np.ndarray) -> dict[str, Interval]:
+def paired_differences(part: pd.DataFrame, other: pd.DataFrame, weights: np.ndarray) -> dict[str, Paired]:
     """`delta_auc` and `delta_f1` (volume, `any`) of `part` minus `other` on the same studies (the
     rows of `part` with a known label), paired bootstrap with `weights`; empty if `other` lacks some."""
     y, score = part["any"].to_numpy(float), part["s_any"].to_numpy(float)
@@ -515,31 +546,66 @@ def verdicts(long: pd.DataFrame, reference: str | None) -> list[str]:
 
 
 def resolve(name: str, runs: list[Run]) -> str:
-    """The approach a config name stands for: a Stage-2 or baseline entry, `<backbone>:head|cosine`,
-    or plain `head` / `cosine` where one backbone ran."""
+    """The approach a config name stands for: a baseline entry, `<backbone>:<Stage-2 model>`,
+    `<backbone>:head|cosine`, a Stage-2 model or `head` / `cosine` alone where one backbone ran, or the
+    approach's own name in the table."""
     keys = {run.key: run.approach for run in runs}
     if name in keys:
         return keys[name]
+    if name in keys.values():
+        return name
     matches = {a for k, a in keys.items() if k.endswith(f":{name}")}
     if len(matches) != 1:
         known = ", ".join(sorted(keys))
-        raise ConfigError(f"compare.claims: {name!r} names {len(matches)} approaches of this run ({known})")
+        raise ConfigError(f"compare: {name!r} names {len(matches)} approaches of this run ({known})")
     return matches.pop()
 
 
-def claim_verdict(delta: Interval, margin: float = 0.05) -> str:
-    """Supported, contradicted, no material difference (both bounds within +-margin), or undecided."""
-    if math.isnan(delta.value) or math.isnan(delta.low):
-        return "undecided: too few studies for an interval"
-    if delta.width == 0:  # every resample agrees: the two give the same calls or order on these studies
-        return "undecided: identical on these studies, no interval"
-    if delta.low > 0:
-        return "supported"
-    if delta.high < 0:
-        return "contradicted: the other way round"
-    if max(-delta.low, delta.high) < margin:
-        return f"no difference beyond ±{margin:.2f}"
-    return f"undecided: interval {delta.width:.2f} wide, contains 0"
+KINDS = ("superiority", "non_inferiority", "equivalence")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One pre-registered hypothesis on the paired difference D = `better` minus `than` in `metric`,
+    decided on its `primary` set of studies (the others are exploratory):
+    superiority H1: D > margin; non-inferiority H1: D > -margin; equivalence H1: -margin < D < margin."""
+
+    claim: str
+    better: str
+    than: str
+    metric: str = "auc"
+    kind: str = "superiority"
+    margin: float = 0.0
+    primary: str = INTERNAL
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ConfigError(f"compare.claims: {self.claim!r}: kind {self.kind!r} is not one of {KINDS}")
+        if self.metric not in ("auc", "f1"):
+            raise ConfigError(f"compare.claims: {self.claim!r}: metric {self.metric!r} is not auc or f1")
+        if self.margin < 0 or (self.kind != "superiority" and self.margin == 0):
+            need = "margin >= 0" if self.kind == "superiority" else "margin > 0"
+            raise ConfigError(
+                f"compare.claims: {self.claim!r}: kind {self.kind} needs {need} (got {self.margin})"
+            )
+
+    @property
+    def alternative(self) -> str:
+        """H1 in words, for claims.md."""
+        return {"superiority": f"D > {self.margin:g}", "non_inferiority": f"D > -{self.margin:g}",
+                "equivalence": f"-{self.margin:g} < D < {self.margin:g}"}[self.kind]  # fmt: skip
+
+    def p(self, delta: Paired) -> float:
+        """The bootstrap p of this claim's null (equivalence: two one-sided tests, the larger p)."""
+        if self.kind == "superiority":
+            return delta.p_above(self.margin)
+        if self.kind == "non_inferiority":
+            return delta.p_above(-self.margin)
+        return max(delta.p_above(-self.margin), delta.p_below(self.margin))
+
+
+CLAIM_COLUMNS = ["claim", "kind", "better", "than", "metric", "set", "role", "n", "difference", "margin",
+                 "H1", "p", "p (Holm)", "verdict"]  # fmt: skip
 
 
 def claims_table(
@@ -549,33 +615,103 @@ def claims_table(
     replicates: int,
     seed: int,
     min_positives: int = 5,
+    alpha: float = 0.05,
 ) -> pd.DataFrame:
-    """Each claim "`better` beats `than` on `metric`" tested on every scored set by the paired bootstrap
-    of the difference (better minus than) on the same studies, with its verdict."""
+    """Each claim tested by the paired patient bootstrap of better minus than on the same studies, on
+    every scored set: its primary set decides it, with Holm's adjustment across the primary tests;
+    the other sets are exploratory (raw p, no verdict). A primary set without a test (too few
+    positives, or not scored) leaves the claim undecided and out of the family."""
     rows = []
-    for claim in claims:
-        better, than = resolve(claim["better"], runs), resolve(claim["than"], runs)
-        metric = claim.get("metric", "auc")
+    for entry in claims:
+        claim = Claim(**entry)
+        better, than = resolve(claim.better, runs), resolve(claim.than, runs)
+        base = {"claim": claim.claim, "kind": claim.kind, "better": better, "than": than,
+                "metric": f"volume {claim.metric.upper()}", "margin": claim.margin,
+                "H1": claim.alternative}  # fmt: skip
+        tested = []
         for name, part in predictions[better].groupby("set", sort=True):
             part = part[part["any"].notna()]
             other = predictions[than][predictions[than]["set"] == name]
             y = part["any"].to_numpy(float)
             weights = bootstrap_weights(y, replicates, seed, patients_of(part))
-            delta = paired_differences(part, other, weights).get(f"delta_{metric}")
+            delta = paired_differences(part, other, weights).get(f"delta_{claim.metric}")
             if delta is None:
                 continue
-            delta = too_few(y, min_positives) or delta
-            rows.append({"claim": claim["claim"], "better": better, "than": than,
-                         "metric": f"volume {metric.upper()}", "set": name, "n": len(part),
-                         "difference": delta, "verdict": claim_verdict(delta)})  # fmt: skip
-    return pd.DataFrame(
-        rows, columns=["claim", "better", "than", "metric", "set", "n", "difference", "verdict"]
+            few = too_few(y, min_positives)
+            tested.append({**base, "set": name, "role": "primary" if name == claim.primary else "exploratory",
+                           "n": len(part), "difference": few or delta.interval(),
+                           "p": math.nan if few else claim.p(delta)})  # fmt: skip
+        if not any(row["role"] == "primary" for row in tested):
+            note = f"no studies of {claim.primary} scored by both"
+            tested.insert(0, {**base, "set": claim.primary, "role": "primary", "n": 0, "p": math.nan,
+                              "difference": Interval(math.nan, math.nan, math.nan, note)})  # fmt: skip
+        rows += sorted(tested, key=lambda row: row["role"] != "primary")
+    table = pd.DataFrame(rows, columns=CLAIM_COLUMNS)
+    primary = (table["role"] == "primary") & table["p"].notna()
+    adjusted, error = holm(table.loc[primary, "p"].to_numpy(float), replicates)
+    table.loc[primary, "p (Holm)"] = adjusted
+    errors = pd.Series(error, index=table.index[primary]).reindex(table.index)
+    table["verdict"] = [
+        claim_verdict(*row, alpha)
+        for row in zip(table["role"], table["p"], table["p (Holm)"], errors, strict=True)
+    ]
+    return table
+
+
+def claim_verdict(role: str, p: float, adjusted: float, error: float, alpha: float) -> str:
+    """Supported where the primary test's Holm-adjusted p is at most `alpha`, marked borderline where
+    it lies within two Monte Carlo standard errors (`error`) of `alpha`; exploratory rows only say
+    where their raw p falls."""
+    if math.isnan(p):
+        return f"{'undecided' if role == 'primary' else 'exploratory'}: no test (see the difference)"
+    if role != "primary":
+        return f"exploratory: unadjusted p {'<=' if p <= alpha else '>'} {alpha:g}"
+    verdict = "supported" if adjusted <= alpha else "not supported"
+    if abs(adjusted - alpha) <= 2 * error:
+        verdict += f" (borderline: adjusted p within 2 Monte Carlo SE ({error:.3g}) of {alpha:g})"
+    return verdict
+
+
+def claims_text(table: pd.DataFrame) -> pd.DataFrame:
+    """The claims table as written: p-values to three significant digits (a bootstrap p can be
+    1 / (R + 1), far below the 0.001 that other numbers are rounded to)."""
+    text = table.map(_text)
+    for column in ("p", "p (Holm)"):
+        text[column] = table[column].map(lambda p: "n/a" if pd.isna(p) else f"{p:.3g}")
+    return text
+
+
+def claims_markdown(table: pd.DataFrame, replicates: int, seed: int, alpha: float) -> str:
+    """claims.md: how the claims were tested, the primary tests, then the exploratory ones."""
+    primary = table["role"] == "primary"
+    family = int((primary & table["p"].notna()).sum())
+    error = math.sqrt(alpha * (1 - alpha) / replicates)
+    text = claims_text(table)
+    intro = (
+        f"Each claim is a pre-registered hypothesis on D = `better` minus `than` in its metric, tested "
+        f"by the paired bootstrap over patients (stratified by class; {replicates} replicates, seed "
+        f"{seed}) on the same studies: superiority H1: D > margin, non-inferiority H1: D > -margin, "
+        f"equivalence H1: -margin < D < margin (two one-sided tests, p the larger of the two). A one-sided "
+        f"p is (1 + replicates on the null's side of the boundary) / ({replicates} + 1), the p that "
+        f"inverts the one-sided percentile interval. Each claim is decided on its primary set only: "
+        f"supported where its Holm-adjusted p (step-down across the {family} primary tests that could "
+        f"be run) is at most alpha = {alpha:g}; the other sets are exploratory (unadjusted p, no "
+        f"verdict). Intervals are the two-sided 95% percentile intervals of D (an equivalence at alpha "
+        f"matches the {1 - 2 * alpha:.0%} interval lying within ±margin). Monte Carlo error: a p near "
+        f"alpha estimated from {replicates} replicates errs by about {error:.4f} (sqrt(alpha (1 - "
+        f"alpha) / R)); an adjusted p errs by (m - j + 1) times its raw p's error. A verdict whose "
+        f"adjusted p lies within two of its Monte Carlo standard errors of alpha is marked borderline: "
+        f"more replicates (`compare.bootstrap`) could flip it."
+    )
+    return (
+        f"{intro}\n\n## Primary tests\n\n{text[primary].to_markdown(index=False)}\n\n"
+        f"## Exploratory (other sets)\n\n{text[~primary].drop(columns='p (Holm)').to_markdown(index=False)}\n"
     )
 
 
 def write_comparison(
     stage1: list[str | Path],
-    stage2: list[str | Path],
+    stage2: list[tuple[str, str | Path]],
     out_dir: str | Path,
     baselines: list[str | Path] = (),
     labels: list[str] | None = None,
@@ -587,16 +723,19 @@ def write_comparison(
     claims: list[dict[str, Any]] | None = None,
     min_positives: int = 5,
     patients: str | Path | pd.DataFrame | None = None,
+    alpha: float = 0.05,
 ) -> pd.DataFrame:
-    """comparison.csv / .md (wide table + verdicts), comparison_long.csv, claims.csv / .md (each of
-    `claims` tested), findings.csv / .md (per finding), readers.csv (kappa with each CQ500 reader,
-    for `readers` {dataset: reads.csv}),
+    """comparison.csv / .md (wide table + verdicts against `reference`, a config or approach name as
+    `resolve` reads it), comparison_long.csv, claims.csv / .md (each of `claims` tested, Holm across
+    the primary tests at `alpha`), findings.csv / .md (per finding), readers.csv (kappa with each
+    CQ500 reader, for `readers` {dataset: reads.csv}),
     comparison.png (intervals), reliability.png, roc.png, pr.png, confusion.png and strips.png."""
     from ct25d.labels import RSNA_LABELS
 
     labels = list(labels or RSNA_LABELS)
     out = Path(out_dir)
     runs = load_runs(stage1, stage2, baselines)
+    reference = resolve(reference, runs) if reference else None
     if patients is not None and not isinstance(patients, pd.DataFrame):
         patients = pd.read_parquet(patients, columns=["dataset", "study_id", "patient_id"])
     long, predictions = comparison(runs, labels, reference, replicates, seed, min_positives, patients)
@@ -638,13 +777,10 @@ def write_comparison(
         plot_strips,
     )
 
-    tested = claims_table(list(claims or []), runs, predictions, replicates, seed, min_positives).map(_text)
-    write_csv(out / "claims.csv", tested)
+    tested = claims_table(list(claims or []), runs, predictions, replicates, seed, min_positives, alpha)
+    write_csv(out / "claims.csv", claims_text(tested))
     with atomic_path(out / "claims.md") as tmp:
-        tmp.write_text("Each claim tested by the paired bootstrap of `better` minus `than` on the same "
-                       f"studies, resampling patients ({replicates} replicates, seed {seed}): supported "
-                       "if the 95% interval lies above 0.\n\n"
-                       + tested.to_markdown(index=False) + "\n")  # fmt: skip
+        tmp.write_text(claims_markdown(tested, replicates, seed, alpha))
     findings = findings_table(predictions, replicates, seed, min_positives).map(_text)
     write_csv(out / "findings.csv", findings)
     with atomic_path(out / "findings.md") as tmp:
