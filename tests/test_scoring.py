@@ -493,3 +493,35 @@ def test_patient_bootstrap_intervals_cover_the_true_auc() -> None:
             covered[name] += interval.low <= truth <= interval.high
     assert 0.93 <= covered["patients"] / 200 <= 0.97, covered
     assert covered["studies"] / 200 < 0.93, covered
+
+
+def test_reading_notes_name_too_wide_sets_and_arms_that_learned_nothing() -> None:
+    """The table's header warns where intervals cannot rank (median width above the limit) and names
+    an approach whose last-epoch training AUC stayed at chance; a decisive set and a trained arm get
+    no note."""
+    from ct25d.report.compare import reading_notes
+
+    long = pd.DataFrame(
+        [
+            {
+                "approach": "a",
+                "set": "internal (OOF)",
+                "n": 400,
+                "auc": Interval(0.8, 0.75, 0.85),
+                "train_auc_max": 0.95,
+            },
+            {
+                "approach": "b",
+                "set": "internal (OOF)",
+                "n": 400,
+                "auc": Interval(0.5, 0.44, 0.56),
+                "train_auc_max": 0.52,
+            },
+            {"approach": "a", "set": "tiny", "n": 12, "auc": Interval(0.7, 0.3, 1.0), "train_auc_max": 0.95},
+            {"approach": "b", "set": "tiny", "n": 12, "auc": Interval(0.4, 0.1, 0.8), "train_auc_max": 0.52},
+        ]
+    )
+    text = "\n".join(reading_notes(long))
+    assert "**tiny**: the median AUC interval is 0.70 wide" in text and "internal (OOF)**:" not in text
+    assert "**b**: its training AUC" in text and "**a**:" not in text
+    assert reading_notes(long.iloc[:1]) == []

@@ -346,6 +346,7 @@ def comparison(
                     "train AUCs": ", ".join(
                         f"{a:.2f}" for _, a in sorted(train_aucs.get(approach, {}).items())
                     ),
+                    "train_auc_max": max(train_aucs.get(approach, {}).values(), default=math.nan),
                 }
             )
     return pd.DataFrame(rows), predictions
@@ -543,6 +544,28 @@ def verdicts(long: pd.DataFrame, reference: str | None) -> list[str]:
             verdict = f"cannot be told apart from (interval {delta.width:.2f} wide, contains 0)"
         lines.append(f"- {r.approach} on {r.set}: ΔAUC {delta.text()}: {verdict} {reference}")
     return lines
+
+
+def reading_notes(long: pd.DataFrame, too_wide: float = 0.3, learned: float = 0.6) -> list[str]:
+    """What a reader must know before reading the table: sets whose AUC intervals are too wide to rank
+    anything (a small cohort such as the demo's), and approaches that learned nothing from their own
+    training data (a row at chance that says "not trained enough", not "this family cannot work")."""
+    notes = []
+    for name, part in long.groupby("set", sort=True):
+        widths = [a.width for a in part["auc"] if isinstance(a, Interval) and not math.isnan(a.low)]
+        if widths and float(np.median(widths)) > too_wide:
+            notes.append(
+                f"- **{name}**: the median AUC interval is {np.median(widths):.2f} wide, too wide to rank "
+                f"these approaches on this set (n = {int(part['n'].max())} studies)."
+            )
+    unlearned = long.loc[long["train_auc_max"] < learned, "approach"].unique()
+    for approach in unlearned:
+        notes.append(
+            f"- **{approach}**: its training AUC at the last epoch stayed below {learned} in every fold: "
+            "it learned nothing from its own training data in these epochs, so its scores are chance, "
+            "not a verdict on its family (a longer run, more data or config/study.yaml)."
+        )
+    return ["**Read with care:**", *notes, ""] if notes else []
 
 
 def resolve(name: str, runs: list[Run]) -> str:
@@ -752,6 +775,7 @@ def write_comparison(
         f"Training s: the approach's own training jobs over all folds (Stage-2 and 2.5CNN rows exclude the "
         f"Stage-1 run they read); peak RSS from the same `benchmark:` files. {volume_note(runs)}",
         "",
+        *reading_notes(long),
         table.map(_text).to_markdown(index=False),
         "",
         *verdicts(long, reference),
