@@ -19,8 +19,8 @@ rule train_slices:
         f"{RESULTS}/logs/train_slices/{{backbone}}-{{fold}}.log",
     benchmark:
         f"{S1}/benchmark.tsv"
-    # Stage 1 heads the longest chain (embeddings, Stage 2, ACS, 2.5CNN, thickened 2D): it goes first
-    # when it and the 3D-from-scratch runs wait for the same cores.
+    # Stage 1 and its embeddings head the longest chain (Stage 2, ACS, 2.5CNN, thickened 2D): they go
+    # first when they and the 3D-from-scratch runs wait for the same cores.
     priority: 10
     threads: 2
     resources:
@@ -76,6 +76,7 @@ rule embed:
         f"{RESULTS}/logs/embed/{{backbone}}-{{fold}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/embed/{{backbone}}-{{fold}}.tsv",
+    priority: 10
     conda:
         "../envs/ct25d.yaml"
     shell:
