@@ -376,3 +376,5 @@ def test_sweep_runs_each_fraction_and_draws_the_data_size_curve(tmp_path: Path) 
     assert (tmp_path / "results/comparison/data_size.png").stat().st_size > 10_000
     again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 0 and again.stderr.count("not run again") == 2, again.stderr[-2000:]
+    drawn = subprocess.run([*cmd[:6], "--saved-only"], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert drawn.returncode == 0 and "snakemake" not in drawn.stderr.lower(), drawn.stderr[-2000:]

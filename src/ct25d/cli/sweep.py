@@ -46,6 +46,15 @@ def _merged_config(paths: list[str]) -> dict[str, Any]:
     return merged
 
 
+def saved_fraction(config: dict[str, Any], fraction: float) -> Path | None:
+    """The folder of `fraction`'s saved comparison when it came from this config, else None."""
+    folder = _fraction_dir(Path(config.get("results", "results")), fraction)
+    done = folder / "done.txt"
+    if done.is_file() and done.read_text().strip() == _config_key(config, fraction):
+        return folder if (folder / "comparison").is_dir() else None
+    return None
+
+
 def run_fraction(configfiles: list[str], fraction: float, snakemake_args: list[str], cores: int) -> Path:
     """One fraction end to end; returns the folder its comparison and training sizes were saved in."""
     import pandas as pd
@@ -56,12 +65,13 @@ def run_fraction(configfiles: list[str], fraction: float, snakemake_args: list[s
 
     config = _merged_config(configfiles)
     results = Path(config.get("results", "results"))
+    saved = saved_fraction(config, fraction)
+    if saved is not None:
+        log.info("fraction %g: saved comparison is from this config; not run again", fraction)
+        return saved
     folder = _fraction_dir(results, fraction)
     key = _config_key(config, fraction)
     done = folder / "done.txt"
-    if done.is_file() and done.read_text().strip() == key and (folder / "comparison").is_dir():
-        log.info("fraction %g: saved comparison is from this config; not run again", fraction)
-        return folder
     overlay = folder / "overlay.yaml"
     with atomic_path(overlay) as tmp:
         tmp.write_text(yaml.safe_dump({"splits": {**config.get("splits", {}), "train_fraction": fraction}}))
@@ -91,7 +101,16 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     if bad:
         raise ConfigError(f"sweep.train_fractions: {bad} outside (0, 1]")
     extra = args.snakemake_args[1:] if args.snakemake_args[:1] == ["--"] else args.snakemake_args
-    points = [(f, run_fraction(args.configfile, f, extra, args.cores)) for f in fractions]
+    if args.saved_only:
+        found = {f: saved_fraction(config, f) for f in fractions}
+        points = [(f, folder) for f, folder in found.items() if folder is not None]
+        missing = [f for f, folder in found.items() if folder is None]
+        if missing:
+            log.warning("fractions %s not saved yet: %d of %d drawn", missing, len(points), len(found))
+        if not points:
+            raise Ct25dError("sweep --saved-only: no fraction saved from this config yet")
+    else:
+        points = [(f, run_fraction(args.configfile, f, extra, args.cores)) for f in fractions]
     out = Path(config.get("results", "results")) / "comparison"
     table = write_data_size(points, out, sweep.get("approaches") or None)
     log.info("%d points; see %s/data_size.md and data_size.png", len(table), out)
@@ -102,6 +121,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sweep", help="learning curve: the workflow at each sweep.train_fractions value")
     p.add_argument("--configfile", nargs="+", required=True, help="config file(s) with a `sweep` section")
     p.add_argument("--cores", type=int, default=2)
+    p.add_argument(
+        "--saved-only",
+        action="store_true",
+        help="run nothing: draw the curve from the fractions already saved (e.g. while the rest runs)",
+    )
     p.add_argument(
         "snakemake_args",
         nargs=argparse.REMAINDER,
