@@ -202,39 +202,41 @@ def bootstrap_weights(
 BLOCK = 250
 
 
-def _blocks(weights: np.ndarray, columns: np.ndarray | None = None) -> Iterator[np.ndarray]:
-    """`weights` (R, n) or (n,) in float64 blocks of at most BLOCK replicates, restricted to `columns`."""
+def _blocks(weights: np.ndarray) -> Iterator[np.ndarray]:
+    """`weights` (R, n) or (n,) in blocks of at most BLOCK replicates (rows, as stored)."""
     w = np.atleast_2d(weights)
     for start in range(0, len(w), BLOCK):
-        block = w[start : start + BLOCK]
-        yield (block if columns is None else block[:, columns]).astype(np.float64)
+        yield w[start : start + BLOCK]
 
 
 def weighted_sums(weights: np.ndarray, columns: np.ndarray) -> np.ndarray:
     """`(R, k)` sums of each of the `(n, k)` columns under each replicate's weights."""
     columns = np.asarray(columns, dtype=np.float64).reshape(np.shape(weights)[-1], -1)
-    return np.concatenate([block @ columns for block in _blocks(weights)])
+    return np.concatenate([block.astype(np.float64) @ columns for block in _blocks(weights)])
 
 
 def weighted_auc(y: np.ndarray, score: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """ROC AUC of `score` under each row of `weights` (R, n): the Mann-Whitney statistic with each
     study counted as often as its weight, ties half (NaN where a row lacks a class); studies whose
-    label is unknown (NaN) count for neither class. Sorted once, whatever the number of replicates."""
+    label is unknown (NaN) count for neither class.
+
+    The negatives are sorted once and each positive's place among them found once (`searchsorted`),
+    whatever the number of replicates: a replicate then needs only the running sum of its negatives'
+    weights, read at each positive's place (strictly below, and below or tied)."""
     y, score = np.asarray(y, dtype=np.float64), np.asarray(score, dtype=np.float64)
-    known = np.flatnonzero(~np.isnan(y))
-    order = known[np.argsort(score[known], kind="stable")]
-    ranked, hits = score[order], y[order]
-    if not len(ranked):
-        return np.full(len(np.atleast_2d(weights)), np.nan)
-    starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])  # runs of tied scores
+    negatives, positives = np.flatnonzero(y == 0), np.flatnonzero(y == 1)
+    negatives = negatives[np.argsort(score[negatives], kind="stable")]
+    below = np.searchsorted(score[negatives], score[positives], side="left")
+    tied = np.searchsorted(score[negatives], score[positives], side="right")
     out = []
-    for w in _blocks(weights, order):
-        pos = np.add.reduceat(w * hits, starts, axis=1)
-        neg = np.add.reduceat(w, starts, axis=1) - pos
-        below = np.cumsum(neg, axis=1) - neg / 2  # negatives below a run, its own ties half
-        p, n = pos.sum(1), neg.sum(1)
+    for block in _blocks(weights):
+        running = np.zeros((len(block), len(negatives) + 1))
+        np.cumsum(block[:, negatives], axis=1, dtype=np.float64, out=running[:, 1:])
+        pos = block[:, positives].astype(np.float64)
+        p, n = pos.sum(1), running[:, -1]
         with np.errstate(invalid="ignore", divide="ignore"):
-            out.append(np.where((p > 0) & (n > 0), (pos * below).sum(1) / (p * n), np.nan))
+            wins = (pos * (running[:, below] + running[:, tied])).sum(1) / 2  # ties count half
+            out.append(np.where((p > 0) & (n > 0), wins / (p * n), np.nan))
     return np.concatenate(out)
 
 
