@@ -33,6 +33,7 @@ from ct25d.evaluation.scoring import (
 from ct25d.labels import RSNA_LABELS
 from ct25d.report.compare import (
     INTERNAL,
+    Resampler,
     claim_verdict,
     comparison,
     inner_choices,
@@ -239,7 +240,7 @@ def test_comparison_pools_outer_folds_and_averages_external_models(tmp_path: Pat
     good = [("b:good", fake_run(tmp_path / f"good{f}", f, "good", 0.6, f)) for f in (0, 1)]
     weak = [fake_run(tmp_path / f"weak{f}", f, "weak", 0.05, 10 + f) for f in (0, 1)]
     runs = load_runs([], good, weak)
-    long, predictions = comparison(runs, list(RSNA_LABELS), "2.5D: Stage 2 good", replicates=200)
+    long, predictions = comparison(runs, list(RSNA_LABELS), "2.5D: Stage 2 good", Resampler(200, 0))
     internal = long[(long["set"] == INTERNAL)].set_index("approach")
     assert internal.loc["2.5D: Stage 2 good", "n"] == 24  # 12 outer-fold studies from each of 2 folds
     external = predictions["3D: weak"].query("set == 'cq500'")
@@ -266,6 +267,42 @@ def test_comparison_pools_outer_folds_and_averages_external_models(tmp_path: Pat
         "readers.csv",
     ):
         assert (tmp_path / "out" / name).is_file()
+
+
+def test_operating_points_use_each_folds_inner_thresholds(tmp_path: Path) -> None:
+    """Sensitivity at 90% / 95% specificity: each fold's threshold keeps that share of its inner
+    negatives uncalled and is applied unchanged to its outer fold; the table shows it beside the F1
+    of calling every study positive, the Brier score with its interval and the macro AUC's labels."""
+    from ct25d.evaluation.scoring import threshold_at_specificity
+
+    paths = [fake_run(tmp_path / f"m{f}", f, "m", 0.3, f) for f in (0, 1)]
+    runs = load_runs([], [], paths)
+    long, _ = comparison(runs, list(RSNA_LABELS), None, Resampler(200, 0))
+    row = long[long["set"] == INTERNAL].iloc[0]
+    for target, k in ((0.9, 90), (0.95, 95)):
+        truth, calls = [], []
+        for run in runs:
+            inner = run.studies[run.studies["split"] == "inner"]
+            threshold = threshold_at_specificity(inner["any"], logit(inner["prob_any"].to_numpy()), target)
+            outer = run.studies[run.studies["split"] == "validation"]
+            truth.append(outer["any"].to_numpy())
+            calls.append(logit(outer["prob_any"].to_numpy()) > threshold)
+        y, called = np.concatenate(truth), np.concatenate(calls)
+        assert row[f"sens_at_{k}"].value == pytest.approx(called[y == 1].mean())
+        assert row[f"spec_at_{k}"] == pytest.approx(1 - called[y == 0].mean())
+    assert row["f1_all_positive"] == pytest.approx(f1_score(y, np.ones_like(y)))  # pooled truth, as above
+    assert row["macro_labels"] == "6 of 6"
+    table = write_comparison([], [], tmp_path / "out", paths, replicates=200)
+    text = pd.read_csv(tmp_path / "out" / "comparison.csv").iloc[0]
+    for where in ("OOF", "cq500"):
+        for column in ("F1 all positive", "sens @ 90% spec", "sens @ 95% spec", "spec reached @ 90 / 95",
+                       "macro AUC", "macro labels", "volume F1", "volume AUC"):  # fmt: skip
+            assert f"{column} ({where})" in table.columns
+    assert text["F1 all positive (OOF)"] == pytest.approx(0.667)
+    assert "[" in text["Brier (OOF)"] and "[" in text["sens @ 90% spec (OOF)"]
+    assert "treat each fold's threshold as fixed" in (tmp_path / "out" / "comparison.md").read_text()
+    findings = pd.read_csv(tmp_path / "out" / "findings.csv", dtype=str)
+    assert findings.set_index("set")["ICH n+"].to_dict() == {"cq500": "7", INTERNAL: "12"}  # not 12.0
 
 
 def test_claims_are_decided_on_their_primary_set_with_holm(tmp_path: Path) -> None:
@@ -337,7 +374,7 @@ def test_a_study_in_two_outer_folds_stops_the_comparison(tmp_path: Path) -> None
     with pytest.raises(
         ValueError, match=r"3D: m: 24 rows for 12 studies in two outer folds .*folds \[0, 1\]"
     ):
-        comparison(load_runs([], [], paths), list(RSNA_LABELS), None, replicates=20)
+        comparison(load_runs([], [], paths), list(RSNA_LABELS), None, Resampler(20, 0))
 
 
 @pytest.mark.parametrize(
@@ -389,31 +426,62 @@ def test_two_backbones_make_two_stage2_approaches_and_one_name_stops(tmp_path: P
         write_comparison([], merged, tmp_path / "o3", replicates=50)
 
 
-def test_kappa_with_each_cq500_reader(tmp_path: Path) -> None:
+def test_kappa_with_each_cq500_reader_on_the_same_studies(tmp_path: Path) -> None:
+    """Readers and approaches are compared on the studies every approach scored (reads.csv may hold
+    more), each kappa with an interval from one bootstrap shared by all raters."""
     from sklearn.metrics import cohen_kappa_score
 
     from ct25d.dicom.headers import pseudonym
     from ct25d.report.compare import reader_kappas
 
-    r1 = np.array([1, 1, 0, 0, 1, 0, 1, 0])
-    r2 = np.array([1, 0, 0, 0, 1, 0, 1, 1])
+    r1 = np.array([1, 1, 0, 0, 1, 0, 1, 0, 1, 1, 0, 0])
+    r2 = np.array([1, 0, 0, 0, 1, 0, 1, 1, 1, 1, 0, 1])
+    unscored = np.array([0, 1, 1, 0])  # four more studies no approach scored: R1 and R2 disagree on all
     reads = pd.DataFrame(
-        {"name": [f"CQ500-CT-{n}" for n in range(8)], "R1:ICH": r1, "R2:ICH": r2, "R3:ICH": r1}
+        {
+            "name": [f"CQ500-CT-{n}" for n in range(16)],
+            "R1:ICH": np.r_[r1, unscored],
+            "R2:ICH": np.r_[r2, 1 - unscored],
+            "R3:ICH": np.r_[r1, unscored],
+        }
     )
     reads.to_csv(tmp_path / "reads.csv", index=False)
-    ids = [pseudonym(f"CQ500CT{n} CQ500CT{n}", "salt", "st-") for n in range(8)]
-    p = np.array([0.9, 0.8, 0.1, 0.2, 0.7, 0.6, 0.3, 0.1])
+    ids = [pseudonym(f"CQ500CT{n} CQ500CT{n}", "salt", "st-") for n in range(12)]
+    p = np.array([0.9, 0.8, 0.1, 0.2, 0.7, 0.6, 0.3, 0.1, 0.8, 0.4, 0.2, 0.9])
     frame = pd.DataFrame({"set": "cq500", "study_id": ids, "s_any": logit(p), "t_any": 0.0})
-    table = reader_kappas({"model": frame}, "cq500", tmp_path / "reads.csv", "salt").set_index("rater")
+    table = reader_kappas({"model": frame}, "cq500", tmp_path / "reads.csv", "salt", Resampler(300, 0))
+    table = table.set_index("rater")
     call = (p > 0.5).astype(int)
-    assert table.loc["model", "κ vs R1"] == pytest.approx(cohen_kappa_score(r1, call))
-    assert table.loc["model", "κ vs R2"] == pytest.approx(cohen_kappa_score(r2, call))
-    assert table.loc["reader R1", "κ vs R3"] == 1.0
-    assert table.loc["reader R1", "κ vs R2"] == pytest.approx(cohen_kappa_score(r1, r2))
+    assert (table["studies"] == 12).all()  # the readers too: not the 16 rows of reads.csv
+    for rater, reader, expected in (("model", "R1", cohen_kappa_score(r1, call)),
+                                    ("model", "R2", cohen_kappa_score(r2, call)),
+                                    ("reader R1", "R2", cohen_kappa_score(r1, r2))):  # fmt: skip
+        kappa = table.loc[rater, f"κ vs {reader}"]
+        assert kappa.value == pytest.approx(expected) and kappa.low < kappa.value < kappa.high
+    assert table.loc["reader R1", "κ vs R3"] == Interval(1.0, 1.0, 1.0)
 
 
-def test_cq500_findings_are_scored_on_their_own_labels() -> None:
-    from ct25d.report.compare import FINDINGS, findings_table
+def test_weighted_kappa_brier_and_sensitivity_count_each_study_as_often_as_its_weight() -> None:
+    from sklearn.metrics import brier_score_loss, cohen_kappa_score, recall_score
+
+    from ct25d.evaluation.scoring import weighted_brier, weighted_kappa, weighted_sensitivity
+
+    for _ in range(20):
+        a, b = rng.integers(0, 2, 40), rng.integers(0, 2, 40)
+        p = rng.random(40)
+        w = rng.integers(0, 3, 40)
+        ra, rb, rp = np.repeat(a, w), np.repeat(b, w), np.repeat(p, w)
+        assert weighted_kappa(a, b, w[None])[0] == pytest.approx(cohen_kappa_score(ra, rb))
+        assert weighted_brier(a, p, w[None])[0] == pytest.approx(brier_score_loss(ra, rp))
+        assert weighted_sensitivity(a, b, w[None])[0] == pytest.approx(recall_score(ra, rb))
+        assert weighted_sensitivity(1 - a, b == 0, w[None])[0] == pytest.approx(
+            recall_score(ra, rb, pos_label=0)
+        )
+    assert np.isnan(weighted_kappa(np.ones(4), np.ones(4), np.ones((1, 4)))[0])  # chance agreement is 1
+
+
+def test_cq500_findings_are_scored_on_their_own_labels_with_integer_counts() -> None:
+    from ct25d.report.compare import FINDINGS, findings_table, label_scores
 
     assert FINDINGS == {"ICH": "any", "IPH": "intraparenchymal", "IVH": "intraventricular",
                         "SDH": "subdural", "EDH": "epidural", "SAH": "subarachnoid"}  # fmt: skip
@@ -422,11 +490,111 @@ def test_cq500_findings_are_scored_on_their_own_labels() -> None:
     for k, label in enumerate(FINDINGS.values()):
         frame[label] = (np.arange(n) % (k + 2) == 0).astype(float)
         frame[f"s_{label}"] = rng.random(n)
+    frame["epidural"] = (np.arange(n) < 3).astype(float)  # 3 positives: too few for an AUC
     frame["s_subdural"] = frame["subdural"] * 0.5 + 0.25  # only SDH is predicted perfectly
-    table = findings_table({"m": frame}, replicates=100, seed=0).set_index("approach")
+    long = pd.DataFrame([{"approach": "m", "set": "cq500", **label_scores(frame, list(FINDINGS.values()),
+                                                                          Resampler(100, 0))}])  # fmt: skip
+    table = findings_table(long).set_index("approach")
     assert table.loc["m", "SDH AUC"].value == 1.0
     assert table.loc["m", "SDH n+"] == int(frame["subdural"].sum())
-    assert all(table.loc["m", f"{f} AUC"].value < 1.0 for f in FINDINGS if f != "SDH")
+    assert all(table.loc["m", f"{f} AUC"].value < 1.0 for f in FINDINGS if f not in ("SDH", "EDH"))
+    assert table.loc["m", "EDH AUC"].note == "too few positives (n+ 3, n 40)"
+    assert table["EDH n+"].dtype == "Int64" and table.map(str).loc["m", "EDH n+"] == "3"
+
+
+def test_macro_auc_averages_a_fixed_label_set_with_an_interval() -> None:
+    """The macro AUC of a set averages the configured labels that have enough positives there, names
+    them, and its interval comes from replicates in which every one of them keeps both classes."""
+    from ct25d.report.compare import label_scores
+
+    n = 300
+    labels = ["a", "b", "rare", "absent"]
+    frame = pd.DataFrame({"dataset": "x", "study_id": [f"s{i}" for i in range(n)]})
+    frame["a"] = (rng.random(n) < 0.3).astype(float)
+    frame["b"] = (rng.random(n) < 0.1).astype(float)
+    frame["rare"] = (np.arange(n) < 6).astype(float)  # 6 positives: enters with min_positives 5 ...
+    for name in ("a", "b", "rare"):
+        frame[f"s_{name}"] = frame[name] + rng.normal(0, 1, n)
+    scores = label_scores(frame, labels, Resampler(400, 0))
+    expected = np.mean([roc_auc_score(frame[x], frame[f"s_{x}"]) for x in ("a", "b", "rare")])
+    macro = scores["macro_auc"]
+    assert macro.value == pytest.approx(expected) and macro.low < macro.value < macro.high
+    assert scores["macro_labels"] == "3 of 4; not absent (not scored)"
+    fewer = label_scores(frame, labels, Resampler(400, 0), min_positives=7)  # ... and not with 7
+    assert fewer["macro_labels"] == "2 of 4; not rare (n+ 6), absent (not scored)"
+    assert fewer["macro_auc"].value == pytest.approx(
+        np.mean([roc_auc_score(frame[x], frame[f"s_{x}"]) for x in ("a", "b")])
+    )
+    assert fewer["auc_rare"].note.startswith("too few positives") and fewer["n_pos_rare"] == 6
+
+
+def test_the_pattern_bootstrap_keeps_every_labels_classes_in_every_replicate() -> None:
+    y = np.zeros((60, 3))
+    y[:20, 0] = 1
+    y[:2, 1] = 1  # one positive patient: lost in a third of the replicates stratified by label 0 alone
+    y[40:, 2] = np.nan  # unknown for a third of the studies
+    y[30:40, 2] = 1
+    patients = np.repeat(np.arange(30), 2)
+    w = bootstrap_weights(y, 500, 0, patients)
+    for k in range(3):
+        known = ~np.isnan(y[:, k])
+        assert ((w[:, known] * y[known, k]).sum(1) > 0).all() and (
+            (w[:, known] * (1 - y[known, k])).sum(1) > 0
+        ).all()
+    np.testing.assert_array_equal(w[:, ::2], w[:, 1::2])  # patients travel together
+    one = y[:, 0]
+    np.testing.assert_array_equal(
+        bootstrap_weights(one, 50, 3, patients), bootstrap_weights(one[:, None], 50, 3, patients)
+    )
+
+
+def test_replicates_are_scored_in_blocks_without_changing_them() -> None:
+    from ct25d.evaluation.scoring import BLOCK
+
+    y = rng.integers(0, 2, 120).astype(float)
+    y[::9] = np.nan  # unknown labels count for neither class
+    score = np.round(rng.random(120), 1)
+    w = bootstrap_weights(np.nan_to_num(y), 2 * BLOCK + 7, 0)
+    known = ~np.isnan(y)
+    one_by_one = [weighted_auc(y[known], score[known], row[known][None])[0] for row in w]
+    np.testing.assert_allclose(weighted_auc(y, score, w), one_by_one)
+    calls = score[known] > 0.5
+    np.testing.assert_allclose(
+        weighted_f1(y[known], calls, w[:, known]),
+        [weighted_f1(y[known], calls, row[known][None])[0] for row in w],
+    )
+
+
+def test_threshold_at_specificity_is_the_most_sensitive_that_keeps_it() -> None:
+    y = np.array([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1.0])
+    score = np.array([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 8.5, 9.5, 11.0])
+    from ct25d.evaluation.scoring import threshold_at_specificity
+
+    assert threshold_at_specificity(y, score, 0.9) == pytest.approx(9.25)  # 9 of 10 negatives at or below
+    assert threshold_at_specificity(y, score, 0.95) == pytest.approx(10.5)  # 19/20 needs all 10
+    assert np.isnan(threshold_at_specificity(np.ones(3), np.arange(3.0), 0.9))
+    for _ in range(20):
+        y = rng.integers(0, 2, 200).astype(float)
+        score = np.round(rng.normal(y, 1), 1)  # ties
+        for target in (0.9, 0.95):
+            t = threshold_at_specificity(y, score, target)
+            assert (score[y == 0] <= t).mean() >= target
+            lower = np.unique(score[score <= t])  # any lower cut between scores loses the specificity
+            if len(lower) > 1:
+                assert (score[y == 0] <= lower[-2]).mean() < target
+
+
+def test_resampler_draws_one_matrix_per_set_of_studies_and_shares_it() -> None:
+    frame = pd.DataFrame({"dataset": "x", "study_id": [f"s{i}" for i in range(50)],
+                          "any": (np.arange(50) % 3 == 0).astype(float)})  # fmt: skip
+    resampler = Resampler(100, 0)
+    first = resampler.weights(frame, ["any"])
+    assert resampler.weights(frame.copy(), ["any"]) is first  # another approach, the same studies
+    np.testing.assert_array_equal(first, bootstrap_weights(frame["any"].to_numpy(), 100, 0))
+    other = resampler.weights(frame.iloc[1:], ["any"])
+    assert other.shape == (100, 49)
+    resampler.weights(frame.assign(any=1 - frame["any"]), ["any"])  # a third: the first is dropped
+    assert resampler.weights(frame, ["any"]) is not first
 
 
 def test_a_separable_inner_split_leaves_every_auc_and_difference_unchanged(tmp_path: Path) -> None:
@@ -447,7 +615,7 @@ def test_a_separable_inner_split_leaves_every_auc_and_difference_unchanged(tmp_p
                 studies.loc[inner, f"prob_{label}"] = gap.astype(np.float32)
             studies.to_parquet(file)
     runs = load_runs([], [("b:a", path) for path in paths["a"]], paths["b"])
-    long, _ = comparison(runs, list(RSNA_LABELS), "2.5D: Stage 2 a", replicates=50)
+    long, _ = comparison(runs, list(RSNA_LABELS), "2.5D: Stage 2 a", Resampler(50, 0))
     raw = {}
     for run in runs:
         studies = run.studies[run.studies["split"].isin(["validation", "external"])]

@@ -16,6 +16,7 @@ computed for all replicates at once from one sort of the scores.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,6 +96,19 @@ def best_threshold(y: np.ndarray, score: np.ndarray) -> float:
     return float((values[best] + below) / 2)
 
 
+def threshold_at_specificity(y: np.ndarray, score: np.ndarray, specificity: float) -> float:
+    """The lowest threshold whose calls `score > threshold` keep at least `specificity` of the
+    negatives uncalled (the most sensitive such rule): the midpoint between the negative score it must
+    reach and the next score above it (NaN without negatives)."""
+    y, score = np.asarray(y, dtype=np.float64), np.asarray(score, dtype=np.float64)
+    negatives = np.sort(score[y == 0])
+    if not len(negatives):
+        return math.nan
+    value = negatives[max(math.ceil(specificity * len(negatives) - 1e-9), 1) - 1]
+    above = score[score > value]
+    return float((value + above.min()) / 2) if len(above) else float(value)
+
+
 def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
     """Mean |observed rate - mean probability| over equal-width bins, weighted by bin size."""
     y, p = np.asarray(y, dtype=np.float64), np.asarray(p, dtype=np.float64)
@@ -139,7 +153,7 @@ class Interval:
         return self.low > 0 or self.high < 0
 
 
-def _percentiles(value: float, replicates: np.ndarray) -> Interval:
+def percentile_interval(value: float, replicates: np.ndarray) -> Interval:
     """The 95% percentile interval; none if any replicate is undefined (a stratified bootstrap keeps
     both classes in every replicate, so a gap means the statistic itself is undefined here)."""
     if math.isnan(value) or not np.isfinite(replicates).all():
@@ -151,65 +165,131 @@ def _percentiles(value: float, replicates: np.ndarray) -> Interval:
 def bootstrap_weights(
     y: np.ndarray, replicates: int, seed: int, clusters: np.ndarray | None = None
 ) -> np.ndarray:
-    """`(replicates, n)` multiplicities of each study in each replicate of a stratified cluster
-    bootstrap: clusters (patients; each study its own without `clusters`) are drawn with replacement
-    within two strata, those with a positive study and those without, as many as each holds. Every
-    replicate keeps both classes and every patient's studies travel together, so the intervals
-    reflect the patients sampled, not the studies.
+    """`(replicates, n)` multiplicities (float32, exact integers) of each study in each replicate of a
+    stratified cluster bootstrap: clusters (patients; each study its own without `clusters`) are drawn
+    with replacement within strata, as many as each holds. With one label `y` (n,) the strata are the
+    patients with a positive study and those without; with several (n, k) they are the patients'
+    patterns of labels (per label: a positive study, only known negatives, or nothing known), so that
+    every label keeps both classes in every replicate. Every patient's studies travel together, so
+    the intervals reflect the patients sampled, not the studies.
 
-    Hand-written: scikit-learn's `resample(stratify=)` draws one replicate of rows, not clusters."""
-    y = np.asarray(y, dtype=np.float64)
-    keys = np.arange(len(y)) if clusters is None else np.asarray(clusters)
+    Hand-written: scikit-learn's `resample(stratify=)` draws one replicate of rows, not clusters.
+    Float32 halves the largest array of the comparison (2,000 x 25k studies: 200 MB) and holds every
+    count exactly; the scores read it in float64 blocks (`_blocks`)."""
+    table = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
+    if not len(table):
+        return np.zeros((replicates, 0), dtype=np.float32)
+    keys = np.arange(len(table)) if clusters is None else np.asarray(clusters)
     _, cluster = np.unique(keys, return_inverse=True)
-    positive = np.zeros(cluster.max() + 1 if len(y) else 0, dtype=bool)
-    np.logical_or.at(positive, cluster, y == 1)
+    cluster = cluster.reshape(-1)
+    status = np.zeros((cluster.max() + 1, table.shape[1]), dtype=np.int8)
+    np.maximum.at(status, cluster, np.where(table == 1, 2, np.where(table == 0, 1, 0)).astype(np.int8))
+    _, stratum = np.unique(status, axis=0, return_inverse=True)
+    stratum = stratum.reshape(-1)
     rng = np.random.default_rng(seed)
-    counts = np.zeros((replicates, len(positive)))
-    for stratum in (positive, ~positive):
-        members = np.flatnonzero(stratum)
-        if not len(members):
-            continue
+    counts = np.zeros((replicates, len(status)), dtype=np.float32)
+    for s in range(stratum.max(), -1, -1):  # the positive patients' stratum first, as always
+        members = np.flatnonzero(stratum == s)
         draws = rng.integers(0, len(members), size=(replicates, len(members)))
-        flat = (draws + len(members) * np.arange(replicates)[:, None]).ravel()
-        counts[:, members] += np.bincount(flat, minlength=replicates * len(members)).reshape(replicates, -1)
+        draws += len(members) * np.arange(replicates)[:, None]
+        counts[:, members] = np.bincount(draws.ravel(), minlength=replicates * len(members)).reshape(
+            replicates, -1
+        )
     return counts[:, cluster]
+
+
+# Replicates scored at once: bounds every float64 temporary to BLOCK x n (25k studies: 50 MB).
+BLOCK = 250
+
+
+def _blocks(weights: np.ndarray) -> Iterator[np.ndarray]:
+    """`weights` (R, n) or (n,) in blocks of at most BLOCK replicates (rows, as stored)."""
+    w = np.atleast_2d(weights)
+    for start in range(0, len(w), BLOCK):
+        yield w[start : start + BLOCK]
+
+
+def weighted_sums(weights: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """`(R, k)` sums of each of the `(n, k)` columns under each replicate's weights."""
+    columns = np.asarray(columns, dtype=np.float64).reshape(np.shape(weights)[-1], -1)
+    return np.concatenate([block.astype(np.float64) @ columns for block in _blocks(weights)])
 
 
 def weighted_auc(y: np.ndarray, score: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """ROC AUC of `score` under each row of `weights` (R, n): the Mann-Whitney statistic with each
-    study counted as often as its weight, ties half (NaN where a row lacks a class). Sorted once,
-    whatever the number of replicates."""
+    study counted as often as its weight, ties half (NaN where a row lacks a class); studies whose
+    label is unknown (NaN) count for neither class.
+
+    The negatives are sorted once and each positive's place among them found once (`searchsorted`),
+    whatever the number of replicates: a replicate then needs only the running sum of its negatives'
+    weights, read at each positive's place (strictly below, and below or tied)."""
     y, score = np.asarray(y, dtype=np.float64), np.asarray(score, dtype=np.float64)
-    w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
-    order = np.argsort(score, kind="stable")
-    ranked, hits, w = score[order], y[order], w[:, order]
-    starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]]) if len(ranked) else np.zeros(0, int)
-    if not len(starts):
-        return np.full(len(w), np.nan)
-    pos = np.add.reduceat(w * hits, starts, axis=1)  # per run of tied scores
-    neg = np.add.reduceat(w * (1 - hits), starts, axis=1)
-    below = np.cumsum(neg, axis=1) - neg
+    negatives, positives = np.flatnonzero(y == 0), np.flatnonzero(y == 1)
+    negatives = negatives[np.argsort(score[negatives], kind="stable")]
+    below = np.searchsorted(score[negatives], score[positives], side="left")
+    tied = np.searchsorted(score[negatives], score[positives], side="right")
+    out = []
+    for block in _blocks(weights):
+        running = np.zeros((len(block), len(negatives) + 1))
+        np.cumsum(block[:, negatives], axis=1, dtype=np.float64, out=running[:, 1:])
+        pos = block[:, positives].astype(np.float64)
+        p, n = pos.sum(1), running[:, -1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            wins = (pos * (running[:, below] + running[:, tied])).sum(1) / 2  # ties count half
+            out.append(np.where((p > 0) & (n > 0), wins / (p * n), np.nan))
+    return np.concatenate(out)
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """numerator / denominator, NaN where the denominator is 0 (a replicate without the class)."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        auc = (pos * (below + neg / 2)).sum(1) / (pos.sum(1) * neg.sum(1))
-    return np.where((pos.sum(1) > 0) & (neg.sum(1) > 0), auc, np.nan)
+        return np.where(denominator > 0, numerator / denominator, np.nan)
 
 
 def weighted_f1(y: np.ndarray, calls: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """F1 of `calls` under each row of `weights` (NaN where a row has no positive)."""
     y, calls = np.asarray(y, dtype=np.float64), np.asarray(calls, dtype=np.float64)
-    w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
-    tp, n_pos = (w * y * calls).sum(1), (w * y).sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        f1 = 2 * tp / ((w * calls).sum(1) + n_pos)
-    return np.where(n_pos > 0, f1, np.nan)
+    tp, called, n_pos = weighted_sums(weights, np.c_[y * calls, calls, y]).T
+    return np.where(n_pos > 0, _ratio(2 * tp, called + n_pos), np.nan)
+
+
+def weighted_sensitivity(y: np.ndarray, calls: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Share of the positives called under each row (NaN without positives); the specificity is the
+    sensitivity of the negatives' non-calls, `weighted_sensitivity(1 - y, ~calls, weights)`."""
+    y, calls = np.asarray(y, dtype=np.float64), np.asarray(calls, dtype=np.float64)
+    hit, n_pos = weighted_sums(weights, np.c_[y * calls, y]).T
+    return _ratio(hit, n_pos)
+
+
+def weighted_brier(y: np.ndarray, prob: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Mean squared error of the probability `prob` under each row of `weights`."""
+    error = (np.asarray(prob, dtype=np.float64) - np.asarray(y, dtype=np.float64)) ** 2
+    total, n = weighted_sums(weights, np.c_[error, np.ones(len(error))]).T
+    return _ratio(total, n)
+
+
+def weighted_kappa(a: np.ndarray, b: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Cohen's kappa of two binary raters under each row of `weights` (NaN where chance agreement is
+    certain, one rater calling a single class throughout)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    agree, called_a, called_b, n = weighted_sums(weights, np.c_[a == b, a, b, np.ones(len(a))]).T
+    pa, pb = called_a / n, called_b / n
+    chance = pa * pb + (1 - pa) * (1 - pb)
+    return _ratio(agree / n - chance, np.where(chance < 1 - 1e-12, 1 - chance, 0.0))
+
+
+def bootstrap(statistic: Callable[..., np.ndarray], weights: np.ndarray, *data: np.ndarray) -> Interval:
+    """`statistic(*data, weights)` on the studies themselves, with the 95% interval of its replicates."""
+    value = float(statistic(*data, np.ones(len(data[0])))[0])
+    return percentile_interval(value, statistic(*data, weights))
 
 
 def bootstrap_auc(y: np.ndarray, score: np.ndarray, weights: np.ndarray) -> Interval:
-    return _percentiles(float(weighted_auc(y, score, np.ones(len(y)))[0]), weighted_auc(y, score, weights))
+    return bootstrap(weighted_auc, weights, y, score)
 
 
 def bootstrap_f1(y: np.ndarray, calls: np.ndarray, weights: np.ndarray) -> Interval:
-    return _percentiles(float(weighted_f1(y, calls, np.ones(len(y)))[0]), weighted_f1(y, calls, weights))
+    return bootstrap(weighted_f1, weights, y, calls)
 
 
 @dataclass(frozen=True)
@@ -221,7 +301,7 @@ class Paired:
     replicates: np.ndarray
 
     def interval(self) -> Interval:
-        return _percentiles(self.value, self.replicates)
+        return percentile_interval(self.value, self.replicates)
 
     def p_above(self, boundary: float) -> float:
         """Bootstrap p of H0: difference <= `boundary` (against H1: difference > `boundary`)."""
@@ -274,8 +354,8 @@ def holm(p: np.ndarray, replicates: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def point_metrics(y: np.ndarray, score: np.ndarray, calls: np.ndarray, prob: np.ndarray) -> dict[str, float]:
-    """AP of `score`, sensitivity and specificity of `calls` (each study at its own fold's threshold),
-    ECE and Brier score of the calibrated `prob` (NaN where undefined)."""
+    """AP of `score`, sensitivity and specificity of `calls` (each study at its own fold's threshold)
+    and ECE of the calibrated `prob` (NaN where undefined)."""
     y, calls = np.asarray(y, dtype=np.float64), np.asarray(calls, dtype=bool)
     n_pos, n_neg = y.sum(), (1 - y).sum()
     return {
@@ -283,5 +363,4 @@ def point_metrics(y: np.ndarray, score: np.ndarray, calls: np.ndarray, prob: np.
         "sensitivity": float((calls & (y == 1)).sum() / n_pos) if n_pos else math.nan,
         "specificity": float((~calls & (y == 0)).sum() / n_neg) if n_neg else math.nan,
         "ece": expected_calibration_error(y, prob),
-        "brier": float(np.mean((np.asarray(prob, dtype=np.float64) - y) ** 2)) if len(y) else math.nan,
     }

@@ -1,28 +1,32 @@
 """The comparison: every approach scored the same way, with intervals, against one reference.
 
 Each run (one approach on one outer fold) wrote its study predictions with their split. Here, per
-run and label, a temperature and a threshold are fitted on the *inner* split only and applied
-unchanged to the outer fold and the external sets. Internal scores pool the outer folds'
-predictions (out-of-fold); external sets are scored by the mean of the fold models' calibrated
-logits (each study once, by every fold). Ranks (AUC, AP, ΔAUC) read float64 logits, which a
-temperature never ties. Every score carries a 95% interval from a bootstrap over patients,
-stratified so that every replicate holds both classes, and each approach's AUC is compared with
-the reference's by a paired bootstrap on the same studies: an interval that contains 0 means the
-data cannot tell the two apart. A set with fewer than `min_positives` positives gets no AUC.
+run and label, a temperature and thresholds (the F1's, and those keeping 90% and 95% specificity)
+are fitted on the *inner* split only and applied unchanged to the outer fold and the external
+sets. Internal scores pool the outer folds' predictions (out-of-fold); external sets are scored by
+the mean of the fold models' calibrated logits (each study once, by every fold). Ranks (AUC, AP,
+ΔAUC) read float64 logits, which a temperature never ties. Every score carries a 95% interval from
+a bootstrap over patients, stratified so that every replicate holds both classes, and each
+approach's AUC is compared with the reference's by a paired bootstrap on the same studies: an
+interval that contains 0 means the data cannot tell the two apart. A set with fewer than
+`min_positives` positives gets no AUC.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import numbers
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from ct25d.atomic import atomic_path, write_csv, write_json
 from ct25d.errors import ConfigError
@@ -32,6 +36,7 @@ from ct25d.evaluation.scoring import (
     Temperature,
     auc_rows,
     best_threshold,
+    bootstrap,
     bootstrap_auc,
     bootstrap_f1,
     bootstrap_weights,
@@ -41,13 +46,23 @@ from ct25d.evaluation.scoring import (
     logit,
     paired_auc_difference,
     paired_f1_difference,
+    percentile_interval,
     point_metrics,
+    threshold_at_specificity,
+    weighted_auc,
+    weighted_brier,
+    weighted_kappa,
+    weighted_sensitivity,
 )
 from ct25d.provenance import stamp
 
 # How the table names a baseline by what it reads.
 FAMILIES = {"volume": "3D", "embeddings": "2.5D stacked embeddings", "slices": "2D thickened"}
 INTERNAL = "internal (OOF)"
+# Operating points a clinician reads: sensitivity where the inner split keeps this specificity.
+SPECIFICITIES = (0.90, 0.95)
+# What the slice F1 and the strips read of a slice table (the rest of it is never loaded).
+SLICE_COLUMNS = ["dataset", "study_id", "z", "any", "prob_any"]
 
 
 @dataclass
@@ -66,10 +81,13 @@ class Run:
         """The run's study predictions (read once, shared by every score and picture)."""
         return pd.read_parquet(self.folder / "predictions_studies.parquet")
 
-    @functools.cached_property
     def slices(self) -> pd.DataFrame:
-        """The run's slice predictions with their study's split (empty for volume models)."""
-        slices = pd.read_parquet(self.folder / "predictions_slices.parquet")
+        """The run's slice predictions of `any` with their study's split (empty for volume models).
+        Read when asked, never kept: at RSNA scale a run holds ~350k slices."""
+        path = self.folder / "predictions_slices.parquet"
+        if not set(SLICE_COLUMNS) <= set(pq.read_schema(path).names):
+            return pd.DataFrame(columns=[*SLICE_COLUMNS, "split"])
+        slices = pd.read_parquet(path, columns=SLICE_COLUMNS)
         return slices.merge(self.studies[["dataset", "study_id", "split"]], on=["dataset", "study_id"])
 
 
@@ -122,13 +140,27 @@ def load_runs(
     return runs
 
 
-def inner_choices(
-    studies: pd.DataFrame, labels: list[str], min_positives: int = 5
-) -> dict[str, tuple[Temperature, float]]:
-    """Per label, (temperature, threshold on the raw logit) fitted on the inner split's studies only.
+@dataclass(frozen=True)
+class Choice:
+    """What one run chose for one label on its inner split, on the raw logit: the temperature, the
+    threshold maximising F1, and per `SPECIFICITIES` entry the lowest threshold keeping that
+    specificity there (NaN without inner negatives)."""
 
-    The threshold is chosen on the raw logits (F1 depends on the ranks only), so a temperature
-    can never move a call."""
+    temperature: Temperature
+    threshold: float
+    at_specificity: tuple[float, ...]
+
+
+def threshold_columns(name: str) -> list[str]:
+    """The scored frame's threshold columns of a label: `t_` (F1), then `t90_`, `t95_` (specificity)."""
+    return [f"t_{name}", *(f"t{round(100 * s)}_{name}" for s in SPECIFICITIES)]
+
+
+def inner_choices(studies: pd.DataFrame, labels: list[str], min_positives: int = 5) -> dict[str, Choice]:
+    """Per label, the `Choice` fitted on the inner split's studies only.
+
+    Thresholds are chosen on the raw logits (F1 and specificity depend on the ranks only), so a
+    temperature can never move a call."""
     inner = studies[studies["split"] == "inner"]
     choices = {}
     for name in labels:
@@ -137,7 +169,11 @@ def inner_choices(
         temperature = (
             fit_temperature(y, z, min_positives) if len(y) else Temperature(1.0, "T=1: no inner studies")
         )
-        choices[name] = (temperature, best_threshold(y, z) if len(y) else 0.0)
+        choices[name] = Choice(
+            temperature,
+            best_threshold(y, z) if len(y) else 0.0,
+            tuple(threshold_at_specificity(y, z, s) for s in SPECIFICITIES),
+        )
     return choices
 
 
@@ -145,8 +181,9 @@ def scored_predictions(
     runs: list[Run], labels: list[str], min_positives: int = 5, patients: pd.DataFrame | None = None
 ) -> tuple[dict[str, pd.DataFrame], dict[str, list[str]]]:
     """Per approach: one row per scored study (`set`: internal or an external dataset) with `s_<label>`
-    (the calibrated logit, float64: ranks as the model's own score), `t_<label>` (the inner split's
-    threshold on that scale) and `p_<label>` (the calibrated probability, for calibration only);
+    (the calibrated logit, float64: ranks as the model's own score), `t_<label>`, `t90_<label>` and
+    `t95_<label>` (the inner split's thresholds on that scale: F1, specificity) and `p_<label>` (the
+    calibrated probability, for calibration only);
     and per approach the calibration flags of its runs. `patient_id` comes from `patients`
     (dataset, study_id, patient_id; each study its own patient without it): the bootstrap's cluster.
 
@@ -162,9 +199,12 @@ def scored_predictions(
         choices = inner_choices(studies, present, min_positives)
         scored = studies[studies["split"].isin(["validation", "external"])].copy()
         scored["set"] = np.where(scored["split"] == "validation", INTERNAL, scored["dataset"])
-        for name, (temperature, threshold) in choices.items():
+        for name, choice in choices.items():
+            temperature = choice.temperature
             scored[f"s_{name}"] = logit(scored[f"prob_{name}"].to_numpy()) / temperature.value
-            scored[f"t_{name}"] = threshold / temperature.value
+            for column, threshold in zip(threshold_columns(name), (choice.threshold, *choice.at_specificity),
+                                         strict=True):  # fmt: skip
+                scored[column] = threshold / temperature.value
             if temperature.flag:
                 flags.setdefault(run.approach, []).append(f"fold {run.fold} {name}: {temperature.flag}")
         by_approach.setdefault(run.approach, []).append(scored.assign(fold=run.fold))
@@ -183,8 +223,12 @@ def scored_predictions(
             raise ValueError(
                 f"{approach}: external study {dataset}/{study} has no prediction from fold(s) {missing}"
             )
-        numeric = [c for c in frame if c.startswith(("s_", "t_"))] + [n for n in labels if n in frame]
-        external = outside.groupby(["set", "dataset", "study_id"], as_index=False)[numeric].mean()
+        numeric = [c for n in labels if n in frame for c in (n, f"s_{n}", *threshold_columns(n))]
+        groups = outside.groupby(["set", "dataset", "study_id"], as_index=False)[numeric]
+        external = groups.mean()
+        # A mean over every fold model or none: a fold without a threshold (no inner negatives) leaves
+        # the study's threshold undefined rather than averaged over the other folds.
+        external[numeric] = external[numeric].where(groups.count()[numeric].to_numpy() == len(folds))
         scored = pd.concat([internal, external], ignore_index=True).drop(
             columns="patient_id", errors="ignore"
         )
@@ -245,42 +289,117 @@ def too_few(y: np.ndarray, min_positives: int) -> Interval | None:
     return Interval(math.nan, math.nan, math.nan, f"too few positives (n+ {n_pos}, n {len(y)})")
 
 
+class Resampler:
+    """Bootstrap weights made once per set of studies and stratification, and shared.
+
+    Every approach is scored on the same studies with the same seed, so each would draw the same
+    matrix (paired differences and claims need exactly that); at RSNA scale one is 2,000 x 21k
+    studies, and one per approach, label and table would be drawn hundreds of times. The last
+    `keep` matrices are kept: the comparison asks for two per set (by `any`, by the labels' pattern).
+    """
+
+    def __init__(self, replicates: int, seed: int, keep: int = 2) -> None:
+        self.replicates, self.seed, self.keep = replicates, seed, keep
+        self._made: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def weights(self, part: pd.DataFrame, labels: list[str]) -> np.ndarray:
+        """`bootstrap_weights` of `part`'s studies, stratified by `labels`, clustered by patient."""
+        keys = [c for c in ("dataset", "study_id", "patient_id") if c in part]
+        rows = pd.util.hash_pandas_object(part[keys + labels], index=False).to_numpy()
+        key = hashlib.sha256(rows.tobytes()).hexdigest() + "|".join(labels)
+        if key not in self._made:
+            while len(self._made) >= self.keep:
+                self._made.popitem(last=False)  # before drawing: never one more matrix than `keep`
+            y = part[labels].to_numpy(float)
+            self._made[key] = bootstrap_weights(y, self.replicates, self.seed, patients_of(part))
+        self._made.move_to_end(key)
+        return self._made[key]
+
+
 def _one_set(
     frame: pd.DataFrame,
     reference: pd.DataFrame | None,
     labels: list[str],
-    replicates: int,
-    seed: int,
+    resampler: Resampler,
     min_positives: int = 5,
 ) -> dict[str, Any]:
-    """Scores of one approach on one set of studies (`any` with intervals, macro AUC, difference):
-    ranks from the calibrated logits `s_`, calls at each study's own fold threshold `t_`,
-    calibration from `p_`, intervals from a stratified bootstrap over patients."""
+    """Scores of one approach on one set of studies (`any` with intervals, the operating points, the
+    labels' AUCs, difference): ranks from the calibrated logits `s_`, calls at each study's own fold
+    threshold `t_` (`t90_`, `t95_` for the specificity points), calibration from `p_`, intervals from
+    a stratified bootstrap over patients.
+
+    The intervals of F1, sensitivity and ΔF1 hold each fold's threshold fixed, as they hold its
+    weights: they answer "how would this trained model, threshold included, do on other patients
+    like these", the question a deployment asks. Choosing the threshold again per replicate (on a
+    bootstrap of each fold's inner split) would add the threshold's own uncertainty but not the
+    weights', a mix that answers neither question; the table's header says which one it answers."""
     known = frame["any"].notna().to_numpy()
     part = frame[known]
     y, score = part["any"].to_numpy(float), part["s_any"].to_numpy(float)
     calls = score > part["t_any"].to_numpy(float)
-    weights = bootstrap_weights(y, replicates, seed, patients_of(part))
+    weights = resampler.weights(part, ["any"])
     few = too_few(y, min_positives)
+    n_pos = int(y.sum())
     row: dict[str, Any] = {
         "n": len(part),
-        "n_pos": int(y.sum()),
+        "n_pos": n_pos,
         "patients": int(part["patient_id"].nunique()) if "patient_id" in part else len(part),
         "auc": few or bootstrap_auc(y, score, weights),
         "f1": few or bootstrap_f1(y, calls, weights),
+        # Calling every study positive: the F1 that a rule must beat to have learned anything.
+        "f1_all_positive": 2 * n_pos / (len(y) + n_pos) if n_pos else math.nan,
         **point_metrics(y, score, calls, part["p_any"].to_numpy(float)),
+        "brier": bootstrap(weighted_brier, weights, y, part["p_any"].to_numpy(float)),
     }
-    aucs = []
-    for name in labels:
-        if f"s_{name}" in frame and frame[name].notna().any():
-            sub = frame[frame[name].notna()]
-            aucs.append(float(auc_rows(sub[name].to_numpy(float), sub[f"s_{name}"].to_numpy(float))[0]))
-    present = [a for a in aucs if not math.isnan(a)]  # labels with positives and negatives here
-    row["macro_auc"] = float(np.mean(present)) if present else math.nan
-    row["labels_present"] = len(present)
+    for specificity, column in zip(SPECIFICITIES, threshold_columns("any")[1:], strict=True):
+        threshold = part[column].to_numpy(float)
+        at = score > threshold
+        k = round(100 * specificity)
+        undefined = Interval(math.nan, math.nan, math.nan, "a fold had no inner negatives")
+        row[f"sens_at_{k}"] = few or (
+            undefined if np.isnan(threshold).any() else bootstrap(weighted_sensitivity, weights, y, at)
+        )
+        row[f"spec_at_{k}"] = float((~at & (y == 0)).sum() / (y == 0).sum()) if (y == 0).any() else math.nan
+    row.update(label_scores(frame, labels, resampler, min_positives))
     if reference is not None:
         deltas = paired_differences(part, reference, weights)
         row.update({k: few or v.interval() for k, v in deltas.items()})
+    return row
+
+
+def label_scores(
+    frame: pd.DataFrame, labels: list[str], resampler: Resampler, min_positives: int = 5
+) -> dict[str, Any]:
+    """Per configured label in `frame`: `n_pos_<label>` and `auc_<label>` with its interval; and
+    `macro_auc`, the mean AUC over the labels with at least `min_positives` positives and negatives
+    in this set (the same labels for every approach scored on it, named in `macro_labels`).
+
+    One bootstrap for all of them, stratified by each patient's pattern of those labels: every label
+    keeps both classes in every replicate, so each replicate's macro average is over the same labels
+    (a plain class bootstrap would lose a rare label's positives in some replicates)."""
+    counts = {n: (int(frame[n].sum()), int(frame[n].notna().sum())) for n in labels if n in frame}
+    entered = [n for n, (pos, known) in counts.items() if min(pos, known - pos) >= min_positives]
+    row: dict[str, Any] = {f"n_pos_{n}": pos for n, (pos, _) in counts.items()}
+    weights = resampler.weights(frame, entered) if entered else None
+    values, replicates = [], []
+    for name in counts:
+        if name not in entered:
+            row[f"auc_{name}"] = too_few(frame.loc[frame[name].notna(), name].to_numpy(float), min_positives)
+            continue
+        y, score = frame[name].to_numpy(float), frame[f"s_{name}"].to_numpy(float)
+        values.append(float(weighted_auc(y, score, np.ones(len(y)))[0]))
+        replicates.append(weighted_auc(y, score, weights))
+        row[f"auc_{name}"] = percentile_interval(values[-1], replicates[-1])
+    row["macro_auc"] = (
+        percentile_interval(float(np.mean(values)), np.mean(replicates, axis=0))
+        if entered
+        else Interval(math.nan, math.nan, math.nan, f"no label with {min_positives} positives and negatives")
+    )
+    left_out = [f"{n} (n+ {counts[n][0]})" if n in counts else f"{n} (not scored)" for n in labels
+                if n not in entered]  # fmt: skip
+    row["macro_labels"] = f"{len(entered)} of {len(labels)}" + (
+        f"; not {', '.join(left_out)}" if left_out else ""
+    )
     return row
 
 
@@ -306,12 +425,13 @@ def comparison(
     runs: list[Run],
     labels: list[str],
     reference: str | None,
-    replicates: int = 1000,
-    seed: int = 0,
+    resampler: Resampler,
     min_positives: int = 5,
     patients: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    """(long table: one row per approach and set of studies; the scored predictions per approach)."""
+    """(long table: one row per approach and set of studies; the scored predictions per approach).
+
+    Scored set by set, every approach in turn, so that one set's bootstrap weights serve them all."""
     predictions, flags = scored_predictions(runs, labels, min_positives, patients)
     meta: dict[str, dict[str, Any]] = {}
     train_aucs: dict[str, dict[int, float]] = {}
@@ -327,29 +447,32 @@ def comparison(
         peak = run.extra.get("peak_mb", math.nan)
         entry["peak_mb"] = peak if math.isnan(entry["peak_mb"]) else max(entry["peak_mb"], peak)
     spread = fold_aucs(runs)
-    rows = []
-    for approach, frame in predictions.items():
-        for name, part in frame.groupby("set", sort=True):
-            ref = None
-            if reference and reference in predictions and approach != reference:
-                ref_frame = predictions[reference]
-                ref = ref_frame[ref_frame["set"] == name]
-            rows.append(
-                {
-                    "approach": approach,
-                    "set": name,
-                    **meta[approach],
-                    "folds": ", ".join(map(str, sorted(meta[approach]["folds"]))),
-                    **_one_set(part, ref, labels, replicates, seed, min_positives),
-                    "fold AUCs": ", ".join(f"{a:.3f}" for a in spread.get((approach, name), [])),
-                    "calibration": "; ".join(flags.get(approach, [])),
-                    "train AUCs": ", ".join(
-                        f"{a:.2f}" for _, a in sorted(train_aucs.get(approach, {}).items())
-                    ),
-                    "train_auc_max": max(train_aucs.get(approach, {}).values(), default=math.nan),
-                }
-            )
-    return pd.DataFrame(rows), predictions
+    sets = sorted({name for frame in predictions.values() for name in frame["set"].unique()})
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for name in sets:
+        ref = None
+        if reference and reference in predictions:
+            ref = predictions[reference][predictions[reference]["set"] == name]
+        for approach, frame in predictions.items():
+            part = frame[frame["set"] == name]
+            if part.empty:
+                continue
+            rows[approach, name] = {
+                "approach": approach,
+                "set": name,
+                **meta[approach],
+                "folds": ", ".join(map(str, sorted(meta[approach]["folds"]))),
+                **_one_set(part, None if approach == reference else ref, labels, resampler, min_positives),
+                "fold AUCs": ", ".join(f"{a:.3f}" for a in spread.get((approach, name), [])),
+                "calibration": "; ".join(flags.get(approach, [])),
+                "train AUCs": ", ".join(f"{a:.2f}" for _, a in sorted(train_aucs.get(approach, {}).items())),
+                "train_auc_max": max(train_aucs.get(approach, {}).values(), default=math.nan),
+            }
+    order = list(predictions)
+    long = pd.DataFrame([rows[key] for key in sorted(rows, key=lambda k: (order.index(k[0]), k[1]))])
+    counts = [c for c in long if c in ("n", "n_pos", "patients") or c.startswith("n_pos_")]
+    long[counts] = long[counts].astype("Int64")  # a label one approach lacks must not make n+ 1.0
+    return long, predictions
 
 
 def slice_f1(runs: list[Run]) -> dict[str, float]:
@@ -357,8 +480,8 @@ def slice_f1(runs: list[Run]) -> dict[str, float]:
     slices (approaches without slice predictions are absent)."""
     pooled: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     for run in runs:
-        slices = run.slices
-        if slices.empty or "prob_any" not in slices:
+        slices = run.slices()
+        if slices.empty:
             continue
         inner = slices[(slices["split"] == "inner") & slices["any"].notna()]
         threshold = best_threshold(inner["any"].to_numpy(float), inner["prob_any"].to_numpy(float))
@@ -380,8 +503,8 @@ def outer_slices(runs: list[Run], fold: int | None = None) -> dict[str, pd.DataF
         fold = run.fold if fold is None else fold
         if run.fold != fold:
             continue
-        slices = run.slices
-        if slices.empty or "prob_any" not in slices:
+        slices = run.slices()
+        if slices.empty:
             continue
         out[run.approach] = slices[slices["split"] == "validation"]
     return out
@@ -397,12 +520,20 @@ def wide_table(long: pd.DataFrame, slice_scores: dict[str, float], reference: st
         for _, r in group.sort_values("set", key=lambda s: s != INTERNAL).iterrows():
             where = "OOF" if r["set"] == INTERNAL else r["set"]
             row[f"volume F1 ({where})"] = r["f1"]
+            row[f"F1 all positive ({where})"] = r["f1_all_positive"]
             row[f"volume AUC ({where})"] = r["auc"]
+            points = [round(100 * s) for s in SPECIFICITIES]
+            for k in points:
+                row[f"sens @ {k}% spec ({where})"] = r[f"sens_at_{k}"]
+            row[f"spec reached @ {' / '.join(map(str, points))} ({where})"] = _slash(
+                *(r[f"spec_at_{k}"] for k in points)
+            )
             if where != "OOF" and "," in str(r["folds"]):
                 row[f"fold AUCs ({where})"] = r["fold AUCs"]  # each fold model alone, for the spread
+            row[f"macro AUC ({where})"] = r["macro_auc"]
+            row[f"macro labels ({where})"] = r["macro_labels"]
             if where == "OOF":
-                row["macro AUC (OOF)"] = r["macro_auc"]
-                row["sens / spec (OOF)"] = f"{r['sensitivity']:.2f} / {r['specificity']:.2f}"
+                row["sens / spec (OOF)"] = _slash(r["sensitivity"], r["specificity"])
                 row["ECE (OOF)"] = r["ece"]
                 row["Brier (OOF)"] = r["brier"]
             if reference and isinstance(r.get("delta_auc"), Interval):
@@ -424,39 +555,41 @@ def wide_table(long: pd.DataFrame, slice_scores: dict[str, float], reference: st
     return table
 
 
+def _slash(*values: float) -> str:
+    """Rates side by side to two decimals ("0.91 / 0.95"), n/a where undefined."""
+    return " / ".join("n/a" if math.isnan(v) else f"{v:.2f}" for v in values)
+
+
 # The CQ500 paper's findings and the labels they are scored as (readers' majority, ct25d.labels).
 FINDINGS = {"ICH": "any", "IPH": "intraparenchymal", "IVH": "intraventricular", "SDH": "subdural",
             "EDH": "epidural", "SAH": "subarachnoid"}  # fmt: skip
 
 
-def findings_table(
-    predictions: dict[str, pd.DataFrame], replicates: int, seed: int, min_positives: int = 5
-) -> pd.DataFrame:
-    """Study-level AUC per finding (as the CQ500 paper scores it), per approach and set of studies;
-    a finding without both classes in a set is left empty, not scored."""
+def findings_table(long: pd.DataFrame) -> pd.DataFrame:
+    """Study-level AUC per finding (as the CQ500 paper scores it) with its n+, per approach and set of
+    studies, read from the long table's per-label scores (`label_scores`); a finding with too few
+    positives says so, and one not among the compared labels is left out."""
     rows = []
-    for approach, frame in predictions.items():
-        for name, part in frame.groupby("set", sort=True):
-            row: dict[str, Any] = {"approach": approach, "set": name}
-            for finding, label in FINDINGS.items():
-                known = part[part[label].notna()] if label in part else part.iloc[:0]
-                y = known[label].to_numpy(float) if len(known) else np.zeros(0)
-                if len(y) and 0 < y.sum() < len(y):
-                    weights = bootstrap_weights(y, replicates, seed, patients_of(known))
-                    row[f"{finding} AUC"] = too_few(y, min_positives) or bootstrap_auc(
-                        y, known[f"s_{label}"].to_numpy(float), weights
-                    )
-                    row[f"{finding} n+"] = int(y.sum())
-            rows.append(row)
-    return pd.DataFrame(rows)
+    for r in long.to_dict(orient="records"):
+        row: dict[str, Any] = {"approach": r["approach"], "set": r["set"]}
+        for finding, label in FINDINGS.items():
+            if f"auc_{label}" in r:
+                row[f"{finding} AUC"] = r[f"auc_{label}"]
+                row[f"{finding} n+"] = r[f"n_pos_{label}"]
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    counts = [c for c in table if c.endswith(" n+")]
+    table[counts] = table[counts].astype("Int64")
+    return table
 
 
-def reader_kappas(predictions: dict[str, pd.DataFrame], dataset: str, reads: str | Path,
-                  salt: str) -> pd.DataFrame:  # fmt: skip
+def reader_kappas(
+    predictions: dict[str, pd.DataFrame], dataset: str, reads: str | Path, salt: str, resampler: Resampler
+) -> pd.DataFrame:
     """Cohen's kappa of each approach's ICH call (calibrated `any` above its inner threshold) with each
-    CQ500 reader, beside the readers' kappas with each other (the CQ500 paper reports the latter)."""
-    from sklearn.metrics import cohen_kappa_score
-
+    CQ500 reader, beside the readers' kappas with each other (the CQ500 paper reports the latter), all
+    on the same studies (those every approach scored) and with 95% intervals from one bootstrap over
+    patients stratified by the readers' majority."""
     from ct25d.dicom.headers import pseudonym
     from ct25d.labels import CQ500_READERS
 
@@ -464,21 +597,29 @@ def reader_kappas(predictions: dict[str, pd.DataFrame], dataset: str, reads: str
     numbers = raw["name"].astype(str).str.extract(r"CQ500-CT-(\d+)$")[0]
     # A CQ500 study is its folder `CQ500CT<N> CQ500CT<N>` (ct25d.dicom.scan), pseudonymised at ingest.
     raw["study_id"] = [pseudonym(f"CQ500CT{n} CQ500CT{n}", salt, "st-") for n in numbers]
-    calls = {r: raw.set_index("study_id")[f"{r}:ICH"].astype(int) for r in CQ500_READERS}
+    parts = {a: frame[frame["set"] == dataset].set_index("study_id") for a, frame in predictions.items()}
+    parts = {a: part for a, part in parts.items() if part.index.isin(raw["study_id"]).any()}
+    shared = set(raw["study_id"])
+    for part in parts.values():
+        shared &= set(part.index)
+    common = raw[raw["study_id"].isin(shared)]
+    calls = {r: common[f"{r}:ICH"].to_numpy(int) for r in CQ500_READERS}
+    studies = pd.DataFrame({"study_id": common["study_id"].to_numpy(),
+                            "majority": (sum(calls.values()) >= 2).astype(float)})  # fmt: skip
+    if parts and "patient_id" in next(iter(parts.values())):
+        studies["patient_id"] = next(iter(parts.values())).loc[studies["study_id"], "patient_id"].to_numpy()
+    weights = resampler.weights(studies, ["majority"])
     rows: list[dict[str, Any]] = []
     for a in CQ500_READERS:
-        row = {"rater": f"reader {a}", "studies": len(raw)}
-        row.update({f"κ vs {b}": cohen_kappa_score(calls[a], calls[b]) for b in CQ500_READERS if b != a})
+        row: dict[str, Any] = {"rater": f"reader {a}", "studies": len(studies)}
+        row.update({f"κ vs {b}": bootstrap(weighted_kappa, weights, calls[a], calls[b])
+                    for b in CQ500_READERS if b != a})  # fmt: skip
         rows.append(row)
-    for approach, frame in predictions.items():
-        part = frame[frame["set"] == dataset].set_index("study_id")
-        part = part[part.index.isin(raw["study_id"])]
-        if part.empty:
-            continue
-        call = (part["s_any"] > part["t_any"]).astype(int)
-        row: dict[str, Any] = {"rater": approach, "studies": len(part)}
-        for reader in CQ500_READERS:
-            row[f"κ vs {reader}"] = cohen_kappa_score(calls[reader].reindex(part.index), call)
+    for approach, part in parts.items():
+        part = part.loc[studies["study_id"]]
+        call = (part["s_any"] > part["t_any"]).to_numpy(int)
+        row = {"rater": approach, "studies": len(part)}
+        row.update({f"κ vs {r}": bootstrap(weighted_kappa, weights, calls[r], call) for r in CQ500_READERS})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -635,8 +776,7 @@ def claims_table(
     claims: list[dict[str, Any]],
     runs: list[Run],
     predictions: dict[str, pd.DataFrame],
-    replicates: int,
-    seed: int,
+    resampler: Resampler,
     min_positives: int = 5,
     alpha: float = 0.05,
 ) -> pd.DataFrame:
@@ -656,7 +796,7 @@ def claims_table(
             part = part[part["any"].notna()]
             other = predictions[than][predictions[than]["set"] == name]
             y = part["any"].to_numpy(float)
-            weights = bootstrap_weights(y, replicates, seed, patients_of(part))
+            weights = resampler.weights(part, ["any"])
             delta = paired_differences(part, other, weights).get(f"delta_{claim.metric}")
             if delta is None:
                 continue
@@ -671,7 +811,7 @@ def claims_table(
         rows += sorted(tested, key=lambda row: row["role"] != "primary")
     table = pd.DataFrame(rows, columns=CLAIM_COLUMNS)
     primary = (table["role"] == "primary") & table["p"].notna()
-    adjusted, error = holm(table.loc[primary, "p"].to_numpy(float), replicates)
+    adjusted, error = holm(table.loc[primary, "p"].to_numpy(float), resampler.replicates)
     table.loc[primary, "p (Holm)"] = adjusted
     errors = pd.Series(error, index=table.index[primary]).reindex(table.index)
     table["verdict"] = [
@@ -761,7 +901,8 @@ def write_comparison(
     reference = resolve(reference, runs) if reference else None
     if patients is not None and not isinstance(patients, pd.DataFrame):
         patients = pd.read_parquet(patients, columns=["dataset", "study_id", "patient_id"])
-    long, predictions = comparison(runs, labels, reference, replicates, seed, min_positives, patients)
+    resampler = Resampler(replicates, seed)
+    long, predictions = comparison(runs, labels, reference, resampler, min_positives, patients)
     table = wide_table(long, slice_f1(runs), reference)
     write_csv(out / "comparison.csv", table.map(_text))
     write_csv(out / "comparison_long.csv", long.map(_text))
@@ -772,6 +913,16 @@ def write_comparison(
         f"patients, stratified by class ({replicates} replicates, seed {seed}); no AUC below "
         f"{min_positives} positives. ΔAUC: paired "
         f"bootstrap against the reference ({reference or 'none'}). Sens / spec at each fold's own threshold. "
+        f"F1 all positive: the F1 of calling every study of the set positive (2 n+ / (n + n+)), the F1 a "
+        f"rule must beat. Sens @ 90% / 95% spec: at the lowest threshold that leaves 90% / 95% of each "
+        f"fold's inner-split negatives uncalled, applied unchanged to its outer fold (external sets: the "
+        f"mean of the fold models' thresholds, as of their scores); `spec reached` is the specificity "
+        f"these thresholds reach on the set itself. The intervals of F1, sensitivity and ΔF1 treat each "
+        f"fold's threshold as fixed, part of the trained model as its weights are: they cover the "
+        f"patients sampled, not choosing the threshold again. Macro AUC: the mean AUC over the "
+        f"configured labels ({', '.join(labels)}) with at least {min_positives} positives and negatives "
+        f"in the set (`macro labels`: how many entered, and which did not), its interval from one "
+        f"bootstrap stratified by each patient's pattern of those labels. Brier with its interval. "
         f"Training s: the approach's own training jobs over all folds (Stage-2 and 2.5CNN rows exclude the "
         f"Stage-1 run they read); peak RSS from the same `benchmark:` files. {volume_note(runs)}",
         "",
@@ -801,19 +952,24 @@ def write_comparison(
         plot_strips,
     )
 
-    tested = claims_table(list(claims or []), runs, predictions, replicates, seed, min_positives, alpha)
+    tested = claims_table(list(claims or []), runs, predictions, resampler, min_positives, alpha)
     write_csv(out / "claims.csv", claims_text(tested))
     with atomic_path(out / "claims.md") as tmp:
         tmp.write_text(claims_markdown(tested, replicates, seed, alpha))
-    findings = findings_table(predictions, replicates, seed, min_positives).map(_text)
+    findings = findings_table(long).map(_text)
     write_csv(out / "findings.csv", findings)
     with atomic_path(out / "findings.md") as tmp:
-        tmp.write_text("Study-level AUC per finding (CQ500 paper's names; labels: the majority of the three "
-                       f"readers), 95% intervals from a bootstrap over patients; none below {min_positives} "
-                       "positives.\n\n"
-                       + findings.to_markdown(index=False) + "\n")  # fmt: skip
+        tmp.write_text(
+            "Study-level AUC per finding (CQ500 paper's names; labels: the majority of the three readers), "
+            "95% intervals from one bootstrap over patients per set, stratified by each patient's pattern "
+            "of the findings with enough cases (that of the macro AUC; comparison.md's ICH interval is "
+            f"stratified by ICH alone); none below {min_positives} positives.\n\n"
+            + findings.to_markdown(index=False)
+            + "\n"
+        )
     kappas = [
-        reader_kappas(predictions, d, path, salt).assign(dataset=d) for d, path in (readers or {}).items()
+        reader_kappas(predictions, d, path, salt, resampler).assign(dataset=d)
+        for d, path in (readers or {}).items()
     ]
     table_k = pd.concat(kappas, ignore_index=True) if kappas else pd.DataFrame(columns=["rater", "dataset"])
     write_csv(out / "readers.csv", table_k.map(_text))
