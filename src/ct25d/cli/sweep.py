@@ -55,23 +55,23 @@ def saved_fraction(config: dict[str, Any], fraction: float) -> Path | None:
     return None
 
 
-def run_fraction(configfiles: list[str], fraction: float, snakemake_args: list[str], cores: int) -> Path:
-    """One fraction end to end; returns the folder its comparison and training sizes were saved in."""
+def run_fraction(
+    configfiles: list[str], config: dict[str, Any], fraction: float, snakemake_args: list[str], cores: int
+) -> Path:
+    """One fraction end to end (`config`: the files merged); returns the folder its comparison and
+    training sizes were saved in."""
     import pandas as pd
     import yaml
 
     from ct25d.atomic import atomic_path, write_json
     from ct25d.report.sweep import training_sizes
 
-    config = _merged_config(configfiles)
-    results = Path(config.get("results", "results"))
     saved = saved_fraction(config, fraction)
     if saved is not None:
         log.info("fraction %g: saved comparison is from this config; not run again", fraction)
         return saved
+    results = Path(config.get("results", "results"))
     folder = _fraction_dir(results, fraction)
-    key = _config_key(config, fraction)
-    done = folder / "done.txt"
     overlay = folder / "overlay.yaml"
     with atomic_path(overlay) as tmp:
         tmp.write_text(yaml.safe_dump({"splits": {**config.get("splits", {}), "train_fraction": fraction}}))
@@ -84,8 +84,8 @@ def run_fraction(configfiles: list[str], fraction: float, snakemake_args: list[s
         shutil.copytree(results / "comparison", tmp)
     folds = pd.read_parquet(results / "splits" / "folds.parquet")
     write_json(folder / "sizes.json", {"train_fraction": fraction, **training_sizes(folds)})
-    with atomic_path(done) as tmp:
-        tmp.write_text(key + "\n")
+    with atomic_path(folder / "done.txt") as tmp:
+        tmp.write_text(_config_key(config, fraction) + "\n")
     return folder
 
 
@@ -110,7 +110,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         if not points:
             raise Ct25dError("sweep --saved-only: no fraction saved from this config yet")
     else:
-        points = [(f, run_fraction(args.configfile, f, extra, args.cores)) for f in fractions]
+        points = [(f, run_fraction(args.configfile, config, f, extra, args.cores)) for f in fractions]
     out = Path(config.get("results", "results")) / "comparison"
     table = write_data_size(points, out, sweep.get("approaches") or None)
     log.info("%d points; see %s/data_size.md and data_size.png", len(table), out)

@@ -73,13 +73,18 @@ def assign_folds(studies: pd.DataFrame, folds: int, seed: int, train_fraction: f
                        "inner_for": "int64"})  # fmt: skip
 
 
-def _inner_for(train: pd.DataFrame, folds: int, seed: int) -> np.ndarray:
-    """Per study, the outer fold whose inner split its patient joins (its own fold: none)."""
-    patients = (
+def _patients(train: pd.DataFrame) -> pd.DataFrame:
+    """One row per training patient (sorted): their fold and whether any of their studies is positive."""
+    return (
         train.assign(any=train["any"].fillna(0).astype(int))
         .groupby("patient_id", sort=True)
         .agg(fold=("fold", "first"), any=("any", "max"))
     )
+
+
+def _inner_for(train: pd.DataFrame, folds: int, seed: int) -> np.ndarray:
+    """Per study, the outer fold whose inner split its patient joins (its own fold: none)."""
+    patients = _patients(train)
     rng = np.random.default_rng([seed, 0x1E7])
     patients["order"] = rng.permutation(len(patients))
     inner = pd.Series(EXTERNAL_FOLD, index=patients.index, dtype=np.int64)
@@ -97,11 +102,7 @@ def _kept_for_training(train: pd.DataFrame, fraction: float, seed: int) -> np.nd
     stratum keeps its first ceil(fraction * n): the subsets of increasing fractions are nested."""
     if fraction >= 1:
         return np.ones(len(train), dtype=bool)
-    patients = (
-        train.assign(any=train["any"].fillna(0).astype(int))
-        .groupby("patient_id", sort=True)
-        .agg(fold=("fold", "first"), any=("any", "max"))
-    )
+    patients = _patients(train)
     patients["order"] = np.random.default_rng([seed, 0x5A1E]).permutation(len(patients))
     kept: set[str] = set()
     for _, group in patients.groupby(["fold", "any"]):

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from ct25d.atomic import atomic_path, write_csv, write_json
 from ct25d.datasets.splits import study_splits
 from ct25d.errors import Ct25dError
+from ct25d.evaluation.scoring import Interval
 from ct25d.provenance import stamp
 
 INTERNAL_PREFIX = "internal"
@@ -85,9 +86,11 @@ def plot_data_size(table: pd.DataFrame, path: Path) -> None:
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("training studies per fold (train + inner split)")
     axes[0].set_ylabel("volume AUC of 'any' (95% interval)")
-    axes[0].legend(fontsize=7, loc="lower right")
+    # One legend under the panels: inside a panel it hides the points it names.
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 3), fontsize=8)
     fig.suptitle("Where does 3D catch up? The same scored studies at every training size")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05 + 0.04 * ((len(labels) - 1) // 3), 1, 1))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
 
@@ -102,7 +105,7 @@ def write_data_size(
     write_csv(out_dir / "data_size.csv", table)
     text = table.assign(
         auc=[
-            f"{a:.3f} [{lo:.3f}, {hi:.3f}]" if not math.isnan(a) else note
+            Interval(a, lo, hi, note).text()
             for a, lo, hi, note in zip(table["auc"], table["low"], table["high"], table["note"], strict=True)
         ]
     ).drop(columns=["low", "high", "note"])
