@@ -87,10 +87,14 @@ def plot_data_size(table: pd.DataFrame, path: Path) -> None:
         ax.set_xlabel("training studies per fold (train + inner split)")
     axes[0].set_ylabel("volume AUC of 'any' (95% interval)")
     # One legend under the panels: inside a panel it hides the points it names.
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 3), fontsize=8)
+    # Gathered over every panel: a set where an approach has no AUC (a single class) still names it.
+    named = {}
+    for ax in axes:
+        named.update(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
+    if named:
+        fig.legend(list(named.values()), list(named), loc="lower center", ncol=min(len(named), 3), fontsize=8)
     fig.suptitle("Where does 3D catch up? The same scored studies at every training size")
-    fig.tight_layout(rect=(0, 0.05 + 0.04 * ((len(labels) - 1) // 3), 1, 1))
+    fig.tight_layout(rect=(0, 0.05 + 0.04 * (max(len(named) - 1, 0) // 3), 1, 1))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
 
