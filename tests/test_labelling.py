@@ -76,3 +76,21 @@ def test_a_folder_key_that_spans_two_studies_is_refused(cohorts, tmp_path: Path,
     assert scan(root, tmp_path / "labels.csv", tmp_path / "scan", layout="dicom_tree", label_key="folder",
                 folder_pattern="^(?P<study>[^/]+)/") == 2  # fmt: skip
     assert "label key 'P00000' matches 2 studies" in caplog.records[-1].getMessage()
+
+
+def test_an_unlabelled_dataset_is_scanned_without_labels(cohorts, tmp_path: Path) -> None:
+    """Role predict: no label file; every label is unknown (NA, never 0), studies keep their folder
+    names, and nothing is matched or warned about. A label file given to it is refused."""
+    pattern = "^(?P<study>[^/]+/[^/]+)/"
+    entry = {"layout": "dicom_tree", "role": "predict", "label_key": "folder", "folder_pattern": pattern}
+    args = ["scan", "--root", str(cohorts["dicom_tree"] / "archive"), "--dataset", json.dumps(entry),
+            "--shards", "1", "--settings", json.dumps(SETTINGS), "--out", str(tmp_path / "scan")]  # fmt: skip
+    assert main(args) == 0
+    scanned = pd.read_parquet(tmp_path / "scan" / "studies.parquet")
+    assert len(scanned) == 8 and not scanned["has_labels"].any()
+    assert scanned[list(RSNA_LABELS)].isna().all().all()
+    assert scanned["name"].str.fullmatch(r"P\d{5}/\d{3}_[^/]+").all()  # <patient>/<study> folders
+    match = json.loads((tmp_path / "scan" / "label_match.json").read_text())
+    assert match["studies_labelled"] == 0 and "warning" not in match
+    labels = cohorts["dicom_tree"] / "labels.csv"
+    assert scan(cohorts["dicom_tree"] / "archive", labels, tmp_path / "again", **entry) == 2

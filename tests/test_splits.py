@@ -126,3 +126,20 @@ def test_train_fraction_keeps_the_scored_studies_and_nests_the_training_ones() -
     assert (full["inner_for"] != LEFT_OUT).all()
     with pytest.raises(ConfigError, match=r"splits\.train_fraction"):
         assign_folds(studies, 3, seed=2, train_fraction=0)
+
+
+def test_an_unlabelled_dataset_is_predicted_by_every_fold_and_changes_no_fold() -> None:
+    """Role predict: fold -1, never an inner split, `predict` for every outer fold; adding it leaves
+    the training studies' folds and inner splits as they were."""
+    studies = cohort()
+    new = pd.DataFrame({"dataset": "new", "role": "predict", "study_id": [f"nw-{p}" for p in range(6)],
+                        "patient_id": [f"pn-{p}" for p in range(6)], "any": pd.NA})  # fmt: skip
+    both = assign_folds(pd.concat([studies, new], ignore_index=True), 5, seed=1)
+    alone = assign_folds(studies, 5, seed=1)
+    predict = both[both["role"] == "predict"]
+    assert (predict["fold"] == EXTERNAL_FOLD).all() and (predict["inner_for"] == EXTERNAL_FOLD).all()
+    pd.testing.assert_frame_equal(both[both["role"] != "predict"].reset_index(drop=True), alone)
+    for k in range(5):
+        split = study_splits(both, k)
+        assert set(split[both["role"] == "predict"]) == {"predict"}
+        assert "predict" not in set(split[both["role"] != "predict"])

@@ -56,7 +56,7 @@ def cmd_scan(args: argparse.Namespace) -> None:
     )
     source = LabelSource(
         layout=str(require(d, "layout", "datasets.<name>")),
-        path=Path(args.labels),
+        path=Path(args.labels) if args.labels not in (None, "-") else None,
         role=str(require(d, "role", "datasets.<name>")),
         key=str(d.get("label_key", "StudyInstanceUID")),
         folder_pattern=str(d.get("folder_pattern", LabelSource.folder_pattern)),
@@ -162,8 +162,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--labels",
-        required=True,
-        help="stage_2_train.csv (rsna), reads.csv (cq500), a study CSV (dicom_tree)",
+        default=None,
+        help="stage_2_train.csv (rsna), reads.csv (cq500), a study CSV (dicom_tree); - or none: role predict",
     )
     p.add_argument("--override", default=None, help="CSV study,series: the series to use for those studies")
     p.add_argument("--shards", type=int, required=True)

@@ -127,10 +127,11 @@ def build_index(datasets: Sequence[DatasetTables], splits: pd.DataFrame) -> tupl
     study_table = pd.concat(study_frames, ignore_index=True).sort_values(
         ["dataset", "study_id"], kind="stable", ignore_index=True
     )
-    if slice_index["slice_id"].duplicated().any():
-        raise IndexMismatchError(
-            f"slice id {slice_index.loc[slice_index['slice_id'].duplicated(), 'slice_id'].iloc[0]} twice"
-        )
+    # Per dataset: one archive may be registered twice (e.g. as external and as predict).
+    twice = slice_index.duplicated(["dataset", "slice_id"])
+    if twice.any():
+        first = slice_index.loc[twice].iloc[0]
+        raise IndexMismatchError(f"{first['dataset']}: slice id {first['slice_id']} twice")
     return slice_index.astype({"z": "int64", "fold": "int64", "inner_for": "int64"}), study_table
 
 

@@ -2,7 +2,8 @@
 
 Studies of one patient share anatomy and often scanner and disease, so they must never sit on
 both sides of a split. Folds are balanced on the study-level `any` label where the counts allow.
-External datasets get fold -1: they never enter training or model selection.
+External datasets get fold -1: they never enter training or model selection. Predict datasets
+(no labels) get fold -1 too and the split `predict`: every fold model predicts them, no metric reads them.
 
 Nested protocol: for outer fold f, the studies of fold f are only ever scored; a patient-level
 *inner* split carved from the other folds (the patients whose `inner_for` is f) is where everything
@@ -29,10 +30,10 @@ from ct25d.errors import ConfigError
 
 EXTERNAL_FOLD = -1
 LEFT_OUT = -2  # `inner_for` of a training patient outside `splits.train_fraction`
-ROLES = ("train", "external")
+ROLES = ("train", "external", "predict")
 SPLIT_COLUMNS = ["dataset", "role", "study_id", "patient_id", "fold", "inner_for"]
 # What a study is for, given an outer fold (`study_splits`).
-SPLITS = ("train", "inner", "validation", "external", "unused")
+SPLITS = ("train", "inner", "validation", "external", "predict", "unused")
 
 
 def assign_folds(studies: pd.DataFrame, folds: int, seed: int, train_fraction: float = 1.0) -> pd.DataFrame:
@@ -113,14 +114,21 @@ def _kept_for_training(train: pd.DataFrame, fraction: float, seed: int) -> np.nd
 
 def study_splits(frame: pd.DataFrame, fold: int) -> pd.Series:
     """What each row (study or slice) is for when `fold` is the outer fold: `train`, `inner` (all
-    selection), `validation` (the outer fold: scored only), `external` (scored only) or `unused`
-    (including patients left out by `splits.train_fraction`)."""
+    selection), `validation` (the outer fold: scored only), `external` (scored only), `predict`
+    (unlabelled: predicted only) or `unused` (including patients left out by `splits.train_fraction`)."""
     train_role = (frame["role"] == "train") & (frame["fold"] >= 0)
     inner = train_role & (frame["fold"] != fold) & (frame["inner_for"] == fold)
     left_out = train_role & (frame["inner_for"] == LEFT_OUT)
     split = np.select(
-        [train_role & (frame["fold"] == fold), inner, left_out, train_role, frame["role"] == "external"],
-        ["validation", "inner", "unused", "train", "external"],
+        [
+            train_role & (frame["fold"] == fold),
+            inner,
+            left_out,
+            train_role,
+            frame["role"] == "external",
+            frame["role"] == "predict",
+        ],
+        ["validation", "inner", "unused", "train", "external", "predict"],
         default="unused",
     )
     return pd.Series(split, index=frame.index)

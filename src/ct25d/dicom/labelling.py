@@ -5,6 +5,9 @@ study folder (`CQ500-CT-N` in reads.csv), `dicom_tree` per study by StudyInstanc
 taken from the folder names with a regular expression. A label file whose keys match nothing
 would otherwise leave every study unlabelled and training would go on without a positive, so the
 share of studies that found labels is checked here, before any pixel is read.
+
+A dataset with `role: predict` has no label file (`LabelSource.path` None): its studies are named as
+their layout names them and every label is unknown (NA), never 0.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ class LabelSource:
     """Where a dataset's labels are and how they are keyed (config `datasets.<name>`)."""
 
     layout: str
-    path: Path
+    path: Path | None  # None: an unlabelled dataset (role predict)
     role: str = "train"
     key: str = "StudyInstanceUID"  # dicom_tree: StudyInstanceUID or folder
     folder_pattern: str = r"^(?P<study>[^/]+)/"  # dicom_tree with key folder: the study key in the path
@@ -47,6 +50,9 @@ class LabelSource:
     def __post_init__(self) -> None:
         if self.key not in LABEL_KEYS:
             raise Ct25dError(f"label_key: expected one of {LABEL_KEYS}, got {self.key!r}")
+        if (self.path is None) != (self.role == "predict"):
+            need = "takes no label file" if self.role == "predict" else "needs a label file"
+            raise Ct25dError(f"a dataset with role {self.role} {need} (got {self.path})")
 
 
 @dataclass
@@ -92,14 +98,9 @@ def _cq500(files: pd.DataFrame, source: LabelSource, salt: str, unread: Unread) 
     )
 
 
-def _tree(files: pd.DataFrame, source: LabelSource, salt: str, unread: Unread) -> Labelled:
-    table = read_study_labels(source.path).rename(columns={"study": "key"})
-    if source.key == "StudyInstanceUID":  # compared as pseudonyms: raw UIDs never leave the scan
-        shown = [f"{source.path.name} line {i + 2}" for i in range(len(table))]
-        table["key"] = table["key"].map(lambda uid: pseudonym(uid, salt, "st-"))
-        return _study_level(files.assign(name=files["study_id"]), table, "name", show_keys=False,
-                            names=dict(zip(table["key"], shown, strict=True)))  # fmt: skip
-    pattern = re.compile(source.folder_pattern)
+def _folder_key(folder_pattern: str) -> Callable[[str], str | None]:
+    """dicom_tree with `label_key: folder`: a file's study key, the pattern's `study` (or first) group."""
+    pattern = re.compile(folder_pattern)
 
     def key_of(path: str) -> str | None:
         match = pattern.search(path)
@@ -107,6 +108,17 @@ def _tree(files: pd.DataFrame, source: LabelSource, salt: str, unread: Unread) -
             return None
         return match.groupdict().get("study") or (match.group(1) if match.groups() else match.group(0))
 
+    return key_of
+
+
+def _tree(files: pd.DataFrame, source: LabelSource, salt: str, unread: Unread) -> Labelled:
+    table = read_study_labels(source.path).rename(columns={"study": "key"})
+    if source.key == "StudyInstanceUID":  # compared as pseudonyms: raw UIDs never leave the scan
+        shown = [f"{source.path.name} line {i + 2}" for i in range(len(table))]
+        table["key"] = table["key"].map(lambda uid: pseudonym(uid, salt, "st-"))
+        return _study_level(files.assign(name=files["study_id"]), table, "name", show_keys=False,
+                            names=dict(zip(table["key"], shown, strict=True)))  # fmt: skip
+    key_of = _folder_key(source.folder_pattern)
     files = files.assign(name=files["path"].map(key_of))
     return _study_level(
         files, table, "name", _folder_studies(files, table, key_of, "dicom_tree", unread, salt)
@@ -173,6 +185,20 @@ def _study_level(
     return Labelled(files, studies.drop(columns="key"), keys, used)
 
 
+def _unlabelled(files: pd.DataFrame, source: LabelSource, salt: str, unread: Unread) -> Labelled:
+    """A dataset without labels (role predict): each study named by its layout's key (the CQ500 name,
+    a dicom_tree folder key; none by UID or for RSNA), every label NA."""
+    key_of = {"cq500": _cq500_key, "dicom_tree": _folder_key(source.folder_pattern)}.get(source.layout)
+    if source.layout == "dicom_tree" and source.key != "folder":
+        key_of = None
+    names = files["path"].map(key_of) if key_of else pd.Series(None, index=files.index, dtype=object)
+    table = pd.DataFrame({"key": pd.Series(dtype=object),
+                          **{label: pd.Series(dtype="Int8") for label in RSNA_LABELS}})  # fmt: skip
+    labelled = _study_level(files.assign(name=names), table, "name")
+    labelled.studies["name"] = labelled.studies["name"].fillna("")
+    return labelled
+
+
 def _label_columns(studies: pd.DataFrame) -> list[str]:
     return [c for c in (*RSNA_LABELS, "stroke_type") if c in studies]
 
@@ -182,7 +208,8 @@ ATTACH = {"rsna": _rsna, "cq500": _cq500, "dicom_tree": _tree}
 
 def attach_labels(files: pd.DataFrame, source: LabelSource, salt: str, unread: Unread) -> Labelled:
     """Files with image labels, studies with study labels and `has_labels`, and the label keys."""
-    labelled = ATTACH[source.layout](files, source, salt, unread)
+    attach = _unlabelled if source.path is None else ATTACH[source.layout]
+    labelled = attach(files, source, salt, unread)
     labelled.studies["has_labels"] = labelled.studies[_label_columns(labelled.studies)].notna().any(axis=1)
     return labelled
 
@@ -196,6 +223,10 @@ def check_label_match(labelled: Labelled, source: LabelSource, minimum: float) -
     """
     studies, files = labelled.studies, labelled.files
     n, n_labelled = len(studies), int(studies["has_labels"].sum())
+    if source.path is None:  # role predict: nothing to match
+        return {"studies": n, "studies_labelled": 0, "fraction": 0.0, "label_keys": 0,
+                "label_keys_unmatched": 0, "unmatched_label_keys": [],
+                "labels": "none (role predict)"}  # fmt: skip
     keys, used = labelled.label_keys, labelled.used_keys
     unused = [name for key, name in keys.items() if key not in used]
     match = {"studies": n, "studies_labelled": n_labelled, "fraction": round(n_labelled / n, 4) if n else 0.0,
