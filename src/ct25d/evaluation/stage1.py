@@ -114,7 +114,7 @@ def evaluate_stage1(
             means.add(emb, truth[rows.index])
     positive, negative = means.means()
 
-    evaluated = np.isin(split, ("inner", "validation", "external"))
+    evaluated = np.isin(split, ("inner", "validation", "external", "predict"))
     margin = np.full((len(frame), len(names)), np.nan)
     logits = np.full((len(frame), len(names)), np.nan, dtype=np.float32)
     for shard in shards:
@@ -126,11 +126,12 @@ def evaluate_stage1(
     head_score, head_pred = _head_scores(logits, model, threshold)
     per_slice = {"head": (head_score, head_pred), "cosine": (margin, margin > 0)}
 
-    study_truth = studies.set_index("study_id")
     table: list[dict[str, Any]] = []
     for name in ("inner", "validation", "external"):
         members = split == name
         for dataset in sorted(frame.loc[members, "dataset"].unique()):
+            # one dataset's studies: an archive registered twice repeats its study ids in another dataset
+            study_truth = studies[studies["dataset"] == dataset].set_index("study_id")
             mask = members & (frame["dataset"] == dataset).to_numpy()
             rows, slice_truth = frame.loc[mask], truth[mask]
             scores = {m: (s[mask], p[mask]) for m, (s, p) in per_slice.items()}
@@ -147,7 +148,7 @@ def evaluate_stage1(
         "n_negative": means.counts[0],
     }
     probabilities = {"head": head_score, "cosine": 1 / (1 + np.exp(-margin))}  # cosine: margin > 0 is p > 0.5
-    keep = np.isin(split, ("inner", "validation", "external"))
+    keep = np.isin(split, ("inner", "validation", "external", "predict"))  # predict: predicted, never scored
     predictions = {
         method: _prediction_frames(frame[keep], split[keep], prob[keep], truth[keep], studies, names)
         for method, prob in probabilities.items()

@@ -104,14 +104,16 @@ def study_montage(reader: SliceReader, study: pd.Series, slices: pd.DataFrame, o
             va="top",
             bbox={"facecolor": "black", "alpha": 0.6, "pad": 1, "linewidth": 0},
         )
-    positive = [label for label in RSNA_LABELS if study.get(label) == 1]
+    known_labels = {label: study.get(label) for label in RSNA_LABELS if pd.notna(study.get(label))}
+    positive = [label for label, value in known_labels.items() if value == 1]
+    unknown = not known_labels  # an unlabelled study (role predict): not "none"
     slice_note = "slice labels: red frame = any" if known.any() else "study labels only (no slice labels)"
     fig.text(
         0.01,
         1 - 0.15 * header,
         f"{study['dataset']} / {study['study_id']}   site {study.get('site', '?')}   "
         f"fold {study.get('fold', '?')}"
-        f"   study labels: {', '.join(positive) or 'none'}\n"
+        f"   study labels: {'unknown' if unknown else ', '.join(positive) or 'none'}\n"
         f"RGB = {', '.join(w['name'] for w in attrs.get('windows', []))} windows;  {slice_note};  "
         f"{h}x{w} px at {attrs['spacing_zyx'][1]:.2f} mm, {attrs['spacing_zyx'][0]:.2f} mm slices",
         va="top",
@@ -141,10 +143,11 @@ def write_montages(
     """Montages of a deterministic sample of studies into `out_dir/<dataset>__<study_id>.png`."""
     out_dir = Path(out_dir)
     written = []
-    by_study = dict(tuple(slice_index.groupby("study_id", sort=False)))
+    by_study = dict(tuple(slice_index.groupby(["dataset", "study_id"], sort=False)))
     for _, study in sample_studies(studies, per_dataset, seed).iterrows():
         path = out_dir / f"{study['dataset']}__{study['study_id']}.png"
-        study_montage(SliceReader(study["store"]), study, by_study[study["study_id"]], path)
+        slices = by_study[study["dataset"], study["study_id"]]
+        study_montage(SliceReader(study["store"]), study, slices, path)
         written.append(path)
     return written
 
@@ -172,12 +175,14 @@ def summary_figure(table: pd.DataFrame, studies: pd.DataFrame, out: str | Path) 
     """Four panels: studies per dataset/site/fold, positive studies and slices per label, slice counts."""
     fig = Figure(figsize=(14, 9), dpi=DPI)
     axes = fig.subplots(2, 2)
-    groups = studies.assign(any=studies["any"].fillna(0).astype(int))
-    by = groups.groupby(["dataset", "site", "fold"])["any"].agg(["sum", "size"])
-    names = [f"{d}\n{s}\nfold {f}" if f >= 0 else f"{d}\n{s}\nexternal" for d, s, f in by.index]
+    by = studies.groupby(["dataset", "site", "fold", "role"])["any"].agg(["sum", "count", "size"])
+    names = [f"{d}\n{s}\nfold {f}" if f >= 0 else f"{d}\n{s}\n{r}" for d, s, f, r in by.index]
+    negatives = by["count"] - by["sum"]
     ax = axes[0, 0]
-    ax.bar(names, by["size"] - by["sum"], color="#8aa", label="any = 0")
-    ax.bar(names, by["sum"], bottom=by["size"] - by["sum"], color="#d44", label="any = 1")
+    ax.bar(names, negatives, color="#8aa", label="any = 0")
+    ax.bar(names, by["sum"], bottom=negatives, color="#d44", label="any = 1")
+    if (by["size"] > by["count"]).any():  # unlabelled studies (role predict): unknown, not negative
+        ax.bar(names, by["size"] - by["count"], bottom=by["count"], color="#ccc", label="any unknown")
     ax.set_title("Studies per dataset / site / fold")
     ax.set_ylabel("studies")
     ax.tick_params(axis="x", labelsize=8)

@@ -174,8 +174,11 @@ class _Inputs:
         if kind == "volume":
             if volumes is None:
                 raise ConfigError("a volume baseline needs the volume index (ct25d volume-index)")
-            table = volumes.merge(studies[["dataset", "study_id"]], on=["dataset", "study_id"])
-            table = table.sort_values(["dataset", "study_id"]).reset_index(drop=True)
+            table = volumes.merge(studies[["dataset", "study_id", "role"]], on=["dataset", "study_id"])
+            # Predict studies last: a study's position keys its augmentation draws, so adding or
+            # removing an unlabelled dataset must not move any other study (nor change the weights).
+            table = table.assign(last=table["role"] == "predict").sort_values(["last", "dataset", "study_id"])
+            table = table.drop(columns=["last", "role"]).reset_index(drop=True)
             self.keys = table[["dataset", "study_id"]]
             self.targets = multilabel_targets(
                 keyed.loc[pd.MultiIndex.from_frame(self.keys)].reset_index(), s.labels
@@ -679,9 +682,10 @@ def train_thickened(
     model = build_model(s, payload["num_classes"], pretrained=False)
     model.load_state_dict(payload["model"])
     model = model.to(device)
-    # Every scored study (inner, outer fold, external); the training studies' slices are not needed.
+    # Every scored or predicted study (inner, outer fold, external, predict); not the training slices.
     frame = index.reset_index(drop=True)
-    frame = frame[study_splits(frame, fold).isin(["inner", "validation", "external"])].reset_index(drop=True)
+    kept = study_splits(frame, fold).isin(["inner", "validation", "external", "predict"])
+    frame = frame[kept].reset_index(drop=True)
     logits = np.zeros((len(frame), payload["num_classes"]), dtype=np.float32)
     loader = prediction_loader(frame, None, s, device)
     amp_dtype = torch.bfloat16 if device.startswith("cuda") and s.amp else None
