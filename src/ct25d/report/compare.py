@@ -178,8 +178,9 @@ def inner_choices(studies: pd.DataFrame, labels: list[str], min_positives: int =
 
 
 def scored_predictions(
-    runs: list[Run], labels: list[str], min_positives: int = 5, patients: pd.DataFrame | None = None
-) -> tuple[dict[str, pd.DataFrame], dict[str, list[str]]]:
+    runs: list[Run], labels: list[str], min_positives: int = 5, patients: pd.DataFrame | None = None,
+    splits: tuple[str, ...] = ("validation", "external"),
+) -> tuple[dict[str, pd.DataFrame], dict[str, list[str]]]:  # fmt: skip
     """Per approach: one row per scored study (`set`: internal or an external dataset) with `s_<label>`
     (the calibrated logit, float64: ranks as the model's own score), `t_<label>`, `t90_<label>` and
     `t95_<label>` (the inner split's thresholds on that scale: F1, specificity) and `p_<label>` (the
@@ -190,14 +191,15 @@ def scored_predictions(
     An external study is scored by the mean of the fold models' calibrated logits, each study by
     every fold model: one missing from a fold stops the comparison rather than averaging fewer, and so
     does a study scored twice by one approach (two runs under one name, or one study in two outer
-    folds) rather than counting it twice."""
+    folds) rather than counting it twice. `splits`: the studies scored; `("predict",)` gives the
+    unlabelled sets, each combined over the fold models as an external set is (`ct25d.predict`)."""
     by_approach: dict[str, list[pd.DataFrame]] = {}
     flags: dict[str, list[str]] = {}
     for run in runs:
         studies = run.studies
         present = [n for n in labels if n in studies]
         choices = inner_choices(studies, present, min_positives)
-        scored = studies[studies["split"].isin(["validation", "external"])].copy()
+        scored = studies[studies["split"].isin(splits)].copy()
         scored["set"] = np.where(scored["split"] == "validation", INTERNAL, scored["dataset"])
         for name, choice in choices.items():
             temperature = choice.temperature

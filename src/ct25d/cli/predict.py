@@ -1,0 +1,80 @@
+"""Subcommand of the predict stage: predict (the fold models of the chosen approaches on an
+unlabelled dataset)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from ct25d.cli.common import json_object, require
+from ct25d.cli.preprocess import named
+
+log = logging.getLogger("ct25d")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from ct25d.labels import RSNA_LABELS
+    from ct25d.predict.ensemble import CHOSEN, choose_approaches
+    from ct25d.predict.scans import study_records
+    from ct25d.predict.write import write_predictions
+    from ct25d.report.compare import load_runs
+
+    s = args.settings
+    ingest = Path(args.ingest)
+    runs = load_runs(args.stage1, args.stage2, args.baselines)
+    names = list(s.get("approaches") or CHOSEN)
+    chosen = choose_approaches(names, runs, s.get("reference"), args.comparison)
+    log.info("predicting %s with: %s", args.dataset, "; ".join(f"{c.approach} ({c.why})" for c in chosen))
+    scan_settings = json.loads((ingest / "scan" / "settings.json").read_text())["settings"]
+    records = study_records(
+        pd.read_parquet(ingest / "scan" / "studies.parquet", columns=["study_id", "name"]),
+        pd.read_parquet(ingest / "manifest.parquet"),
+        pd.read_csv(ingest / "series_choice.csv", dtype=str, keep_default_na=False),
+        pd.read_csv(ingest / "rejections.csv", dtype=str, keep_default_na=False),
+        _skipped(args.skipped, args.dataset),
+        str(require(scan_settings, "tilt", "ingest")),
+    )
+    index = pd.read_parquet(args.index, filters=[("dataset", "==", args.dataset)])
+    table = write_predictions(
+        args.out, args.dataset, runs, chosen, list(s.get("labels") or RSNA_LABELS), records, index,
+        int(s.get("top_slices", 4)), int(s.get("min_positives", 5)), s,
+    )  # fmt: skip
+    log.info("wrote %s:\n%s", args.out, table.to_string(index=False))
+
+
+def _skipped(path: str, dataset: str) -> Any:
+    """The dataset's studies that `ct25d slices` skipped (index rejected.csv: dataset, study_id, reason)."""
+    import pandas as pd
+
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    return table[table["dataset"] == dataset][["study_id", "reason"]]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add this stage's subcommands."""
+    p = sub.add_parser(
+        "predict", help="the fold models of the chosen approaches on an unlabelled (role predict) dataset"
+    )
+    p.add_argument("--dataset", required=True, help="the role-predict dataset's name")
+    p.add_argument(
+        "--stage1", nargs="*", default=[], help="metrics.json of the Stage-1 rules, as for compare"
+    )
+    p.add_argument("--stage2", nargs="*", type=named, default=[], help="BACKBONE:MODEL=metrics.json")
+    p.add_argument("--baselines", nargs="*", default=[], help="baseline metrics.json files")
+    p.add_argument("--comparison", default=None, help="comparison.json (needed for `best`)")
+    p.add_argument("--ingest", required=True, help="the dataset's ingest folder (results/<dataset>)")
+    p.add_argument("--index", required=True, help="index/slices.parquet (slice positions and stores)")
+    p.add_argument("--skipped", required=True, help="index/rejected.csv (studies without slices)")
+    p.add_argument(
+        "--settings",
+        type=json_object,
+        default={},
+        help="config `predict` with the comparison's reference, labels and min_positives (JSON)",
+    )
+    p.add_argument("--out", required=True, help="folder results/predictions/<dataset> (replaced)")
+    p.set_defaults(func=cmd_predict)
