@@ -2,6 +2,7 @@
 #
 #   snakemake all --cores 8 --resources gpu=2      (the target first: list options swallow it)
 #   snakemake ingest --cores 2                     (one stage and what it needs)
+#   snakemake predict --cores 2                    (the chosen models on the role-predict datasets)
 #   snakemake all --profile workflow/profiles/slurm
 #
 # Rules are thin: each runs one `ct25d` subcommand; all logic lives in src/ct25d.
@@ -22,6 +23,7 @@ include: "rules/stage1.smk"
 include: "rules/stage2.smk"
 include: "rules/baselines.smk"
 include: "rules/compare.smk"
+include: "rules/predict.smk"
 
 
 rule all:
@@ -33,3 +35,4 @@ rule all:
         rules.stage2.input,
         rules.baselines.input,
         rules.comparison.input,
+        rules.predict.input,

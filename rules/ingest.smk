@@ -13,7 +13,7 @@ rule scan:
         settings=f"{RESULTS}/{{dataset}}/scan/settings.json",
     params:
         root=lambda wc: dicom_root(wc.dataset),
-        labels=lambda wc: label_file(wc.dataset),
+        labels=lambda wc: label_file(wc.dataset) or "-",  # "-": role predict, no labels
         dataset=scan_dataset,
         override=override_arg,
         shards=lambda wc: DATASETS[wc.dataset]["shards"],

@@ -40,3 +40,19 @@ def test_bad_key_or_value_is_named(config: dict, edit, named: str) -> None:
     edit(bad)
     with pytest.raises(WorkflowError, match=named):
         validate(bad, SCHEMA)
+
+
+def test_a_predict_dataset_needs_no_labels(config: dict) -> None:
+    """The demo predicts an unlabelled copy of its hospital archive; a real archive of role predict is a
+    root alone, and the `predict` block defaults to the comparison's reference and best approach."""
+    assert config["datasets"]["hospital_new"]["role"] == "predict"
+    assert config["datasets"]["hospital_new"]["synthetic"] == config["datasets"]["hospital"]["synthetic"]
+    real = copy.deepcopy(config)
+    del real["predict"]
+    real["datasets"]["hospital_new"] = {"layout": "dicom_tree", "role": "predict", "root": "/data/new"}
+    validate(real, SCHEMA)
+    assert real["predict"]["approaches"] == ["reference", "best"]
+    both = copy.deepcopy(config)
+    both["datasets"]["hospital_new"]["root"] = "/data/new"  # a root beside a synthetic cohort
+    with pytest.raises(WorkflowError, match="hospital_new"):
+        validate(both, SCHEMA)

@@ -136,6 +136,31 @@ def real_dataset(tmp_path: Path, layout: str, header: str) -> dict:
             ),
             "datasets.hospital.stroke_type: from_labels, but",
         ),
+        (
+            lambda c, t: c["datasets"].update(
+                new={**real_dataset(t, "dicom_tree", "study,any"), "role": "predict"}
+            ),
+            "datasets.new.labels: role predict reads no labels",
+        ),
+        (
+            lambda c, t: c["datasets"].update(
+                hospital={k: v for k, v in real_dataset(t, "dicom_tree", "").items() if k != "labels"}
+                | {"role": "external"}
+            ),
+            "datasets.hospital.labels: role external needs a label file",
+        ),
+        (
+            lambda c, t: c["datasets"]["hospital_new"].update(stroke_type="ischemic"),
+            "datasets.hospital_new.stroke_type: ischemic labels every study, but role predict",
+        ),
+        (
+            lambda c, t: c["predict"].update(approaches=["best", "lstm3d"]),
+            "predict.approaches: 'lstm3d' is not reference or best nor an approach of this config",
+        ),
+        (  # an unlabelled set is never scored, so no claim can rest on it
+            lambda c, t: c["compare"]["claims"][0].update(primary="hospital_new"),
+            "compare.claims[0].primary: 'hospital_new' is not a scored set",
+        ),
     ],
 )
 def test_each_problem_is_named(config: dict, tmp_path: Path, edit, message: str) -> None:

@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -27,6 +29,12 @@ datasets:
     label_key: folder
     folder_pattern: "^(?P<study>[^/]+/[^/]+)/"
     stroke_type: from_labels
+    synthetic: {n_studies: 3, seed: 3, site: C}
+  hospital_new:  # the same archive again, unlabelled: its predictions must equal hospital's external scores
+    layout: dicom_tree
+    role: predict
+    label_key: folder
+    folder_pattern: "^(?P<study>[^/]+/[^/]+)/"
     synthetic: {n_studies: 3, seed: 3, site: C}
 synthetic:
   sites:
@@ -48,6 +56,7 @@ baselines:
     acs: {name: acs, init: stage1}
     cnn25: {name: cnn25, slices: 8, hidden: 16}
     thick: {name: thick2d, k: 3, image_size: 32}
+predict: {approaches: [reference, best, r3d, cnn25]}
 """)
 STROKE_WINDOW = {"name": "stroke", "center": 35, "width": 40}
 SUBDURAL_WINDOW = {"name": "subdural", "center": 75, "width": 215}
@@ -105,7 +114,8 @@ def test_second_run_has_nothing_to_do(workdir: Path) -> None:
 def test_a_lost_embedding_shard_is_redone_alone(workdir: Path) -> None:
     embeddings = workdir / "results" / "stage1" / "resnet10t" / "fold0" / "embeddings"
     shards = sorted(embeddings.glob("*-shard-*.zarr"))
-    assert [p.name for p in shards] == ["cq500-shard-0.zarr", "hospital-shard-0.zarr", "rsna-shard-0.zarr",
+    assert [p.name for p in shards] == ["cq500-shard-0.zarr", "hospital-shard-0.zarr",
+                                        "hospital_new-shard-0.zarr", "rsna-shard-0.zarr",
                                         "rsna-shard-1.zarr"]  # fmt: skip
     # As a run killed during that shard's job leaves it: Snakemake removed the job's output, and the
     # gathering job never ran.
@@ -182,11 +192,11 @@ def test_dataset_order_reruns_nothing(workdir: Path) -> None:
 def test_preprocess_outputs(workdir: Path) -> None:
     index = pd.read_parquet(workdir / "results" / "index" / "slices.parquet")
     studies = pd.read_parquet(workdir / "results" / "index" / "studies.parquet")
-    assert set(index["dataset"]) == {"rsna", "cq500", "hospital"}
+    assert set(index["dataset"]) == {"rsna", "cq500", "hospital", "hospital_new"}
     assert (studies.query("role == 'external'")["fold"] == -1).all()
     hospital = studies.query("dataset == 'hospital'")  # stroke class from labels.csv's stroke_type
     assert hospital["label"].notna().all() and hospital["stroke_type"].notna().all()
-    assert len(list((workdir / "results" / "qc" / "montages").glob("*.png"))) == 3
+    assert len(list((workdir / "results" / "qc" / "montages").glob("*.png"))) == 4
     assert (workdir / "results" / "qc" / "summary.png").stat().st_size > 10_000
 
 
@@ -208,6 +218,64 @@ def test_stage_outputs(workdir: Path) -> None:
     assert set(table.loc[table["stage"] == "baseline", "approach"]) == {
         "3D: r3d", "3D: acs", "2.5D stacked embeddings: cnn25", "2D thickened: thick"}  # fmt: skip
     assert {"volume F1 (cq500)", "volume F1 (hospital)"} <= set(table.columns)  # each external set apart
+
+
+@pytest.mark.workflow
+def test_predict_scores_the_unlabelled_copy_as_the_external_archive(workdir: Path) -> None:
+    """`snakemake predict` on the tiny cohort: per chosen approach studies.csv, slices.parquet and a PNG
+    per study; the unlabelled set never enters the folds, the training or the comparison; and since
+    it is the hospital archive again, each study's probability is the one the comparison's external
+    path gives the same DICOMs."""
+    from ct25d.report.compare import load_runs, scored_predictions
+
+    results = workdir / "results"
+    shutil.rmtree(results / "predictions")
+    output = snakemake(workdir, TINY, "--quiet", "rules", targets=("predict",))
+    assert planned_rules(output) == {"predict_dataset", "predict"}, output[-2000:]
+    out = results / "predictions" / "hospital_new"
+    chosen = pd.read_csv(out / "approaches.csv")
+    # the reference (bi-LSTM); `best` falls back to it (no internal AUC with 2 positives); two baselines
+    assert chosen["folder"].tolist() == ["resnet10t-bilstm", "r3d", "cnn25"]
+    assert "the reference" in chosen.loc[0, "why"] and (chosen["studies"] == 3).all()
+    index = pd.read_parquet(results / "index" / "slices.parquet").query("dataset == 'hospital_new'")
+    for folder in chosen["folder"]:
+        studies = pd.read_csv(out / folder / "studies.csv")
+        assert len(studies) == 3 and studies["problem"].isna().all()  # empty: every study predicted
+        assert studies["prob_any"].between(0, 1).all() and studies["call_any"].isin([0, 1]).all()
+        assert studies["series"].str.startswith(tuple(studies["name"])).all()  # <patient>/<study>/<series>
+        assert {"tilt_corrected", "gaps", "files_rejected", "flags"} <= set(studies.columns)
+        slices = pd.read_parquet(out / folder / "slices.parquet")
+        assert len(slices) == len(index) and set(slices["slice_id"]) == set(index["slice_id"])
+        assert {p.stem for p in (out / folder).glob("*.png")} == set(studies["study_id"])
+        # per study: every slice (Stage 2), the volume's 32 (r3d: max_depth), none (cnn25: whole volumes)
+        scored = slices.groupby("study_id")["prob_any"].count()
+        kept = {"resnet10t-bilstm": 10**6, "r3d": 32, "cnn25": 0}[folder]
+        expected = index.groupby("study_id").size().clip(upper=kept)
+        pd.testing.assert_series_equal(scored, expected, check_names=False)
+    # never in the folds, the training or the scores
+    folds = pd.read_parquet(results / "splits" / "folds.parquet").query("dataset == 'hospital_new'")
+    assert len(folds) == 3 and (folds["fold"] == -1).all() and (folds["inner_for"] == -1).all()
+    long = pd.read_csv(results / "comparison" / "comparison_long.csv")
+    assert set(long["set"]) == {"internal (OOF)", "cq500", "hospital"}
+    assert not any(
+        "hospital_new" in c for c in pd.read_csv(results / "comparison" / "comparison.csv").columns
+    )
+    run = pd.read_parquet(
+        results / "stage2" / "bilstm" / "resnet10t" / "fold0" / "predictions_studies.parquet"
+    )
+    assert set(run.loc[run["dataset"] == "hospital_new", "split"]) == {"predict"}
+    assert run.loc[run["dataset"] == "hospital_new", "any"].isna().all()  # unknown, not 0
+    # the same DICOMs, registered as external and as predict: the same probabilities
+    stage2 = [("resnet10t:bilstm", results / "stage2" / "bilstm" / "resnet10t" / "fold0" / "metrics.json")]
+    baselines = [results / "baselines" / b / "fold0" / "metrics.json" for b in ("r3d", "cnn25")]
+    external, _ = scored_predictions(load_runs([], stage2, baselines), ["any"])
+    for folder, approach in zip(chosen["folder"], chosen["approach"], strict=True):
+        mine = pd.read_csv(out / folder / "studies.csv").set_index("study_id")["prob_any"]
+        theirs = external[approach].query("set == 'hospital'").set_index("study_id")["p_any"]
+        assert sorted(mine.index) == sorted(theirs.index)
+        np.testing.assert_allclose(mine.loc[theirs.index], theirs, atol=1e-6, err_msg=folder)
+    log = (results / "logs" / "predict" / "hospital_new.log").read_text()
+    assert "predicting hospital_new with" in log
 
 
 @pytest.mark.workflow

@@ -63,6 +63,22 @@ def _label_file(name: str, entry: dict[str, Any], problems: list[str]) -> None:
         problems.append(f"datasets.{name}.stroke_type: from_labels, but {path} has no stroke_type column")
 
 
+def _predict_dataset(name: str, entry: dict[str, Any]) -> list[str]:
+    """An unlabelled dataset takes no label file and no stroke class: either would be a label."""
+    problems = []
+    if "labels" in entry:
+        problems.append(
+            f"datasets.{name}.labels: role predict reads no labels (it is never scored); remove the key, "
+            "or make the dataset role external to score it"
+        )
+    if entry.get("stroke_type", "from_any") != "from_any":
+        problems.append(
+            f"datasets.{name}.stroke_type: {entry['stroke_type']} labels every study, but role predict has "
+            "no labels (leave it at from_any)"
+        )
+    return problems
+
+
 def check_datasets(config: dict[str, Any]) -> list[str]:
     """Roots, label files, override files and per-dataset options."""
     problems: list[str] = []
@@ -71,6 +87,8 @@ def check_datasets(config: dict[str, Any]) -> list[str]:
         problems.append("datasets: no dataset has role: train")
     for name, entry in datasets.items():
         layout = entry["layout"]
+        if entry["role"] == "predict":
+            problems += _predict_dataset(name, entry)
         if entry.get("stroke_type") == "from_labels" and layout != "dicom_tree":
             problems.append(
                 f"datasets.{name}.stroke_type: from_labels needs layout dicom_tree (a labels CSV "
@@ -88,7 +106,12 @@ def check_datasets(config: dict[str, Any]) -> list[str]:
             continue
         if not Path(entry["root"]).is_dir():
             problems.append(f"datasets.{name}.root: {entry['root']} is not a folder")
-        _label_file(name, entry, problems)
+        if entry["role"] != "predict" and "labels" not in entry:
+            problems.append(
+                f"datasets.{name}.labels: role {entry['role']} needs a label file (role predict reads none)"
+            )
+        elif "labels" in entry:
+            _label_file(name, entry, problems)
     return problems
 
 
@@ -225,6 +248,33 @@ def check_baselines(config: dict[str, Any]) -> list[str]:
     return problems
 
 
+def approach_names(config: dict[str, Any]) -> set[str]:
+    """The names a config may give its approaches, as `ct25d compare` resolves them: a baseline entry,
+    `<backbone>:<name>` of a Stage-2 model or `head` / `cosine`, and the name alone where one backbone
+    runs."""
+    backbones = config.get("stage1", {}).get("backbones", [])
+    models = [*config.get("stage2", {}).get("models", {}), "head", "cosine"]
+    return {
+        *config.get("baselines", {}).get("models", {}),
+        *(models if len(backbones) == 1 else ()),
+        *(f"{b}:{name}" for b in backbones for name in models),
+    }
+
+
+def check_predict(config: dict[str, Any]) -> list[str]:
+    """Each `predict.approaches` entry names an approach of this config, or `reference` / `best`."""
+    from ct25d.predict.ensemble import CHOSEN
+
+    known = approach_names(config)
+    names = ", ".join(sorted(known))
+    listed = config.get("predict", {}).get("approaches", list(CHOSEN))
+    return [
+        f"predict.approaches: {name!r} is not {' or '.join(CHOSEN)} nor an approach of this config ({names})"
+        for name in listed
+        if name not in known and name not in CHOSEN
+    ]
+
+
 def check_claims(config: dict[str, Any]) -> list[str]:
     """Each claim's `better` and `than` (and `compare.reference`) must name an approach this config runs,
     as `ct25d compare` resolves it: a Stage-2 model or `head` / `cosine` alone only where one backbone
@@ -232,13 +282,7 @@ def check_claims(config: dict[str, Any]) -> list[str]:
     scored: the pooled outer folds or an external dataset."""
     from ct25d.report.compare import INTERNAL, Claim
 
-    backbones = config.get("stage1", {}).get("backbones", [])
-    models = [*config.get("stage2", {}).get("models", {}), "head", "cosine"]
-    known = {
-        *config.get("baselines", {}).get("models", {}),
-        *(models if len(backbones) == 1 else ()),
-        *(f"{b}:{name}" for b in backbones for name in models),
-    }
+    known = approach_names(config)
     names = ", ".join(sorted(known))
     compare = config.get("compare", {})
     problems = []
@@ -285,6 +329,7 @@ def check_config(config: dict[str, Any], cache: Path | None = None) -> list[str]
     problems = check_datasets(config)
     _regex(config.get("ingest", {}).get("exclude_series", ""), "ingest.exclude_series", problems)
     problems += check_claims(config)
+    problems += check_predict(config)
     passed = cache / f"config-check-{library_key(config)}.ok" if cache is not None else None
     if passed is not None and passed.is_file():
         return problems

@@ -1,0 +1,50 @@
+# Unlabelled datasets (role predict): the fold models of the chosen approaches combined as on an
+# external set, per dataset: results/predictions/<dataset>/<approach>/{studies.csv,slices.parquet,*.png}.
+
+PREDICT = config["predict"]
+# `best` is read from the comparison, so predict then waits for it; `reference` and named approaches
+# only need their runs (every run of the comparison is an input: the names resolve when the job runs).
+PREDICT_NEEDS_COMPARISON = "best" in PREDICT["approaches"]
+
+
+rule predict_dataset:
+    wildcard_constraints:
+        dataset="|".join(PREDICT_SETS) or "^$",
+    input:
+        stage1=rules.compare.input.stage1,
+        stage2=rules.compare.input.stage2,
+        baselines=rules.compare.input.baselines,
+        comparison=rules.compare.output.json if PREDICT_NEEDS_COMPARISON else [],
+        studies=rules.scan.output.studies,
+        scan=rules.scan.output.settings,
+        manifest=rules.ingest_report.output.manifest,
+        choice=rules.ingest_report.output.choice,
+        rejections=rules.ingest_report.output.rejections,
+        index=rules.index.output.slices,
+        skipped=rules.index.output.rejected,
+    output:
+        directory(f"{RESULTS}/predictions/{{dataset}}"),
+    params:
+        settings=as_json({
+            **PREDICT,
+            "reference": compare_reference(),
+            **{k: config["compare"][k] for k in ("labels", "min_positives") if k in config["compare"]},
+        }),
+        stage2=[f"{name}={path}" for name, path in STAGE2_METRICS],
+        comparison=lambda wc, input: f"--comparison {input.comparison}" if PREDICT_NEEDS_COMPARISON else "",
+        ingest=f"{RESULTS}/{{dataset}}",
+    log:
+        f"{RESULTS}/logs/predict/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/predict/{{dataset}}.tsv",
+    conda:
+        "../envs/ct25d.yaml"
+    shell:
+        "ct25d predict --dataset {wildcards.dataset} --stage1 {input.stage1} --stage2 {params.stage2} "
+        "--baselines {input.baselines} {params.comparison} --ingest {params.ingest} --index {input.index} "
+        "--skipped {input.skipped} --settings {params.settings:q} --out {output} > {log} 2>&1"
+
+
+rule predict:
+    input:
+        expand(rules.predict_dataset.output, dataset=PREDICT_SETS),
