@@ -142,3 +142,27 @@ def test_reference_and_best_name_approaches_once(tmp_path: Path) -> None:
     (tmp_path / "none.json").write_text(json.dumps(none))
     fallback = choose_approaches(["best"], [*runs, head], "m", tmp_path / "none.json")
     assert fallback[0].approach == "2.5D: Stage 2 m" and "the reference" in fallback[0].why
+
+
+def test_an_unlabelled_set_moves_no_training_study_in_the_volume_order() -> None:
+    """A volume's position keys its augmentation draws: the predict studies go last, so adding a
+    dataset of role predict (here one that sorts first) leaves every other study where it was."""
+    from ct25d.training.baseline import BaselineSettings, _Inputs
+
+    def studies(with_new: bool) -> pd.DataFrame:
+        rows = [("rsna", "train", f"st-{i}", i % 3, -1) for i in range(6)] + [
+            ("cq500", "external", "cq-0", -1, -1)
+        ]
+        rows += [("aaa_new", "predict", f"nw-{i}", -1, -1) for i in range(3)] if with_new else []
+        frame = pd.DataFrame(rows, columns=["dataset", "role", "study_id", "fold", "inner_for"])
+        labels = pd.array([1, 0] * 3 + [1] + [pd.NA] * (len(frame) - 7), dtype="Int8")
+        return frame.assign(patient_id=frame["study_id"], any=labels)
+
+    def inputs(frame: pd.DataFrame) -> _Inputs:
+        volumes = frame[["dataset", "study_id"]].assign(store="x.zarr", pad_to=8, from_slices=True)
+        return _Inputs("volume", frame, 0, BaselineSettings(labels=("any",)), volumes, None)
+
+    alone, both = inputs(studies(False)), inputs(studies(True))
+    assert both.keys.iloc[: len(alone.keys)].equals(alone.keys)
+    assert both.keys["dataset"].iloc[len(alone.keys) :].eq("aaa_new").all()
+    assert list(both.split[len(alone.keys) :]) == ["predict"] * 3
