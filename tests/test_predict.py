@@ -166,3 +166,45 @@ def test_an_unlabelled_set_moves_no_training_study_in_the_volume_order() -> None
     assert both.keys.iloc[: len(alone.keys)].equals(alone.keys)
     assert both.keys["dataset"].iloc[len(alone.keys) :].eq("aaa_new").all()
     assert list(both.split[len(alone.keys) :]) == ["predict"] * 3
+
+
+def test_each_study_carries_what_ingest_recorded_of_it() -> None:
+    """studies.csv's ingest columns: the converted series, tilt corrected only under `tilt: correct`,
+    gaps from the spacing flag, files set aside at ingest or at scan inside the study's folder, and
+    why a study has no prediction."""
+    from ct25d.predict.scans import study_records
+
+    scanned = pd.DataFrame({"study_id": ["s1", "s2", "s3", "s4"], "name": ["P1/a", "P1/b", "P2/a", "P3/a"]})
+    manifest = pd.DataFrame({
+        "study_id": ["s1", "s2", "s4"],
+        "n_slices": [30, 31, 28],
+        "tilt_deg": [12.0, 0.0, 0.0],
+        "flags": ["gantry tilt 12.0 deg", "irregular slice spacing: 2 gap(s), 0 short step(s)", ""],
+    })  # fmt: skip
+    choice = pd.DataFrame({
+        "study_id": ["s1", "s1", "s2", "s3", "s4"],
+        "unit": ["P1/a/2_Head", "P1/a/3_Bone", "P1/b/2_Head", "P2/a/2_Head", "P3/a/2_Head"],
+        "series_description": "Head",
+        "series_class": ["plain", "bone", "plain", "plain", "plain"],
+        "slice_thickness": "5.0",
+        "kernel": "UB",
+        "outcome": ["converted", "excluded", "converted", "failed: x", "converted"],
+    })  # fmt: skip
+    rejections = pd.DataFrame({
+        "level": ["file", "file", "file", "study"],
+        "study_id": ["", "", "s2", "s3"],
+        "path": ["P1/a/9_Screen/IM1", "P1/ab/IM1", "P1/b/2_Head/IM7", ""],
+        "reason": ["Secondary Capture", "no pixel data", "duplicate of IM6", "no series could be converted"],
+    })  # fmt: skip
+    skipped = pd.DataFrame({"study_id": ["s4"], "reason": "all air"})
+    table = study_records(scanned, manifest, choice, rejections, skipped, "correct").set_index("study_id")
+    assert table["series"].fillna("").tolist() == ["P1/a/2_Head", "P1/b/2_Head", "", "P3/a/2_Head"]
+    assert table["tilt_corrected"].tolist() == [True, False, False, False]
+    assert table["gaps"].tolist() == [2 if s == "s2" else 0 for s in table.index]
+    assert table["files_rejected"].tolist() == [1, 1, 0, 0]  # "P1/ab/IM1" is in no study's folder
+    assert (
+        table.loc["s3", "problem"] == "no series could be converted"
+        and table.loc["s4", "problem"] == "all air"
+    )
+    kept = study_records(scanned, manifest, choice, rejections, skipped, "keep")
+    assert not kept["tilt_corrected"].any()  # `tilt: keep` stores the sheared grid: nothing corrected

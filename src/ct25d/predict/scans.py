@@ -6,6 +6,8 @@ study without a prediction, why. A prediction is only as good as the scan it rea
 
 from __future__ import annotations
 
+import os
+
 import pandas as pd
 
 from ct25d.dicom.series import TILT_EPS_DEG
@@ -28,7 +30,8 @@ def study_records(
     """One row per study the scan found (`scanned`: scan/studies.parquet): `series` (the unit
     converted, as series_choice.csv names it), `tilt_corrected` (tilt found and `ingest.tilt` was
     correct), `gaps` (missing slices: gaps in the spacing), `files_rejected` (images of the study set
-    aside at ingest), the manifest's `flags`, and `problem`: why a study has no volume or no slices."""
+    aside at ingest, or at scan inside the study's folder), the manifest's `flags`, and `problem`: why
+    a study has no volume or no slices."""
     used = choice[choice["outcome"] == "converted"][SERIES_COLUMNS].drop_duplicates("study_id")
     volumes = manifest[["study_id", "n_slices", "tilt_deg", "flags"]]
     out = (
@@ -41,8 +44,10 @@ def study_records(
     out["tilt_corrected"] = tilted & (tilt == "correct")
     gaps = out["flags"].fillna("").str.extract(r"(\d+) gap\(s\)", expand=False)
     out["gaps"] = pd.to_numeric(gaps).fillna(0).astype("int64")
-    dropped = rejections[rejections["level"] == "file"].groupby("study_id").size()
+    files = rejections[rejections["level"] == "file"]
+    dropped = files.groupby("study_id").size()
     out["files_rejected"] = out["study_id"].map(dropped).fillna(0).astype("int64")
+    out["files_rejected"] += out["study_id"].map(_scan_rejected(files, choice)).fillna(0).astype("int64")
     failed = (
         rejections[rejections["level"] == "study"].drop_duplicates("study_id").set_index("study_id")["reason"]
     )
@@ -52,3 +57,21 @@ def study_records(
     out["flags"] = out["flags"].fillna("")
     out["n_slices"] = out["n_slices"].astype("Int64")
     return out[COLUMNS].sort_values("study_id", ignore_index=True)
+
+
+def study_folders(choice: pd.DataFrame) -> pd.Series:
+    """study_id -> the folder holding its series (the parent of their folders), where the series are
+    folders (not RSNA's flat files) and no other study shares it."""
+    folders = choice["unit"].str.replace(r" \[.*\]$", "", regex=True).map(os.path.dirname)
+    per_study = folders.groupby(choice["study_id"]).agg(
+        lambda f: os.path.commonpath(list(f)) if all(f) else ""
+    )
+    per_study = per_study[per_study != ""]
+    return per_study[~per_study.duplicated(keep=False)]
+
+
+def _scan_rejected(files: pd.DataFrame, choice: pd.DataFrame) -> pd.Series:
+    """study_id -> files the scan set aside (no study known then: no HU, no pixels) in its folder."""
+    unassigned = files.loc[files["study_id"] == "", "path"]
+    return pd.Series({study: int(unassigned.str.startswith(folder + os.sep).sum())
+                      for study, folder in study_folders(choice).items()}, dtype="int64")  # fmt: skip
