@@ -57,14 +57,13 @@ def study_figure(
     if np.isfinite(prob).any():
         ax.plot(z, prob, "-o", ms=2.5, lw=1, color="C0")
         picked = np.isin(z, shown)
-        ax.plot(z[picked], prob[picked], "o", ms=5, color="C3", label="shown")
-        ax.legend(loc="upper left", fontsize=7)
+        ax.plot(z[picked], prob[picked], "o", ms=5, color="C3")  # the slices shown beside
     else:
         ax.text(0.5, 0.1, "whole-volume model: no probability per slice", ha="center", va="center",
                 transform=ax.transAxes, fontsize=8)  # fmt: skip
     if not math.isnan(study):
         ax.axhline(study, color="C1", lw=1.2)
-        ax.text(z.min(), study, " study P(any)", va="bottom", fontsize=7, color="C1")
+        ax.text(z.min(), study, " study", va="bottom", fontsize=7, color="C1")
     if not math.isnan(threshold):
         ax.axhline(threshold, color="grey", ls="--", lw=0.8)
         ax.text(z.max(), threshold, "threshold ", ha="right", va="top", fontsize=7, color="grey")
