@@ -6,7 +6,7 @@ CORES  ?= 2
 BIN    := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: demo test lint dry-run report sweep clean-results
+.PHONY: demo test lint dry-run report study clean-results
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,9 +18,10 @@ demo: $(VENV)/.installed
 	snakemake all --cores $(CORES)
 	snakemake all --report results/report.html
 
-# The data-size curve (config/sweep.yaml): the workflow once per training fraction, ~2 h on 2 cores.
-sweep: $(VENV)/.installed
-	ct25d sweep --configfile config/sweep.yaml --cores $(CORES)
+# The study (config/study.yaml): one run per training seed and per training fraction (README, "A study
+# that can rank the methods"); results-study/sweep/ holds each run's comparison and the tables over them.
+study: $(VENV)/.installed
+	ct25d sweep --configfile config/study.yaml --cores $(CORES)
 
 dry-run: $(VENV)/.installed
 	snakemake all -n

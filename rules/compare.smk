@@ -39,6 +39,7 @@ rule compare:
         findings=report(f"{RESULTS}/comparison/findings.csv", category="Comparison", subcategory="Per finding"),
         findings_md=f"{RESULTS}/comparison/findings.md",
         readers=report(f"{RESULTS}/comparison/readers.csv", category="Comparison", subcategory="Agreement with readers"),
+        scores=f"{RESULTS}/comparison/scores.parquet",
     params:
         out=f"{RESULTS}/comparison",
         settings=as_json({**config["compare"], "reference": compare_reference(), "salt": config["ingest"]["pseudonym_salt"]}),

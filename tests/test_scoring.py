@@ -253,6 +253,11 @@ def test_comparison_pools_outer_folds_and_averages_external_models(tmp_path: Pat
     )
     spread = table.set_index("approach").loc["3D: weak", "fold AUCs (cq500)"]
     assert len(spread.split(", ")) == 2  # each fold model alone, beside the averaged score
+    f1s = [float(f) for f in table.set_index("approach").loc["3D: weak", "fold F1s (cq500)"].split(", ")]
+    for run, f1 in zip(runs[2:], f1s, strict=True):  # each fold model at its own inner-split threshold
+        cq500 = run.studies.query("split == 'external' and dataset == 'cq500'")
+        calls = logit(cq500["prob_any"].to_numpy()) > inner_choices(run.studies, ["any"])["any"].threshold
+        assert f1 == pytest.approx(f1_score(cq500["any"], calls), abs=5e-4)
     text = (tmp_path / "out" / "comparison.md").read_text()
     assert "3D: weak on internal (OOF): ΔAUC" in text and "worse than 2.5D: Stage 2 good" in text
     for name in (

@@ -420,29 +420,44 @@ def test_rules_find_ct25d_without_an_activated_venv(tmp_path: Path) -> None:
 
 
 @pytest.mark.workflow
-def test_sweep_runs_each_fraction_and_draws_the_data_size_curve(tmp_path: Path) -> None:
-    """`ct25d sweep` on the tiny cohort, two training fractions: each fraction's comparison is saved
-    with its training sizes (smaller at the smaller fraction, the scored studies the same), the
-    curve's table and plot are written, and a second call runs nothing again."""
+def test_sweep_runs_each_fraction_and_seed_and_draws_the_curve_and_the_seeds(tmp_path: Path) -> None:
+    """`ct25d sweep` on the tiny cohort, two training fractions and two training seeds (three runs):
+    the plain run is the first point (nothing added to the config), each point's comparison is saved
+    with its training sizes (smaller at the smaller fraction, the scored studies the same), the seed
+    changes the trained models but not the studies, the curve and the seeds' table and claims are
+    written, and a second call runs nothing again."""
     config = json.loads(json.dumps(TINY))
     config["baselines"]["models"] = {"r3d": TINY["baselines"]["models"]["r3d"]}
-    config["sweep"] = {"train_fractions": [0.6, 1.0]}
+    config["sweep"] = {"train_fractions": [0.6, 1.0], "seeds": [0, 1]}
+    claim = {"claim": "Stage 2 beats the head", "better": "bilstm", "than": "head", "metric": "auc"}
+    config["compare"] = {"bootstrap": 200, "min_positives": 1, "claims": [claim]}
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     cmd = [sys.executable, "-m", "ct25d", "sweep", "--configfile", "sweep.yaml", "--cores", "2",
            "--", "--snakefile", str(ROOT / "Snakefile")]  # fmt: skip
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    sizes = {
-        f: json.loads((tmp_path / f"results/sweep/fraction-{f:g}/sizes.json").read_text()) for f in (0.6, 1.0)
-    }
-    assert sizes[0.6]["studies_mean"] < sizes[1.0]["studies_mean"]
-    assert sizes[0.6]["scored_internal"] == sizes[1.0]["scored_internal"]
-    table = pd.read_csv(tmp_path / "results/comparison/data_size.csv")
+    sweep = tmp_path / "results" / "sweep"
+    points = {(0.6, 0): "fraction-0.6-seed-0", (1.0, 0): "fraction-1-seed-0", (1.0, 1): "fraction-1-seed-1"}
+    assert yaml.safe_load((sweep / points[1.0, 0] / "overlay.yaml").read_text()) == {}
+    sizes = {p: json.loads((sweep / folder / "sizes.json").read_text()) for p, folder in points.items()}
+    assert sizes[0.6, 0]["studies_mean"] < sizes[1.0, 0]["studies_mean"] == sizes[1.0, 1]["studies_mean"]
+    assert sizes[0.6, 0]["scored_internal"] == sizes[1.0, 0]["scored_internal"]
+    scores = {s: pd.read_parquet(sweep / points[1.0, s] / "comparison" / "scores.parquet") for s in (0, 1)}
+    keys = ["approach", "set", "dataset", "study_id"]
+    assert scores[0][keys].equals(scores[1][keys])
+    assert not np.allclose(scores[0]["s_any"], scores[1]["s_any"])  # the seed reached the training
+    table = pd.read_csv(sweep / "data_size.csv")
     assert {"2D resnet10t: thresholded head", "2.5D: Stage 2 bilstm", "3D: r3d"} <= set(table["approach"])
     assert set(table["fraction"]) == {0.6, 1.0}
-    assert (tmp_path / "results/comparison/data_size.png").stat().st_size > 10_000
+    assert (sweep / "data_size.png").stat().st_size > 10_000
+    seeds = pd.read_csv(sweep / "seeds.csv")
+    assert set(seeds["approach"]) == set(scores[0]["approach"])
+    assert seeds["auc per seed"].str.count(",").eq(1).all()
+    claims = pd.read_csv(sweep / "claims_seeds.csv")
+    assert claims["per seed"].str.count(",").eq(1).all() and claims["verdict"].notna().all()
+    assert json.loads((sweep / "sweep.json").read_text())["commit"]
     again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
-    assert again.returncode == 0 and again.stderr.count("not run again") == 2, again.stderr[-2000:]
+    assert again.returncode == 0 and again.stderr.count("not run again") == 3, again.stderr[-2000:]
     drawn = subprocess.run([*cmd[:6], "--saved-only"], cwd=tmp_path, capture_output=True, text=True, env=env)
     assert drawn.returncode == 0 and "snakemake" not in drawn.stderr.lower(), drawn.stderr[-2000:]

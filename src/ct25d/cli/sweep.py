@@ -1,10 +1,18 @@
-"""`ct25d sweep`: a learning curve, the workflow once per `sweep.train_fractions` value.
+"""`ct25d sweep`: the workflow again and again with one thing changed: the training fraction
+(`sweep.train_fractions`, a learning curve) and the training seed (`sweep.seeds`, training variance).
 
-Why a driver and not one DAG: every rule from `splits` on depends on the fraction, so one DAG would
-need the fraction in every path downstream. Instead each fraction is a normal Snakemake run in the
-same results folder (ingest, preprocessing and the stores are made once and reused; Snakemake reruns
-what the new `splits.train_fraction` changes), and its comparison is saved before the next starts.
-A fraction whose saved comparison came from the same config is not run again.
+Why a driver and not one DAG: every rule from `splits` on depends on the fraction, and every training
+rule on the seed, so one DAG would need both in every path downstream. Instead each point is a normal
+Snakemake run in the same results folder (ingest, preprocessing and the stores are made once and
+reused; Snakemake reruns what the new setting changes), and its comparison is saved before the next
+starts. A point whose saved comparison came from the same config is not run again, and the point
+with the config's own settings (all the data, its own seed) adds nothing to the config, so a plain
+`snakemake` run of the same config is that point.
+
+The points: every seed at the largest fraction (the study and its repeats), then the smaller
+fractions with the first seed (the curve). The results folder holds the last point's runs afterwards;
+each point's comparison is in `sweep/fraction-<f>-seed-<s>/`, and what is drawn over the points
+(data_size.*, seeds.*, claims_seeds.csv, sweep.json with the source commit) in `sweep/`.
 """
 
 from __future__ import annotations
@@ -22,17 +30,44 @@ from typing import Any
 from ct25d.errors import ConfigError, Ct25dError
 
 log = logging.getLogger(__name__)
+TRAINING = ("stage1", "stage2", "baselines")  # the sections whose `seed` a training seed sets
 
 
-def _fraction_dir(results: Path, fraction: float) -> Path:
-    return results / "sweep" / f"fraction-{fraction:g}"
+def _point_dir(results: Path, fraction: float, seed: int) -> Path:
+    return results / "sweep" / f"fraction-{fraction:g}-seed-{seed}"
 
 
-def _config_key(config: dict[str, Any], fraction: float) -> str:
+def _overlay(config: dict[str, Any], fraction: float, seed: int) -> dict[str, Any]:
+    """What the point changes in the config: nothing where it is the config's own setting (a
+    fraction of 1, the config's stage1 seed), so that its rules' parameters stay the plain run's."""
+    overlay: dict[str, Any] = {}
+    if fraction != 1:
+        overlay["splits"] = {**config.get("splits", {}), "train_fraction": fraction}
+    if seed != int(config.get("stage1", {}).get("seed", 0)):
+        overlay.update({section: {**config.get(section, {}), "seed": seed} for section in TRAINING})
+    return overlay
+
+
+def _config_key(config: dict[str, Any], fraction: float, seed: int) -> str:
     """The run's identity: the merged config without the `sweep` section (so a sweep extended by one
-    fraction, or run a few fractions at a time, reuses the fractions already saved) and the fraction."""
+    point, or run a few points at a time, reuses the points already saved) and the point."""
     workflow = {k: v for k, v in config.items() if k != "sweep"}
-    return hashlib.sha256(json.dumps([workflow, fraction], sort_keys=True, default=str).encode()).hexdigest()
+    blob = json.dumps([workflow, fraction, seed], sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def points_of(sweep: dict[str, Any], config: dict[str, Any]) -> list[tuple[float, int]]:
+    """(fraction, seed) of every run: each seed at the largest fraction, then the other fractions,
+    smallest first, with the first seed."""
+    fractions = sorted(float(f) for f in sweep.get("train_fractions") or [1.0])
+    seeds = [int(s) for s in sweep.get("seeds") or [int(config.get("stage1", {}).get("seed", 0))]]
+    bad = [f for f in fractions if not 0 < f <= 1]
+    if bad:
+        raise ConfigError(f"sweep.train_fractions: {bad} outside (0, 1]")
+    points = [(fractions[-1], s) for s in seeds] + [(f, seeds[0]) for f in fractions[:-1]]
+    if len(points) < 2:
+        raise ConfigError("sweep: list at least two train_fractions or two seeds (one run is `snakemake`)")
+    return points
 
 
 def _merged_config(paths: list[str]) -> dict[str, Any]:
@@ -46,19 +81,23 @@ def _merged_config(paths: list[str]) -> dict[str, Any]:
     return merged
 
 
-def saved_fraction(config: dict[str, Any], fraction: float) -> Path | None:
-    """The folder of `fraction`'s saved comparison when it came from this config, else None."""
-    folder = _fraction_dir(Path(config.get("results", "results")), fraction)
+def saved_point(config: dict[str, Any], fraction: float, seed: int) -> Path | None:
+    """The folder of the point's saved comparison when it came from this config, else None."""
+    folder = _point_dir(Path(config.get("results", "results")), fraction, seed)
     done = folder / "done.txt"
-    if done.is_file() and done.read_text().strip() == _config_key(config, fraction):
+    if done.is_file() and done.read_text().strip() == _config_key(config, fraction, seed):
         return folder if (folder / "comparison").is_dir() else None
     return None
 
 
-def run_fraction(
-    configfiles: list[str], config: dict[str, Any], fraction: float, snakemake_args: list[str], cores: int
+def run_point(
+    configfiles: list[str],
+    config: dict[str, Any],
+    point: tuple[float, int],
+    snakemake_args: list[str],
+    cores: int,
 ) -> Path:
-    """One fraction end to end (`config`: the files merged); returns the folder its comparison and
+    """One point end to end (`config`: the files merged); returns the folder its comparison and
     training sizes were saved in."""
     import pandas as pd
     import yaml
@@ -66,65 +105,96 @@ def run_fraction(
     from ct25d.atomic import atomic_path, write_json
     from ct25d.report.sweep import training_sizes
 
-    saved = saved_fraction(config, fraction)
+    fraction, seed = point
+    saved = saved_point(config, fraction, seed)
     if saved is not None:
-        log.info("fraction %g: saved comparison is from this config; not run again", fraction)
+        log.info("fraction %g, seed %d: saved comparison is from this config; not run again", fraction, seed)
         return saved
     results = Path(config.get("results", "results"))
-    folder = _fraction_dir(results, fraction)
+    folder = _point_dir(results, fraction, seed)
     overlay = folder / "overlay.yaml"
     with atomic_path(overlay) as tmp:
-        tmp.write_text(yaml.safe_dump({"splits": {**config.get("splits", {}), "train_fraction": fraction}}))
+        tmp.write_text(yaml.safe_dump(_overlay(config, fraction, seed)))
     command = [sys.executable, "-m", "snakemake", "comparison", "--cores", str(cores), "--configfile",
                *configfiles, str(overlay), "--replace-workflow-config", *snakemake_args]  # fmt: skip
-    log.info("fraction %g: %s", fraction, " ".join(command))
+    log.info("fraction %g, seed %d: %s", fraction, seed, " ".join(command))
     if subprocess.run(command, check=False).returncode != 0:
-        raise Ct25dError(f"sweep: the workflow failed at train_fraction {fraction:g} (its log is above)")
+        raise Ct25dError(
+            f"sweep: the workflow failed at train_fraction {fraction:g}, seed {seed} (log above)"
+        )
     with atomic_path(folder / "comparison") as tmp:
         shutil.copytree(results / "comparison", tmp)
     folds = pd.read_parquet(results / "splits" / "folds.parquet")
-    write_json(folder / "sizes.json", {"train_fraction": fraction, **training_sizes(folds)})
+    write_json(folder / "sizes.json", {"train_fraction": fraction, "seed": seed, **training_sizes(folds)})
     with atomic_path(folder / "done.txt") as tmp:
-        tmp.write_text(_config_key(config, fraction) + "\n")
+        tmp.write_text(_config_key(config, fraction, seed) + "\n")
     return folder
 
 
+def source_commit() -> str:
+    """The commit of the code that drew the tables (`+ uncommitted changes` when the tree differs), so
+    that a README table can name what made it; "unknown" outside a git checkout."""
+    import ct25d
+
+    def git(*args: str) -> str:
+        where = Path(ct25d.__file__).parent
+        return subprocess.run(["git", *args], cwd=where, capture_output=True, text=True, check=True).stdout
+
+    try:
+        head, dirty = git("rev-parse", "HEAD").strip(), git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + (" + uncommitted changes" if dirty.strip() else "")
+
+
 def cmd_sweep(args: argparse.Namespace) -> None:
+    from ct25d.atomic import write_json
+    from ct25d.report.seeds import write_seeds
     from ct25d.report.sweep import write_data_size
 
     config = _merged_config(args.configfile)
     sweep = config.get("sweep") or {}
-    fractions = sorted(float(f) for f in sweep.get("train_fractions", []))
-    if len(fractions) < 2:
-        raise ConfigError(f"sweep.train_fractions: {args.configfile} must list at least two fractions")
-    bad = [f for f in fractions if not 0 < f <= 1]
-    if bad:
-        raise ConfigError(f"sweep.train_fractions: {bad} outside (0, 1]")
+    points = points_of(sweep, config)
     extra = args.snakemake_args[1:] if args.snakemake_args[:1] == ["--"] else args.snakemake_args
     if args.saved_only:
-        found = {f: saved_fraction(config, f) for f in fractions}
-        points = [(f, folder) for f, folder in found.items() if folder is not None]
-        missing = [f for f, folder in found.items() if folder is None]
+        saved = {p: saved_point(config, *p) for p in points}
+        done = {p: folder for p, folder in saved.items() if folder is not None}
+        missing = [p for p in points if p not in done]
         if missing:
-            log.warning("fractions %s not saved yet: %d of %d drawn", missing, len(points), len(found))
-        if not points:
-            raise Ct25dError("sweep --saved-only: no fraction saved from this config yet")
+            log.warning(
+                "points (fraction, seed) %s not saved yet: %d of %d drawn", missing, len(done), len(points)
+            )
+        if not done:
+            raise Ct25dError("sweep --saved-only: no point saved from this config yet")
     else:
-        points = [(f, run_fraction(args.configfile, config, f, extra, args.cores)) for f in fractions]
-    out = Path(config.get("results", "results")) / "comparison"
-    table = write_data_size(points, out, sweep.get("approaches") or None)
-    log.info("%d points; see %s/data_size.md and data_size.png", len(table), out)
+        done = {p: run_point(args.configfile, config, p, extra, args.cores) for p in points}
+    # Beside the points, not in comparison/: that folder holds whichever point ran last.
+    out = Path(config.get("results", "results")) / "sweep"
+    full, first = points[0][0], points[0][1]
+    curve = sorted((f, folder) for (f, s), folder in done.items() if s == first)
+    if len(curve) > 1:
+        table = write_data_size(curve, out, sweep.get("approaches") or None)
+        log.info("%d points; see %s/data_size.md and data_size.png", len(table), out)
+    repeats = [(s, folder) for (f, s), folder in done.items() if f == full]
+    if len(repeats) > 1:
+        write_seeds(repeats, out, config.get("compare") or {})
+        log.info("%d training seeds; see %s/seeds.md", len(repeats), out)
+    write_json(out / "sweep.json", {"points": [{"fraction": f, "seed": s, "folder": str(folder)}
+                                               for (f, s), folder in done.items()],
+                                    "commit": source_commit()})  # fmt: skip
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the sweep subcommand."""
-    p = sub.add_parser("sweep", help="learning curve: the workflow at each sweep.train_fractions value")
+    p = sub.add_parser(
+        "sweep", help="the workflow at each sweep.train_fractions value and each sweep.seeds training seed"
+    )
     p.add_argument("--configfile", nargs="+", required=True, help="config file(s) with a `sweep` section")
     p.add_argument("--cores", type=int, default=2)
     p.add_argument(
         "--saved-only",
         action="store_true",
-        help="run nothing: draw the curve from the fractions already saved (e.g. while the rest runs)",
+        help="run nothing: draw the curve and the seeds' table from the points already saved",
     )
     p.add_argument(
         "snakemake_args",

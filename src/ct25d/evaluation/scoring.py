@@ -319,6 +319,24 @@ class Paired:
         return float((1 + in_null.sum()) / (len(self.replicates) + 1))
 
 
+def seed_draws(replicates: int, seeds: int, seed: int) -> np.ndarray:
+    """`(replicates, seeds)` training seeds drawn with replacement per bootstrap replicate (all 0 with
+    one seed): with `over_seeds`, a bootstrap over patients and training seeds together."""
+    return np.random.default_rng([seed, seeds]).integers(0, seeds, size=(replicates, seeds))
+
+
+def over_seeds(values: np.ndarray, replicates: np.ndarray, draws: np.ndarray) -> Paired:
+    """The mean over training seeds of a statistic (`values` (S,), its patient-bootstrap `replicates`
+    (S, R), every seed scored on the same studies with the same weights), with replicates that also
+    resample the seeds (`draws` from `seed_draws`): each replicate is the mean, over seeds drawn with
+    replacement, of those seeds' values under that replicate's patients. The interval then widens
+    with the spread between seeds as well as with the patients sampled (with few seeds, by the
+    bootstrap's (S - 1) / S too little); one seed gives back its own replicates."""
+    values, replicates = np.asarray(values, dtype=np.float64), np.atleast_2d(replicates)
+    joint = replicates[draws, np.arange(replicates.shape[1])[:, None]].mean(axis=1)
+    return Paired(float(values.mean()), joint)
+
+
 def paired_auc_difference(
     y: np.ndarray, score: np.ndarray, reference: np.ndarray, weights: np.ndarray
 ) -> Paired:

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from ct25d.atomic import atomic_path, write_csv, write_json
+from ct25d.atomic import atomic_path, write_csv, write_json, write_parquet
 from ct25d.errors import ConfigError
 from ct25d.evaluation.scoring import (
     Interval,
@@ -44,13 +44,16 @@ from ct25d.evaluation.scoring import (
     fit_temperature,
     holm,
     logit,
+    over_seeds,
     paired_auc_difference,
     paired_f1_difference,
     percentile_interval,
     point_metrics,
+    seed_draws,
     threshold_at_specificity,
     weighted_auc,
     weighted_brier,
+    weighted_f1,
     weighted_kappa,
     weighted_sensitivity,
 )
@@ -265,16 +268,21 @@ def one_row_per(frame: pd.DataFrame, keys: list[str], approach: str, where: str)
         )
 
 
-def fold_aucs(runs: list[Run]) -> dict[tuple[str, str], list[float]]:
-    """AUC of `any` of each fold model alone on each external set: the spread behind the averaged score."""
-    out: dict[tuple[str, str], list[float]] = {}
+def fold_scores(runs: list[Run]) -> dict[tuple[str, str], list[tuple[float, float]]]:
+    """(AUC, F1) of `any` of each fold model alone on each external set, the F1 at that model's own
+    inner-split threshold: the spread behind the ensemble's score, i.e. how much of the external
+    number is ensembling rather than the models (the internal set has no ensemble)."""
+    out: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for run in runs:
         studies = run.studies
+        threshold = inner_choices(studies, ["any"])["any"].threshold
         for dataset, part in studies[(studies["split"] == "external") & studies["any"].notna()].groupby(
             "dataset"
         ):
-            auc = auc_rows(part["any"].to_numpy(float), logit(part["prob_any"].to_numpy()))[0]
-            out.setdefault((run.approach, dataset), []).append(float(auc))
+            y, z = part["any"].to_numpy(float), logit(part["prob_any"].to_numpy())
+            one = np.ones(len(y))
+            score = (float(auc_rows(y, z)[0]), float(weighted_f1(y, z > threshold, one)[0]))
+            out.setdefault((run.approach, dataset), []).append(score)
     return out
 
 
@@ -448,7 +456,7 @@ def comparison(
         entry["train_s"] += run.extra.get("train_s", math.nan)  # all folds' training jobs
         peak = run.extra.get("peak_mb", math.nan)
         entry["peak_mb"] = peak if math.isnan(entry["peak_mb"]) else max(entry["peak_mb"], peak)
-    spread = fold_aucs(runs)
+    spread = fold_scores(runs)
     sets = sorted({name for frame in predictions.values() for name in frame["set"].unique()})
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for name in sets:
@@ -465,7 +473,8 @@ def comparison(
                 **meta[approach],
                 "folds": ", ".join(map(str, sorted(meta[approach]["folds"]))),
                 **_one_set(part, None if approach == reference else ref, labels, resampler, min_positives),
-                "fold AUCs": ", ".join(f"{a:.3f}" for a in spread.get((approach, name), [])),
+                "fold AUCs": ", ".join(f"{a:.3f}" for a, _ in spread.get((approach, name), [])),
+                "fold F1s": ", ".join(f"{f:.3f}" for _, f in spread.get((approach, name), [])),
                 "calibration": "; ".join(flags.get(approach, [])),
                 "train AUCs": ", ".join(f"{a:.2f}" for _, a in sorted(train_aucs.get(approach, {}).items())),
                 "train_auc_max": max(train_aucs.get(approach, {}).values(), default=math.nan),
@@ -532,6 +541,7 @@ def wide_table(long: pd.DataFrame, slice_scores: dict[str, float], reference: st
             )
             if where != "OOF" and "," in str(r["folds"]):
                 row[f"fold AUCs ({where})"] = r["fold AUCs"]  # each fold model alone, for the spread
+                row[f"fold F1s ({where})"] = r["fold F1s"]  # at each fold model's own threshold
             row[f"macro AUC ({where})"] = r["macro_auc"]
             row[f"macro labels ({where})"] = r["macro_labels"]
             if where == "OOF":
@@ -626,7 +636,7 @@ def reader_kappas(
     return pd.DataFrame(rows)
 
 
-def _text(value: Any) -> Any:
+def cell_text(value: Any) -> Any:
     if value is pd.NA or value is None:
         return "n/a"
     if isinstance(value, Interval):
@@ -711,11 +721,15 @@ def reading_notes(long: pd.DataFrame, too_wide: float = 0.3, learned: float = 0.
     return ["**Read with care:**", *notes, ""] if notes else []
 
 
-def resolve(name: str, runs: list[Run]) -> str:
-    """The approach a config name stands for: a baseline entry, `<backbone>:<Stage-2 model>`,
-    `<backbone>:head|cosine`, a Stage-2 model or `head` / `cosine` alone where one backbone ran, or the
-    approach's own name in the table."""
-    keys = {run.key: run.approach for run in runs}
+def run_keys(runs: list[Run]) -> dict[str, str]:
+    """Config name -> approach: a baseline entry, `<backbone>:<Stage-2 model>`, `<backbone>:head|cosine`."""
+    return {run.key: run.approach for run in runs}
+
+
+def resolve(name: str, keys: dict[str, str]) -> str:
+    """The approach a config name stands for (`keys`: `run_keys`): a baseline entry,
+    `<backbone>:<Stage-2 model>`, `<backbone>:head|cosine`, a Stage-2 model or `head` / `cosine` alone
+    where one backbone ran, or the approach's own name in the table."""
     if name in keys:
         return keys[name]
     if name in keys.values():
@@ -774,10 +788,23 @@ CLAIM_COLUMNS = ["claim", "kind", "better", "than", "metric", "set", "role", "n"
                  "H1", "p", "p (Holm)", "verdict"]  # fmt: skip
 
 
+def aligned(frame: pd.DataFrame, name: str, order: pd.DataFrame | None = None) -> pd.DataFrame:
+    """`frame`'s studies of set `name` with a known `any`, in `order`'s (dataset, study_id) order when
+    given: every training seed's scores must be on the same studies for a paired, seed-pooled test."""
+    part = frame[(frame["set"] == name) & frame["any"].notna()]
+    if order is None:
+        return part
+    keys = ["dataset", "study_id"]
+    out = order[keys].merge(part, on=keys, how="left", validate="one_to_one")
+    if out["s_any"].isna().any() or len(part) != len(order):
+        raise ValueError(f"training seeds scored different studies of {name}: a paired test needs the same")
+    return out
+
+
 def claims_table(
     claims: list[dict[str, Any]],
-    runs: list[Run],
-    predictions: dict[str, pd.DataFrame],
+    keys: dict[str, str],
+    predictions: list[dict[str, pd.DataFrame]],
     resampler: Resampler,
     min_positives: int = 5,
     alpha: float = 0.05,
@@ -785,33 +812,44 @@ def claims_table(
     """Each claim tested by the paired patient bootstrap of better minus than on the same studies, on
     every scored set: its primary set decides it, with Holm's adjustment across the primary tests;
     the other sets are exploratory (raw p, no verdict). A primary set without a test (too few
-    positives, or not scored) leaves the claim undecided and out of the family."""
+    positives, or not scored) leaves the claim undecided and out of the family.
+
+    `predictions`: one scored-predictions dict per training seed. With several, D is the mean over
+    seeds and its replicates resample patients and seeds together (`over_seeds`), so that a claim must
+    hold across training runs, not in one; `per seed` lists each seed's own D."""
+    draws = seed_draws(resampler.replicates, len(predictions), resampler.seed)
     rows = []
     for entry in claims:
         claim = Claim(**entry)
-        better, than = resolve(claim.better, runs), resolve(claim.than, runs)
+        better, than = resolve(claim.better, keys), resolve(claim.than, keys)
         base = {"claim": claim.claim, "kind": claim.kind, "better": better, "than": than,
                 "metric": f"volume {claim.metric.upper()}", "margin": claim.margin,
                 "H1": claim.alternative}  # fmt: skip
         tested = []
-        for name, part in predictions[better].groupby("set", sort=True):
-            part = part[part["any"].notna()]
-            other = predictions[than][predictions[than]["set"] == name]
-            y = part["any"].to_numpy(float)
-            weights = resampler.weights(part, ["any"])
-            delta = paired_differences(part, other, weights).get(f"delta_{claim.metric}")
-            if delta is None:
+        for name in sorted(predictions[0][better]["set"].unique()):
+            part = aligned(predictions[0][better], name)
+            deltas = []
+            for scored in predictions:
+                mine = aligned(scored[better], name, part)
+                weights = resampler.weights(mine, ["any"])
+                other = scored[than][scored[than]["set"] == name]
+                deltas.append(paired_differences(mine, other, weights).get(f"delta_{claim.metric}"))
+            if any(d is None for d in deltas):
                 continue
-            few = too_few(y, min_positives)
+            delta = over_seeds([d.value for d in deltas], np.stack([d.replicates for d in deltas]), draws)
+            few = too_few(part["any"].to_numpy(float), min_positives)
             tested.append({**base, "set": name, "role": "primary" if name == claim.primary else "exploratory",
                            "n": len(part), "difference": few or delta.interval(),
                            "p": math.nan if few else claim.p(delta)})  # fmt: skip
+            if len(predictions) > 1:
+                tested[-1]["per seed"] = ", ".join(f"{d.value:+.3f}" for d in deltas)
         if not any(row["role"] == "primary" for row in tested):
             note = f"no studies of {claim.primary} scored by both"
             tested.insert(0, {**base, "set": claim.primary, "role": "primary", "n": 0, "p": math.nan,
                               "difference": Interval(math.nan, math.nan, math.nan, note)})  # fmt: skip
         rows += sorted(tested, key=lambda row: row["role"] != "primary")
-    table = pd.DataFrame(rows, columns=CLAIM_COLUMNS)
+    columns = CLAIM_COLUMNS if len(predictions) == 1 else [*CLAIM_COLUMNS[:9], "per seed", *CLAIM_COLUMNS[9:]]
+    table = pd.DataFrame(rows, columns=columns)
     primary = (table["role"] == "primary") & table["p"].notna()
     adjusted, error = holm(table.loc[primary, "p"].to_numpy(float), resampler.replicates)
     table.loc[primary, "p (Holm)"] = adjusted
@@ -840,7 +878,7 @@ def claim_verdict(role: str, p: float, adjusted: float, error: float, alpha: flo
 def claims_text(table: pd.DataFrame) -> pd.DataFrame:
     """The claims table as written: p-values to three significant digits (a bootstrap p can be
     1 / (R + 1), far below the 0.001 that other numbers are rounded to)."""
-    text = table.map(_text)
+    text = table.map(cell_text)
     for column in ("p", "p (Holm)"):
         text[column] = table[column].map(lambda p: "n/a" if pd.isna(p) else f"{p:.3g}")
     return text
@@ -874,6 +912,23 @@ def claims_markdown(table: pd.DataFrame, replicates: int, seed: int, alpha: floa
     )
 
 
+def score_table(
+    predictions: dict[str, pd.DataFrame], labels: list[str], keys: dict[str, str]
+) -> pd.DataFrame:
+    """Every approach's scored studies in one frame (comparison/scores.parquet): the approach's config
+    `key` (`keys`: `run_keys`), the truth, the calibrated logit `s_`, the thresholds and the
+    probability `p_` of each label, the set and the patient. What a later step needs to test claims
+    again over other runs' scores (training seeds: `ct25d.report.seeds`) without the runs' folders."""
+    key_of = {approach: key for key, approach in keys.items()}
+    keep = ["set", "dataset", "study_id", "patient_id"]
+    frames = []
+    for approach, frame in predictions.items():
+        columns = [c for n in labels if n in frame for c in (n, f"s_{n}", *threshold_columns(n), f"p_{n}")]
+        frames.append(frame[keep + columns].assign(approach=approach, key=key_of.get(approach, approach)))
+    table = pd.concat(frames, ignore_index=True)
+    return table[["approach", "key", *(c for c in table if c not in ("approach", "key"))]]
+
+
 def write_comparison(
     stage1: list[str | Path],
     stage2: list[tuple[str, str | Path]],
@@ -900,14 +955,14 @@ def write_comparison(
     labels = list(labels or RSNA_LABELS)
     out = Path(out_dir)
     runs = load_runs(stage1, stage2, baselines)
-    reference = resolve(reference, runs) if reference else None
+    reference = resolve(reference, run_keys(runs)) if reference else None
     if patients is not None and not isinstance(patients, pd.DataFrame):
         patients = pd.read_parquet(patients, columns=["dataset", "study_id", "patient_id"])
     resampler = Resampler(replicates, seed)
     long, predictions = comparison(runs, labels, reference, resampler, min_positives, patients)
     table = wide_table(long, slice_f1(runs), reference)
-    write_csv(out / "comparison.csv", table.map(_text))
-    write_csv(out / "comparison_long.csv", long.map(_text))
+    write_csv(out / "comparison.csv", table.map(cell_text))
+    write_csv(out / "comparison_long.csv", long.map(cell_text))
     lines = [
         f"Scores: internal = pooled outer folds (OOF); external = mean of the fold models. Thresholds "
         f"and temperatures chosen on each fold's inner split (T = 1 where it cannot be fitted: "
@@ -929,7 +984,7 @@ def write_comparison(
         f"Stage-1 run they read); peak RSS from the same `benchmark:` files. {volume_note(runs)}",
         "",
         *reading_notes(long),
-        table.map(_text).to_markdown(index=False),
+        table.map(cell_text).to_markdown(index=False),
         "",
         *verdicts(long, reference),
     ]
@@ -942,7 +997,7 @@ def write_comparison(
                 "compare", {"reference": reference, "replicates": replicates, "seed": seed, "labels": labels}
             ),
             "runs": [str(run.folder) for run in runs],
-            "rows": json.loads(long.map(_text).to_json(orient="records")),
+            "rows": json.loads(long.map(cell_text).to_json(orient="records")),
             "intervals": interval_records(long),
         },
     )
@@ -954,11 +1009,13 @@ def write_comparison(
         plot_strips,
     )
 
-    tested = claims_table(list(claims or []), runs, predictions, resampler, min_positives, alpha)
+    write_parquet(out / "scores.parquet", score_table(predictions, labels, run_keys(runs)),
+                  stamp("compare", {"reference": reference, "labels": labels}))  # fmt: skip
+    tested = claims_table(list(claims or []), run_keys(runs), [predictions], resampler, min_positives, alpha)
     write_csv(out / "claims.csv", claims_text(tested))
     with atomic_path(out / "claims.md") as tmp:
         tmp.write_text(claims_markdown(tested, replicates, seed, alpha))
-    findings = findings_table(long).map(_text)
+    findings = findings_table(long).map(cell_text)
     write_csv(out / "findings.csv", findings)
     with atomic_path(out / "findings.md") as tmp:
         tmp.write_text(
@@ -974,7 +1031,7 @@ def write_comparison(
         for d, path in (readers or {}).items()
     ]
     table_k = pd.concat(kappas, ignore_index=True) if kappas else pd.DataFrame(columns=["rater", "dataset"])
-    write_csv(out / "readers.csv", table_k.map(_text))
+    write_csv(out / "readers.csv", table_k.map(cell_text))
     plot_intervals(long, out / "comparison.png")
     plot_reliability(predictions, out / "reliability.png")
     plot_curves(predictions, out / "roc.png", "roc")

@@ -53,7 +53,14 @@ from ct25d.provenance import stamp
 from ct25d.training.checkpoint import load_checkpoint, save_checkpoint, stage1_payload
 from ct25d.training.history import improved, patience_spent, write_history
 from ct25d.training.schedule import make_schedule
-from ct25d.training.seed import derive_seed, deterministic_kernels, rng_state, seed_everything, set_rng_state
+from ct25d.training.seed import (
+    derive_seed,
+    deterministic_kernels,
+    numerics,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
 from ct25d.training.stage1 import (
     Stage1Settings,
     build_model,
@@ -422,7 +429,11 @@ def train_baseline(
         raise ConfigError(f"baseline {name!r} is a slice model: train it with train_thickened")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {**stamp("train-baseline", {"model": model_config, **s.learning_settings()}), "fold": fold}
+    meta = {
+        **stamp("train-baseline", {"model": model_config, **s.learning_settings()}),
+        "fold": fold,
+        "numerics": numerics(),
+    }
     supervision = model_config.get("supervision", "study")
     inputs = _Inputs(kind, studies, fold, s, volumes, embeddings, supervision, index)
     train_idx, val_idx = np.flatnonzero(inputs.split == "train"), np.flatnonzero(inputs.split == "inner")
@@ -710,7 +721,11 @@ def train_thickened(
     studies_out = prediction_frame(
         keys, per_study.to_numpy(), multilabel_targets(keyed.loc[order].reset_index(), labels), labels
     )
-    meta = {**stamp("train-baseline", {"model": model_config, **s.learning_settings()}), "fold": fold}
+    meta = {
+        **stamp("train-baseline", {"model": model_config, **s.learning_settings()}),
+        "fold": fold,
+        "numerics": numerics(),
+    }
     extra = {
         "best_epoch": int(payload["epoch"]),
         "seconds_per_epoch": seconds,

@@ -44,6 +44,21 @@ def deterministic_kernels(enabled: bool = True) -> Iterator[None]:
         torch.backends.cudnn.benchmark = previous[2]
 
 
+def numerics() -> dict[str, Any]:
+    """What decides a run's floating-point results besides its seed and inputs, for its metrics.json.
+
+    On one machine a run is bit-identical when rerun. Across machines it is not unless these match:
+    the intra-op thread count splits the reductions of convolutions and matmuls differently (5
+    AdamW steps of a ResNet-10t on CPU end with other weights at 1, 2 and 4 threads), and so does
+    the vector instruction set torch dispatches to. Snakemake sets OMP_NUM_THREADS to the job's
+    threads, so `--cores` below a rule's `threads:` changes it too."""
+    return {
+        "torch_threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+    }
+
+
 def derive_seed(*parts: int) -> int:
     """A well-mixed 63-bit seed from integers (e.g. seed, epoch, index); equal parts, equal seed."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)

@@ -53,6 +53,7 @@ from ct25d.training.schedule import warmup_cosine
 from ct25d.training.seed import (
     derive_seed,
     deterministic_kernels,
+    numerics,
     rng_state,
     seed_everything,
     set_rng_state,
@@ -380,7 +381,12 @@ def _train(
     # deletes the outputs of a killed job, and a resumed run must still deliver the best epoch.
     best_so_far = out / "best-so-far.pt"
     cuda = device.startswith("cuda")
-    meta = {**stamp("train-slices", s.learning_settings()), "fold": fold, "processes": ranks.world}
+    meta = {
+        **stamp("train-slices", s.learning_settings()),
+        "fold": fold,
+        "processes": ranks.world,
+        "numerics": numerics(),
+    }
     if ranks.main:
         write_json(out / "settings.json", meta)
 

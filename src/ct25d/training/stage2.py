@@ -31,7 +31,7 @@ from ct25d.provenance import stamp
 from ct25d.training.checkpoint import load_checkpoint, save_checkpoint
 from ct25d.training.history import improved, patience_spent, write_history
 from ct25d.training.schedule import make_schedule
-from ct25d.training.seed import derived_generator, seed_everything
+from ct25d.training.seed import derived_generator, numerics, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,11 @@ def train_stage2(
     s = settings if isinstance(settings, Stage2Settings) else Stage2Settings.from_dict(settings)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {**stamp("train-sequence", {"model": model_config, **dataclasses.asdict(s)}), "fold": fold}
+    meta = {
+        **stamp("train-sequence", {"model": model_config, **dataclasses.asdict(s)}),
+        "fold": fold,
+        "numerics": numerics(),
+    }
     rows = pd.read_parquet(Path(embeddings_dir) / "rows.parquet")
     data = StudySequences(embeddings_dir, rows, studies, s.labels)
     keyed = studies.set_index(["dataset", "study_id"])
