@@ -19,7 +19,7 @@ import pandas as pd
 
 from ct25d.errors import Ct25dError
 from ct25d.evaluation.scoring import expit, logit
-from ct25d.report.compare import INTERNAL, Run, inner_choices, resolve, scored_predictions
+from ct25d.report.compare import INTERNAL, Run, inner_choices, resolve, run_keys, scored_predictions
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +57,14 @@ def choose_approaches(
     names: list[str], runs: list[Run], reference: str | None, comparison: str | Path | None
 ) -> list[Chosen]:
     """The approaches `names` stand for (config names, `reference`, `best`), each once, in order."""
-    keys = {run.approach: run.key for run in runs}
+    key_of = {run.approach: run.key for run in runs}
+    approach_of = run_keys(runs)
     picked: dict[str, list[str]] = {}
     for name in names:
         if name == "reference":
             if not reference:
                 raise Ct25dError("predict.approaches: `reference`, but the comparison has no reference")
-            approach, why = resolve(reference, runs), f"reference ({reference})"
+            approach, why = resolve(reference, approach_of), f"reference ({reference})"
         elif name == "best":
             if comparison is None:
                 raise Ct25dError("predict.approaches: `best` needs the comparison (--comparison)")
@@ -73,15 +74,15 @@ def choose_approaches(
                     raise Ct25dError(
                         f"{comparison}: no approach has an internal AUC, and there is no reference"
                     )
-                approach = resolve(reference, runs)
+                approach = resolve(reference, approach_of)
                 why = "best internal: no approach has an internal AUC (too few positives): the reference"
                 log.warning("%s: %s", comparison, why)
             else:
                 approach, why = found[0], f"best internal (volume AUC of any {found[1]:.3f}, OOF)"
         else:
-            approach, why = resolve(name, runs), f"listed ({name})"
+            approach, why = resolve(name, approach_of), f"listed ({name})"
         picked.setdefault(approach, []).append(why)
-    return [Chosen(a, folder_name(keys[a]), "; ".join(whys)) for a, whys in picked.items()]
+    return [Chosen(a, folder_name(key_of[a]), "; ".join(whys)) for a, whys in picked.items()]
 
 
 def _predicted(runs: list[Run], dataset: str) -> None:
