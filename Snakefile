@@ -21,6 +21,7 @@ include: "rules/preprocess.smk"
 include: "rules/stage1.smk"
 include: "rules/stage2.smk"
 include: "rules/baselines.smk"
+include: "rules/saliency.smk"
 include: "rules/compare.smk"
 
 

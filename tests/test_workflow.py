@@ -49,6 +49,7 @@ baselines:
     acs: {name: acs, init: stage1}
     cnn25: {name: cnn25, slices: 8, hidden: 16}
     thick: {name: thick2d, k: 3, image_size: 32}
+compare: {bootstrap: 200, min_positives: 1}  # the tiny cohort's few positives still get numbers
 """)
 STROKE_WINDOW = {"name": "stroke", "center": 35, "width": 40}
 SUBDURAL_WINDOW = {"name": "subdural", "center": 75, "width": 215}
@@ -209,6 +210,33 @@ def test_stage_outputs(workdir: Path) -> None:
     assert set(table.loc[table["stage"] == "baseline", "approach"]) == {
         "3D: r3d", "3D: acs", "2.5D stacked embeddings: cnn25", "2D thickened: thick"}  # fmt: skip
     assert {"volume F1 (cq500)", "volume F1 (hospital)"} <= set(table.columns)  # each external set apart
+
+
+@pytest.mark.workflow
+def test_the_comparison_scores_where_the_image_models_looked(workdir: Path) -> None:
+    """Stage 1, the thickened 2D and the 3D nets point at the synthetic truth: the table's pointing-game
+    columns hold a number for them (the tiny cohort's few calls: min_positives 1) or say why not, and
+    n/a for the models that read no image; the galleries reach the report. Turned off, no saliency
+    job is planned and only the comparison reruns."""
+    results = workdir / "results"
+    table = pd.read_csv(results / "comparison" / "comparison.csv", keep_default_na=False)
+    table = table.set_index("approach")
+    columns = ["pointing game (OOF)", "pointing game (cq500)", "pointing game (hospital)"]
+    assert set(columns) <= set(table.columns)
+    image = ["2D resnet10t: thresholded head", "2D thickened: thick", "3D: r3d", "3D: acs"]
+    number = r"^\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\] \(n \d+, chance \d\.\d{2}\)$"
+    cells = table.loc[image, columns]
+    assert cells["pointing game (OOF)"].str.match(number).any(), cells
+    assert not (cells == "n/a").any().any(), cells
+    assert (table.drop(index=image)[columns] == "n/a").all().all()  # Stage 2, cosine, cnn25: no image
+    calls = pd.read_parquet(results / "saliency" / "baselines" / "r3d" / "fold0" / "pointing.parquet")
+    assert calls["pointed"].any() and calls["hit"].dropna().isin([0.0, 1.0]).all()
+    assert (calls.loc[calls["hit"].notna(), "truth"] == 1).all()  # true positives only
+    assert (results / "comparison" / "saliency.png").stat().st_size > 10_000
+    off = json.loads(json.dumps(TINY))
+    off["compare"]["saliency"] = {"enabled": False}
+    planned = planned_rules(snakemake(workdir, off, "-n", "--quiet", "rules"))
+    assert "compare" in planned and not {"saliency_stage1", "saliency_baseline", "saliency_gallery"} & planned
 
 
 @pytest.mark.workflow

@@ -115,12 +115,15 @@ class _VolumeLooker:
         pointing = point(raw, lesion, head) if score and lesion is not None else None
         peak = peak_footprint(raw, head.shape)
         display = upsample(raw[None], head.shape)[0]
-        d = int(display[:real].reshape(real, -1).max(1).argmax())
-        zs = np.arange(depth)[peak[0]] if peak is not None else np.zeros(0, dtype=int)
+        # The slice shown: the peak cell's slice with the most lesion in the cell (its middle slice
+        # without); an all-zero map has no peak: the slice with the most lesion, or the middle one.
+        zs = np.arange(depth)[peak[0]] if peak is not None else np.arange(real)
         zs = zs[zs < real]
-        if len(zs):
-            in_box = lesion[zs][:, peak[1], peak[2]].sum((1, 2)) if lesion is not None else np.zeros(len(zs))
-            d = int(zs[in_box.argmax()] if in_box.any() else zs[len(zs) // 2])
+        box = (slice(None), *peak[1:]) if peak is not None else (slice(None),)
+        if not len(zs):  # the peak lies in the padding
+            zs, box = np.arange(real), (slice(None),)
+        in_box = lesion[zs][box].reshape(len(zs), -1).sum(1) if lesion is not None else np.zeros(len(zs))
+        d = int(zs[in_box.argmax()] if in_box.any() else zs[len(zs) // 2])
         z = int(source_z[d]) if source_z is not None else d
         tile = Tile(volume[0, d], display[d], None if lesion is None else lesion[d], _box(peak), "")
         return _Looked(pointing, z, tuple(raw.shape), tile)
