@@ -274,3 +274,15 @@ def test_pointing_cells_give_a_number_no_masks_or_too_few() -> None:
     assert cells["A", "hospital"] == "no masks"
     assert cells["A", "cq500"] == "too few calls (n 1, 1 hits)"
     assert cells["A", "other"] == "no true-positive call"
+
+
+def test_the_schema_fills_the_saliency_settings_the_package_reads() -> None:
+    import yaml
+    from snakemake.utils import validate
+
+    root = Path(__file__).resolve().parents[1]
+    config = yaml.safe_load((root / "config" / "config.yaml").read_text())
+    validate(config, str(root / "config" / "schema.yaml"))
+    saliency = config["compare"]["saliency"]
+    assert saliency == {"enabled": True, "calls": 8, "slices": 3, "gallery": 6}
+    assert PointingSettings.from_dict(saliency) == PointingSettings()
