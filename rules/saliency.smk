@@ -48,6 +48,8 @@ rule saliency_stage1:
         f"{RESULTS}/logs/saliency/stage1-{{backbone}}-{{fold}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/saliency/stage1-{{backbone}}-{{fold}}.tsv",
+    # As soon as its model exists (a few seconds), not all of them after the last training job.
+    priority: 1
     threads: 1
     conda:
         "../envs/ct25d.yaml"
@@ -82,6 +84,7 @@ rule saliency_baseline:
         f"{RESULTS}/logs/saliency/{{baseline}}-{{fold}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/saliency/{{baseline}}-{{fold}}.tsv",
+    priority: 1
     threads: 1
     conda:
         "../envs/ct25d.yaml"

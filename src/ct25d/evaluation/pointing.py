@@ -46,9 +46,9 @@ class PointingSettings:
     """Config `compare.saliency`: how many calls, slices and gallery tiles each fold model gets."""
 
     enabled: bool = True
-    calls: int = 8  # true-positive calls pointed per set (outer fold, each external set)
+    calls: int = 4  # true-positive calls pointed per set (outer fold, each external set)
     slices: int = 3  # a slice model's top slices per call
-    gallery: int = 6  # calls drawn in the run's gallery (its most confident positive calls)
+    gallery: int = 4  # calls drawn in the run's gallery (its most confident positive calls)
     label: str = "any"
 
     @classmethod
@@ -114,6 +114,8 @@ def point(raw: np.ndarray, mask: np.ndarray, head: np.ndarray | None = None) -> 
 def inner_threshold(studies: pd.DataFrame, label: str = "any") -> float:
     """The run's F1 threshold of `label` on the raw logit, chosen on its inner split only."""
     inner = studies[(studies["split"] == "inner") & studies[label].notna()]
+    if inner.empty:  # as the comparison does without inner studies
+        return 0.0
     return best_threshold(inner[label].to_numpy(float), logit(inner[f"prob_{label}"].to_numpy()))
 
 

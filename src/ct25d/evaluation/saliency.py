@@ -17,7 +17,6 @@ rebuilt from their own checkpoints (`load_model`).
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,11 +85,18 @@ class SaliencyMaps:
     def raw(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> np.ndarray:
         """`(B, *grid)` float32 Grad-CAM (ReLU of the gradient-weighted channels), not normalised."""
         extra: dict[str, Any] = {} if valid is None else {"valid": valid}
-        with torch.enable_grad(), warnings.catch_warnings():
-            # A hook on a layer fed by the image itself (a volume encoder) fires on its output's
-            # gradient, which is the one Grad-CAM reads: torch's warning about it says nothing here.
-            warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            maps = self.cam.compute_map(x, class_idx=self.class_index, **extra)
+        # Grad-CAM reads activation gradients only: the weights' gradients (about half of a backward
+        # pass) are skipped by freezing them for the call and letting the input carry the graph.
+        params = [p for p in self.scores.parameters() if p.requires_grad]
+        try:
+            for p in params:
+                p.requires_grad_(False)
+            with torch.enable_grad():
+                x = x.detach().requires_grad_(True)
+                maps = self.cam.compute_map(x, class_idx=self.class_index, **extra)
+        finally:
+            for p in params:
+                p.requires_grad_(True)
         return maps[:, 0].detach().float().cpu().numpy()
 
     def upsampled(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> np.ndarray:

@@ -179,6 +179,9 @@ def saliency_run(
 
     `studies` / `slices`: the run's `predictions_studies` / `predictions_slices`; `index`: the slice
     index (stores, patients); `volumes`: the volume index (3D nets)."""
+    if s.label not in loaded.labels or f"prob_{s.label}" not in studies:
+        log.warning("%s fold %d predicts %s, not %r: no saliency", key, fold, list(loaded.labels), s.label)
+        return pd.DataFrame(columns=ROW_COLUMNS), []
     maps = SaliencyMaps(loaded.model, loaded.class_index(s.label))
     if loaded.kind == "slices":
         looker: _SliceLooker | _VolumeLooker = _SliceLooker(loaded, maps, index, slices, s.label, s.slices)

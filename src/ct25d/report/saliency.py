@@ -23,7 +23,7 @@ from ct25d.atomic import atomic_path
 if TYPE_CHECKING:  # the overview needs no torch
     from ct25d.evaluation.saliency_run import Tile
 
-COLUMNS = 6
+COLUMNS = 4
 
 
 def _save(fig: Figure, path: str | Path, dpi: int = 100) -> None:
