@@ -256,7 +256,7 @@ def test_calls_are_the_comparisons_calls_and_the_sample_is_by_study_id() -> None
     assert set(calls.loc[calls["drawn"], "study_id"]) == set(top)
 
 
-def test_pointing_cells_give_a_number_no_masks_or_too_few() -> None:
+def test_pointing_cells_give_a_number_with_its_n_or_say_why_not() -> None:
     rows = []
     for k in range(12):  # 9 hits of 12 calls on 6 patients, internal set
         rows.append({"approach": "A", "set": "internal (OOF)", "truth": 1.0, "hit": float(k % 4 != 0),
@@ -268,11 +268,11 @@ def test_pointing_cells_give_a_number_no_masks_or_too_few() -> None:
                  "patient_id": "c", "note": ""})  # fmt: skip
     rows.append({"approach": "A", "set": "other", "truth": 0.0, "hit": np.nan, "chance": np.nan,
                  "patient_id": "o", "note": "false positive: no lesion to point at"})  # fmt: skip
-    cells = pointing_cells(pd.DataFrame(rows), 500, 0, min_calls=5)
+    cells = pointing_cells(pd.DataFrame(rows), 500, 0)
     internal = cells["A", "internal (OOF)"]
     assert internal.startswith("0.750 [") and internal.endswith("(n 12, chance 0.25)")
     assert cells["A", "hospital"] == "no masks"
-    assert cells["A", "cq500"] == "too few calls (n 1, 1 hits)"
+    assert cells["A", "cq500"] == "1.000 [1.000, 1.000] (n 1, chance 0.30)"  # n says what it weighs
     assert cells["A", "other"] == "no true-positive call"
 
 
@@ -284,5 +284,34 @@ def test_the_schema_fills_the_saliency_settings_the_package_reads() -> None:
     config = yaml.safe_load((root / "config" / "config.yaml").read_text())
     validate(config, str(root / "config" / "schema.yaml"))
     saliency = config["compare"]["saliency"]
-    assert saliency == {"enabled": True, "calls": 8, "slices": 3, "gallery": 6}
+    assert saliency == {"enabled": True, "calls": 4, "slices": 3, "gallery": 4}
     assert PointingSettings.from_dict(saliency) == PointingSettings()
+
+
+def test_the_comparison_table_gets_a_pointing_game_column_per_set(tmp_path: Path) -> None:
+    """Calls of the baseline `weak` (its config name in `key`) become its cells; the Stage-2 row reads
+    no image (n/a); a set where it made no call says so; without pointing files, no column."""
+    from test_scoring import fake_run
+
+    from ct25d.report.compare import write_comparison
+
+    good = [("b:good", fake_run(tmp_path / "good0", 0, "good", 0.6, 0))]
+    weak = [fake_run(tmp_path / "weak0", 0, "weak", 0.05, 10)]
+    calls = pd.DataFrame({"key": "weak", "fold": 0, "split": "validation", "dataset": "rsna",
+                          "study_id": [f"rsna-f0-{i}" for i in range(6)],
+                          "patient_id": [f"p{i}" for i in range(6)],
+                          "prob": 0.9, "truth": 1.0, "pointed": True, "drawn": False,
+                          "hit": [1.0, 1.0, 0.0, 1.0, 0.0, 1.0], "chance": 0.25, "z": 3, "grid": "2x2",
+                          "note": ""})  # fmt: skip
+    calls.to_parquet(tmp_path / "pointing.parquet")
+    table = write_comparison(
+        [], good, tmp_path / "out", weak, replicates=200, pointing=[tmp_path / "pointing.parquet"]
+    )
+    table = table.set_index("approach")
+    assert table.loc["3D: weak", "pointing game (OOF)"].endswith("(n 6, chance 0.25)")
+    assert table.loc["3D: weak", "pointing game (OOF)"].startswith("0.667 [")
+    assert table.loc["3D: weak", "pointing game (cq500)"] == "no positive call"
+    assert table.loc["2.5D: Stage 2 good", "pointing game (OOF)"] == "n/a"
+    assert "Pointing game:" in (tmp_path / "out" / "comparison.md").read_text()
+    plain = write_comparison([], good, tmp_path / "plain", weak, replicates=200)
+    assert not [c for c in plain.columns if c.startswith("pointing")]

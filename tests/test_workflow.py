@@ -49,7 +49,6 @@ baselines:
     acs: {name: acs, init: stage1}
     cnn25: {name: cnn25, slices: 8, hidden: 16}
     thick: {name: thick2d, k: 3, image_size: 32}
-compare: {bootstrap: 200, min_positives: 1}  # the tiny cohort's few positives still get numbers
 """)
 STROKE_WINDOW = {"name": "stroke", "center": 35, "width": 40}
 SUBDURAL_WINDOW = {"name": "subdural", "center": 75, "width": 215}
@@ -215,7 +214,7 @@ def test_stage_outputs(workdir: Path) -> None:
 @pytest.mark.workflow
 def test_the_comparison_scores_where_the_image_models_looked(workdir: Path) -> None:
     """Stage 1, the thickened 2D and the 3D nets point at the synthetic truth: the table's pointing-game
-    columns hold a number for them (the tiny cohort's few calls: min_positives 1) or say why not, and
+    columns hold a number for them (with its n, however few the tiny cohort's calls) or say why not, and
     n/a for the models that read no image; the galleries reach the report. Turned off, no saliency
     job is planned and only the comparison reruns."""
     results = workdir / "results"
@@ -234,7 +233,7 @@ def test_the_comparison_scores_where_the_image_models_looked(workdir: Path) -> N
     assert (calls.loc[calls["hit"].notna(), "truth"] == 1).all()  # true positives only
     assert (results / "comparison" / "saliency.png").stat().st_size > 10_000
     off = json.loads(json.dumps(TINY))
-    off["compare"]["saliency"] = {"enabled": False}
+    off["compare"] = {"saliency": {"enabled": False}}
     planned = planned_rules(snakemake(workdir, off, "-n", "--quiet", "rules"))
     assert "compare" in planned and not {"saliency_stage1", "saliency_baseline", "saliency_gallery"} & planned
 

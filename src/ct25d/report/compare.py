@@ -974,7 +974,7 @@ def write_comparison(
 
         pointing_note = HEADER
         calls = read_pointing(pointing, run_keys(runs), INTERNAL)
-        cells = pointing_cells(calls, replicates, seed, min_positives)
+        cells = pointing_cells(calls, replicates, seed)
         missing_cells(cells, list(predictions), sorted(long["set"].unique()))
     table = wide_table(long, slice_f1(runs), reference, cells)
     write_csv(out / "comparison.csv", table.map(cell_text))

@@ -4,7 +4,7 @@ One cell per approach and set: the share of its sampled true-positive calls whos
 holds lesion (`ct25d.evaluation.pointing`), pooled over the fold models (an external study scored by
 several fold models counts once per model, and the bootstrap over patients draws its calls together),
 with the number of calls and the chance rate beside it; or why there is no number: the set has no
-lesion masks (real data), the approach made no true-positive call there, or too few.
+lesion masks (real data) or the approach made no true-positive call there.
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ def read_pointing(paths: Sequence[str | Path], keys: dict[str, str], internal: s
     )
 
 
-def pointing_cells(
-    calls: pd.DataFrame, replicates: int, seed: int, min_calls: int = 5
-) -> dict[tuple[str, str], str]:
-    """{(approach, set): cell text} for every approach and set that has saliency runs."""
+def pointing_cells(calls: pd.DataFrame, replicates: int, seed: int) -> dict[tuple[str, str], str]:
+    """{(approach, set): cell text} for every approach and set that has saliency runs. A share is
+    defined from one call on (unlike an AUC): a few calls give a number whose n and interval say
+    how little it weighs."""
     cells = {}
     for (approach, name), part in calls.groupby(["approach", "set"]):
         true = part[part["truth"] == 1]
@@ -53,10 +53,7 @@ def pointing_cells(
             else:
                 cells[approach, name] = "no true-positive call with a mask"
             continue
-        n, hits = len(scored), int(scored["hit"].sum())
-        if n < min_calls:
-            cells[approach, name] = f"too few calls (n {n}, {hits} hits)"
-            continue
+        n = len(scored)
         interval = hit_fraction(scored["hit"].to_numpy(), scored["patient_id"].to_numpy(), replicates, seed)
         chance = scored["chance"].mean()
         cells[approach, name] = f"{interval.text()} (n {n}, chance {chance:.2f})"
