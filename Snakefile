@@ -22,6 +22,7 @@ include: "rules/preprocess.smk"
 include: "rules/stage1.smk"
 include: "rules/stage2.smk"
 include: "rules/baselines.smk"
+include: "rules/saliency.smk"
 include: "rules/compare.smk"
 include: "rules/predict.smk"
 

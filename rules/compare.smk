@@ -23,6 +23,7 @@ rule compare:
         baselines=rules.baselines.input,
         reads=[synthetic_dir(d) if is_synthetic(d) else label_file(d) for d in CQ500_SETS],
         patients=f"{RESULTS}/splits/folds.parquet",
+        pointing=SALIENCY_POINTING,
     output:
         csv=report(f"{RESULTS}/comparison/comparison.csv", category="Comparison"),
         md=f"{RESULTS}/comparison/comparison.md",
@@ -45,6 +46,7 @@ rule compare:
         settings=as_json({**config["compare"], "reference": compare_reference(), "salt": config["ingest"]["pseudonym_salt"]}),
         readers=[f"{d}={label_file(d)}" for d in CQ500_SETS],
         stage2=[f"{name}={path}" for name, path in STAGE2_METRICS],
+        pointing="--pointing" if SALIENCY["enabled"] else "",
     log:
         f"{RESULTS}/logs/compare/compare.log",
     benchmark:
@@ -53,9 +55,11 @@ rule compare:
         "../envs/ct25d.yaml"
     shell:
         "ct25d compare --stage1 {input.stage1} --stage2 {params.stage2} --baselines {input.baselines} "
-        "--readers {params.readers} --patients {input.patients} --settings {params.settings:q} --out {params.out} > {log} 2>&1"
+        "--readers {params.readers} --patients {input.patients} {params.pointing} {input.pointing} --settings {params.settings:q} "
+        "--out {params.out} > {log} 2>&1"
 
 
 rule comparison:
     input:
         rules.compare.output,
+        rules.saliency_gallery.output if SALIENCY["enabled"] else [],

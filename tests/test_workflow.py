@@ -279,6 +279,33 @@ def test_predict_scores_the_unlabelled_copy_as_the_external_archive(workdir: Pat
 
 
 @pytest.mark.workflow
+def test_the_comparison_scores_where_the_image_models_looked(workdir: Path) -> None:
+    """Stage 1, the thickened 2D and the 3D nets point at the synthetic truth: the table's pointing-game
+    columns hold a number for them (with its n, however few the tiny cohort's calls) or say why not, and
+    n/a for the models that read no image; the galleries reach the report. Turned off, no saliency
+    job is planned and only the comparison reruns."""
+    results = workdir / "results"
+    table = pd.read_csv(results / "comparison" / "comparison.csv", keep_default_na=False)
+    table = table.set_index("approach")
+    columns = ["pointing game (OOF)", "pointing game (cq500)", "pointing game (hospital)"]
+    assert set(columns) <= set(table.columns)
+    image = ["2D resnet10t: thresholded head", "2D thickened: thick", "3D: r3d", "3D: acs"]
+    number = r"^\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\] \(n \d+, chance \d\.\d{2}\)$"
+    cells = table.loc[image, columns]
+    assert cells["pointing game (OOF)"].str.match(number).any(), cells
+    assert not (cells == "n/a").any().any(), cells
+    assert (table.drop(index=image)[columns] == "n/a").all().all()  # Stage 2, cosine, cnn25: no image
+    calls = pd.read_parquet(results / "saliency" / "baselines" / "r3d" / "fold0" / "pointing.parquet")
+    assert calls["pointed"].any() and calls["hit"].dropna().isin([0.0, 1.0]).all()
+    assert (calls.loc[calls["hit"].notna(), "truth"] == 1).all()  # true positives only
+    assert (results / "comparison" / "saliency.png").stat().st_size > 10_000
+    off = json.loads(json.dumps(TINY))
+    off["compare"] = {"saliency": {"enabled": False}}
+    planned = planned_rules(snakemake(workdir, off, "-n", "--quiet", "rules"))
+    assert "compare" in planned and not {"saliency_stage1", "saliency_baseline", "saliency_gallery"} & planned
+
+
+@pytest.mark.workflow
 def test_two_backbones_give_each_stage2_model_one_row_per_backbone(tmp_path: Path) -> None:
     """Two Stage-1 backbones: Stage 2 trains on each, and the comparison keeps one row per backbone's
     Stage-2 approach (they once merged into one, every study twice), which claims name by

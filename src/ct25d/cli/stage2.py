@@ -45,6 +45,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
         int(s.get("min_positives", 5)),
         args.patients,
         float(s.get("alpha", 0.05)),
+        args.pointing,
     )
     log.info("%d approaches compared; see %s/comparison.md", len(table), args.out)
 
@@ -84,5 +85,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="config `compare`: reference approach, bootstrap replicates, seed (JSON)",
     )
     p.add_argument("--patients", help="splits/folds.parquet: each study's patient, the bootstrap's cluster")
+    p.add_argument("--pointing", nargs="*", default=None,
+                   help="each saliency run's pointing.parquet (absent: no pointing game)")  # fmt: skip
     p.add_argument("--out", required=True, help="folder: comparison.csv, comparison.md, comparison.png")
     p.set_defaults(func=cmd_compare)

@@ -521,8 +521,14 @@ def outer_slices(runs: list[Run], fold: int | None = None) -> dict[str, pd.DataF
     return out
 
 
-def wide_table(long: pd.DataFrame, slice_scores: dict[str, float], reference: str | None) -> pd.DataFrame:
-    """One row per approach: the seed's columns plus AUCs with intervals and the paired differences."""
+def wide_table(
+    long: pd.DataFrame,
+    slice_scores: dict[str, float],
+    reference: str | None,
+    pointing: dict[tuple[str, str], str] | None = None,
+) -> pd.DataFrame:
+    """One row per approach: the seed's columns plus AUCs with intervals and the paired differences,
+    and with `pointing` ({(approach, set): cell}, `ct25d.report.pointing`) the pointing game per set."""
     rows = []
     for approach, group in long.groupby("approach", sort=False):
         first = group.iloc[0]
@@ -544,6 +550,8 @@ def wide_table(long: pd.DataFrame, slice_scores: dict[str, float], reference: st
                 row[f"fold F1s ({where})"] = r["fold F1s"]  # at each fold model's own threshold
             row[f"macro AUC ({where})"] = r["macro_auc"]
             row[f"macro labels ({where})"] = r["macro_labels"]
+            if pointing is not None:
+                row[f"pointing game ({where})"] = pointing.get((approach, r["set"]), "n/a")
             if where == "OOF":
                 row["sens / spec (OOF)"] = _slash(r["sensitivity"], r["specificity"])
                 row["ECE (OOF)"] = r["ece"]
@@ -944,12 +952,14 @@ def write_comparison(
     min_positives: int = 5,
     patients: str | Path | pd.DataFrame | None = None,
     alpha: float = 0.05,
+    pointing: list[str | Path] | None = None,
 ) -> pd.DataFrame:
     """comparison.csv / .md (wide table + verdicts against `reference`, a config or approach name as
     `resolve` reads it), comparison_long.csv, claims.csv / .md (each of `claims` tested, Holm across
     the primary tests at `alpha`), findings.csv / .md (per finding), readers.csv (kappa with each
     CQ500 reader, for `readers` {dataset: reads.csv}),
-    comparison.png (intervals), reliability.png, roc.png, pr.png, confusion.png and strips.png."""
+    comparison.png (intervals), reliability.png, roc.png, pr.png, confusion.png and strips.png;
+    with `pointing` (the saliency runs' pointing.parquet files) a pointing-game column per set."""
     from ct25d.labels import RSNA_LABELS
 
     labels = list(labels or RSNA_LABELS)
@@ -960,7 +970,15 @@ def write_comparison(
         patients = pd.read_parquet(patients, columns=["dataset", "study_id", "patient_id"])
     resampler = Resampler(replicates, seed)
     long, predictions = comparison(runs, labels, reference, resampler, min_positives, patients)
-    table = wide_table(long, slice_f1(runs), reference)
+    cells, pointing_note = None, ""
+    if pointing is not None:
+        from ct25d.report.pointing import HEADER, missing_cells, pointing_cells, read_pointing
+
+        pointing_note = HEADER
+        calls = read_pointing(pointing, run_keys(runs), INTERNAL)
+        cells = pointing_cells(calls, replicates, seed)
+        missing_cells(cells, list(predictions), sorted(long["set"].unique()))
+    table = wide_table(long, slice_f1(runs), reference, cells)
     write_csv(out / "comparison.csv", table.map(cell_text))
     write_csv(out / "comparison_long.csv", long.map(cell_text))
     lines = [
@@ -981,7 +999,8 @@ def write_comparison(
         f"in the set (`macro labels`: how many entered, and which did not), its interval from one "
         f"bootstrap stratified by each patient's pattern of those labels. Brier with its interval. "
         f"Training s: the approach's own training jobs over all folds (Stage-2 and 2.5CNN rows exclude the "
-        f"Stage-1 run they read); peak RSS from the same `benchmark:` files. {volume_note(runs)}",
+        f"Stage-1 run they read); peak RSS from the same `benchmark:` files. {volume_note(runs)}"
+        + pointing_note,
         "",
         *reading_notes(long),
         table.map(cell_text).to_markdown(index=False),

@@ -167,16 +167,28 @@ def prepare_volume(
 class MaskSource:
     """Lesion masks keyed by StudyInstanceUID, found by the study's pseudonym (the salt of ingest)."""
 
-    def __init__(self, path: str | Path, salt: str) -> None:
+    def __init__(self, path: str | Path, salt: str, aliases: dict[str, str] | None = None) -> None:
+        """`aliases` {study_id: StudyInstanceUID} name the studies an archive's layout keys by
+        something else (a CQ500 study is its folder, `ct25d.dicom.scan`)."""
         self.group = zarr.open_group(str(path), mode="r")
         self.by_study = {pseudonym(uid, salt, "st-"): uid for uid in self.group.array_keys()}
+        self.by_study.update(aliases or {})
 
-    def mask_for(self, study_id: str, attrs: dict[str, Any]) -> tuple[np.ndarray | None, str]:
-        """(mask as int16 0/100 on the HU grid, "") or (None, why not)."""
+    def mask_for(
+        self, study_id: str, attrs: dict[str, Any], kinds: Sequence[str] | None = None
+    ) -> tuple[np.ndarray | None, str]:
+        """(mask as int16 0/100 on the HU grid, "") or (None, why not).
+
+        `kinds`: only these lesion kinds, where the mask is a bit field naming its bits (the synthetic
+        cohort's `bits` attribute: hemorrhage subtypes and ischemia); any voxel above 0 otherwise."""
         uid = self.by_study.get(study_id)
         if uid is None:
             return None, "no mask for this study"
-        mask = np.asarray(self.group[uid][...])
+        array = self.group[uid]
+        mask = np.asarray(array[...])
+        names = array.attrs.get("bits")
+        if kinds is not None and names:
+            mask = mask & sum(1 << i for i, name in enumerate(names) if name in kinds)
         source = tuple(attrs.get("source_shape_zyx") or attrs["shape_zyx"])
         if mask.shape != source:
             return None, f"mask shape {mask.shape} differs from the ingested volume {source}"
