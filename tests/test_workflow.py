@@ -314,6 +314,7 @@ def test_two_backbones_give_each_stage2_model_one_row_per_backbone(tmp_path: Pat
     backbones = ["resnet10t", "mobilenetv3_small_050"]
     config["stage1"]["backbones"] = backbones
     config["baselines"]["models"] = {}
+    config["predict"] = {"approaches": ["reference"]}  # TINY's also names baselines this run lacks
     claim = {"claim": "the backbone matters little", "better": f"{backbones[1]}:bilstm",
              "than": "resnet10t:bilstm", "kind": "equivalence", "margin": 0.5}  # fmt: skip
     # min_positives 1: the tiny cohort's 3 positives still get a p (tested end to end, not judged)
@@ -455,6 +456,7 @@ def test_sweep_runs_each_fraction_and_seed_and_draws_the_curve_and_the_seeds(tmp
     written, and a second call runs nothing again."""
     config = json.loads(json.dumps(TINY))
     config["baselines"]["models"] = {"r3d": TINY["baselines"]["models"]["r3d"]}
+    config["predict"] = {"approaches": ["reference", "r3d"]}
     config["sweep"] = {"train_fractions": [0.6, 1.0], "seeds": [0, 1]}
     claim = {"claim": "Stage 2 beats the head", "better": "bilstm", "than": "head", "metric": "auc"}
     config["compare"] = {"bootstrap": 200, "min_positives": 1, "claims": [claim]}
