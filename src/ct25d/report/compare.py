@@ -965,7 +965,8 @@ def write_comparison(
     labels = list(labels or RSNA_LABELS)
     out = Path(out_dir)
     runs = load_runs(stage1, stage2, baselines)
-    reference = resolve(reference, run_keys(runs)) if reference else None
+    keys = run_keys(runs)
+    reference = resolve(reference, keys) if reference else None
     if patients is not None and not isinstance(patients, pd.DataFrame):
         patients = pd.read_parquet(patients, columns=["dataset", "study_id", "patient_id"])
     resampler = Resampler(replicates, seed)
@@ -975,7 +976,7 @@ def write_comparison(
         from ct25d.report.pointing import HEADER, missing_cells, pointing_cells, read_pointing
 
         pointing_note = HEADER
-        calls = read_pointing(pointing, run_keys(runs), INTERNAL)
+        calls = read_pointing(pointing, keys, INTERNAL)
         cells = pointing_cells(calls, replicates, seed)
         missing_cells(cells, list(predictions), sorted(long["set"].unique()))
     table = wide_table(long, slice_f1(runs), reference, cells)
@@ -1028,9 +1029,9 @@ def write_comparison(
         plot_strips,
     )
 
-    write_parquet(out / "scores.parquet", score_table(predictions, labels, run_keys(runs)),
+    write_parquet(out / "scores.parquet", score_table(predictions, labels, keys),
                   stamp("compare", {"reference": reference, "labels": labels}))  # fmt: skip
-    tested = claims_table(list(claims or []), run_keys(runs), [predictions], resampler, min_positives, alpha)
+    tested = claims_table(list(claims or []), keys, [predictions], resampler, min_positives, alpha)
     write_csv(out / "claims.csv", claims_text(tested))
     with atomic_path(out / "claims.md") as tmp:
         tmp.write_text(claims_markdown(tested, replicates, seed, alpha))
