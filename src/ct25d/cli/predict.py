@@ -4,12 +4,11 @@ unlabelled dataset)."""
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
-from ct25d.cli.common import json_object, require
+from ct25d.cli.common import json_object
 from ct25d.cli.preprocess import named
 
 log = logging.getLogger("ct25d")
@@ -20,7 +19,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     from ct25d.labels import RSNA_LABELS
     from ct25d.predict.ensemble import CHOSEN, choose_approaches
-    from ct25d.predict.scans import study_records
+    from ct25d.predict.scans import ingest_records
     from ct25d.predict.write import write_predictions
     from ct25d.report.compare import load_runs
 
@@ -30,15 +29,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     names = list(s.get("approaches") or CHOSEN)
     chosen = choose_approaches(names, runs, s.get("reference"), args.comparison)
     log.info("predicting %s with: %s", args.dataset, "; ".join(f"{c.approach} ({c.why})" for c in chosen))
-    scan_settings = json.loads((ingest / "scan" / "settings.json").read_text())["settings"]
-    records = study_records(
-        pd.read_parquet(ingest / "scan" / "studies.parquet", columns=["study_id", "name"]),
-        pd.read_parquet(ingest / "manifest.parquet"),
-        pd.read_csv(ingest / "series_choice.csv", dtype=str, keep_default_na=False),
-        pd.read_csv(ingest / "rejections.csv", dtype=str, keep_default_na=False),
-        _skipped(args.skipped, args.dataset),
-        str(require(scan_settings, "tilt", "ingest")),
-    )
+    records = ingest_records(ingest, _skipped(args.skipped, args.dataset))
     index = pd.read_parquet(args.index, filters=[("dataset", "==", args.dataset)])
     table = write_predictions(
         args.out, args.dataset, runs, chosen, list(s.get("labels") or RSNA_LABELS), records, index,

@@ -18,8 +18,19 @@ import numpy as np
 import pandas as pd
 
 from ct25d.errors import Ct25dError
-from ct25d.evaluation.scoring import expit, logit
-from ct25d.report.compare import INTERNAL, Run, inner_choices, resolve, run_keys, scored_predictions
+from ct25d.evaluation.scoring import expit
+from ct25d.report.compare import (
+    INTERNAL,
+    Choice,
+    Run,
+    calibrate,
+    fold_mean,
+    inner_choices,
+    resolve,
+    run_keys,
+    scored_predictions,
+    threshold_columns,
+)
 
 log = logging.getLogger(__name__)
 
@@ -113,26 +124,49 @@ def slice_ensemble(runs: list[Run], dataset: str, labels: list[str], min_positiv
     slice logit divided by that fold's temperature (`inner_choices`, as for the studies), averaged
     over the fold models (NaN unless every fold scored the slice), as a probability. Empty for a
     model that scores whole volumes."""
-    keys = ["dataset", "study_id", "z"]
-    frames = []
+    folds = []
     for run in runs:
         path = run.folder / "predictions_slices.parquet"
         slices = pd.read_parquet(path, filters=[("dataset", "==", dataset)])
         choices = inner_choices(run.studies, [n for n in labels if n in run.studies], min_positives)
-        part = slices[keys].copy()
-        for name, choice in choices.items():
-            if f"prob_{name}" in slices:
-                part[f"s_{name}"] = logit(slices[f"prob_{name}"].to_numpy()) / choice.temperature.value
-        frames.append(part.assign(fold=run.fold))
+        folds.append((slices, choices))
+    return slice_mean(folds)
+
+
+def slice_mean(folds: list[tuple[pd.DataFrame, dict[str, Choice]]]) -> pd.DataFrame:
+    """Per slice (dataset, study_id, z) and label `p_`: the fold models' slice probabilities as
+    calibrated logits (each over its fold's temperature), averaged over every fold (NaN unless every
+    fold scored the slice), as a probability."""
+    keys = ["dataset", "study_id", "z"]
+    frames = []
+    for slices, choices in folds:
+        part = slices[[*keys, *(f"prob_{n}" for n in choices if f"prob_{n}" in slices)]].copy()
+        present = {n: c for n, c in choices.items() if f"prob_{n}" in slices}
+        calibrate(part, present)
+        frames.append(part[[*keys, *(f"s_{n}" for n in present)]])
     table = pd.concat(frames, ignore_index=True)
     scores = [c for c in table if c.startswith("s_")]
-    groups = table.groupby(keys, as_index=False)[scores]
-    mean = groups.mean()
-    mean[scores] = mean[scores].where(groups.count()[scores].to_numpy() == len(runs))
+    mean = fold_mean(table, keys, scores, len(folds))
     out = mean[keys].copy()
     for column in scores:
         out[f"p_{column[2:]}"] = expit(mean[column].to_numpy(float))
     return out.sort_values(keys, ignore_index=True)
+
+
+def study_mean(folds: list[tuple[pd.DataFrame, dict[str, Choice]]]) -> pd.DataFrame:
+    """`study_ensemble` for fold predictions held in memory (a bundle's): per study (dataset,
+    study_id) and label the mean calibrated logit `s_`, the mean thresholds on that scale and `p_`."""
+    frames = []
+    for studies, choices in folds:
+        part = studies.copy()
+        calibrate(part, choices)
+        frames.append(part)
+    names = list(dict.fromkeys(n for _, choices in folds for n in choices))
+    numeric = [c for n in names for c in (f"s_{n}", *threshold_columns(n))]
+    mean = fold_mean(pd.concat(frames, ignore_index=True), ["dataset", "study_id"], numeric, len(folds))
+    for name in names:
+        mean[f"p_{name}"] = expit(mean[f"s_{name}"].to_numpy(float))
+    return mean
 
 
 def calls(studies: pd.DataFrame, labels: list[str]) -> pd.DataFrame:

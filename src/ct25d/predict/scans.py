@@ -6,7 +6,9 @@ study without a prediction, why. A prediction is only as good as the scan it rea
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 import pandas as pd
 
@@ -57,6 +59,20 @@ def study_records(
     out["flags"] = out["flags"].fillna("")
     out["n_slices"] = out["n_slices"].astype("Int64")
     return out[COLUMNS].sort_values("study_id", ignore_index=True)
+
+
+def ingest_records(ingest: Path, skipped: pd.DataFrame) -> pd.DataFrame:
+    """`study_records` of a dataset's ingest folder (results/<dataset>: scan/, manifest.parquet,
+    series_choice.csv, rejections.csv); `skipped`: its studies without slices (study_id, reason)."""
+    scan_settings = json.loads((ingest / "scan" / "settings.json").read_text())["settings"]
+    return study_records(
+        pd.read_parquet(ingest / "scan" / "studies.parquet", columns=["study_id", "name"]),
+        pd.read_parquet(ingest / "manifest.parquet"),
+        pd.read_csv(ingest / "series_choice.csv", dtype=str, keep_default_na=False),
+        pd.read_csv(ingest / "rejections.csv", dtype=str, keep_default_na=False),
+        skipped,
+        str(scan_settings["tilt"]),
+    )
 
 
 def study_folders(choice: pd.DataFrame) -> pd.Series:

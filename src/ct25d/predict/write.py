@@ -61,27 +61,37 @@ def write_approach(
 ) -> dict[str, Any]:  # fmt: skip
     """One approach's folder; returns its row of approaches.csv."""
     mine = [run for run in runs if run.approach == chosen.approach]
-    studies = study_table(records, study_ensemble(mine, dataset, labels, min_positives), labels, dataset)
-    slices = slice_table(index, slice_ensemble(mine, dataset, labels, min_positives), labels)
-    folder = out / chosen.folder
-    folder.mkdir()
+    studies = study_ensemble(mine, dataset, labels, min_positives)
+    slices = slice_ensemble(mine, dataset, labels, min_positives)
+    row = write_folder(out / chosen.folder, chosen.approach, studies, slices, records, index, labels, dataset,
+                       top, meta)  # fmt: skip
+    return {"folder": chosen.folder, "approach": chosen.approach, "why": chosen.why,
+            "folds": ", ".join(str(r.fold) for r in sorted(mine, key=lambda r: r.fold)), **row}  # fmt: skip
+
+
+def write_folder(
+    folder: Path, approach: str, studies: pd.DataFrame, slices: pd.DataFrame, records: pd.DataFrame,
+    index: pd.DataFrame, labels: list[str], dataset: str, top: int, meta: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    """`studies.csv`, `slices.parquet` and the PNGs of one approach's fold ensemble (`studies`: per
+    study `s_`/`t_`/`p_` columns, `slices`: per slice `p_`), the workflow's and a bundle's alike;
+    returns the counts."""
+    studies = study_table(records, studies, labels, dataset)
+    slices = slice_table(index, slices, labels)
+    folder.mkdir(parents=True)
     write_csv(folder / "studies.csv", studies)
-    write_parquet(folder / "slices.parquet", slices, {**meta, "approach": chosen.approach})
+    write_parquet(folder / "slices.parquet", slices, {**meta, "approach": approach})
     stores = index.drop_duplicates("study_id").set_index("study_id")["store"]
     pictured = studies[studies["study_id"].isin(slices["study_id"])]
-    for _, row in tqdm(
-        pictured.iterrows(), total=len(pictured), desc=f"{chosen.folder} PNGs", mininterval=2.0
-    ):
+    for _, row in tqdm(pictured.iterrows(), total=len(pictured), desc=f"{folder.name} PNGs", mininterval=2.0):
         part = slices[slices["study_id"] == row["study_id"]]
         p, t = row.get("prob_any", math.nan), row.get("threshold_any", math.nan)
         png = folder / f"{row['study_id']}.png"
-        study_figure(part, stores[row["study_id"]], _title(row, chosen.approach), p, t, top, png)
+        study_figure(part, stores[row["study_id"]], _title(row, approach), p, t, top, png)
     called = studies["call_any"] if "call_any" in studies else pd.Series(dtype="Int8")
-    log.info("%s: %d studies, %d called positive for any, %d without a prediction", chosen.approach,
+    log.info("%s: %d studies, %d called positive for any, %d without a prediction", approach,
              len(studies), int(called.fillna(0).sum()), int((studies["problem"] != "").sum()))  # fmt: skip
-    return {"folder": chosen.folder, "approach": chosen.approach, "why": chosen.why,
-            "folds": ", ".join(str(r.fold) for r in sorted(mine, key=lambda r: r.fold)),
-            "studies": len(studies), "positive_any": int(called.fillna(0).sum())}  # fmt: skip
+    return {"studies": len(studies), "positive_any": int(called.fillna(0).sum())}
 
 
 def write_predictions(

@@ -204,14 +204,8 @@ def scored_predictions(
         choices = inner_choices(studies, present, min_positives)
         scored = studies[studies["split"].isin(splits)].copy()
         scored["set"] = np.where(scored["split"] == "validation", INTERNAL, scored["dataset"])
-        for name, choice in choices.items():
-            temperature = choice.temperature
-            scored[f"s_{name}"] = logit(scored[f"prob_{name}"].to_numpy()) / temperature.value
-            for column, threshold in zip(threshold_columns(name), (choice.threshold, *choice.at_specificity),
-                                         strict=True):  # fmt: skip
-                scored[column] = threshold / temperature.value
-            if temperature.flag:
-                flags.setdefault(run.approach, []).append(f"fold {run.fold} {name}: {temperature.flag}")
+        for message in calibrate(scored, choices):
+            flags.setdefault(run.approach, []).append(f"fold {run.fold} {message}")
         by_approach.setdefault(run.approach, []).append(scored.assign(fold=run.fold))
     out = {}
     for approach, frames in by_approach.items():
@@ -229,11 +223,7 @@ def scored_predictions(
                 f"{approach}: external study {dataset}/{study} has no prediction from fold(s) {missing}"
             )
         numeric = [c for n in labels if n in frame for c in (n, f"s_{n}", *threshold_columns(n))]
-        groups = outside.groupby(["set", "dataset", "study_id"], as_index=False)[numeric]
-        external = groups.mean()
-        # A mean over every fold model or none: a fold without a threshold (no inner negatives) leaves
-        # the study's threshold undefined rather than averaged over the other folds.
-        external[numeric] = external[numeric].where(groups.count()[numeric].to_numpy() == len(folds))
+        external = fold_mean(outside, ["set", "dataset", "study_id"], numeric, len(folds))
         scored = pd.concat([internal, external], ignore_index=True).drop(
             columns="patient_id", errors="ignore"
         )
@@ -252,6 +242,31 @@ def scored_predictions(
                 scored[f"p_{name}"] = expit(scored[f"s_{name}"].to_numpy(float))
         out[approach] = scored.sort_values(["set", "dataset", "study_id"])
     return out, flags
+
+
+def calibrate(scored: pd.DataFrame, choices: dict[str, Choice]) -> list[str]:
+    """Add to one run's study (or slice) predictions, per label, `s_` (the logit over the run's
+    temperature) and the threshold columns on that scale; returns the temperature flags."""
+    flags = []
+    for name, choice in choices.items():
+        temperature = choice.temperature
+        scored[f"s_{name}"] = logit(scored[f"prob_{name}"].to_numpy()) / temperature.value
+        for column, threshold in zip(threshold_columns(name), (choice.threshold, *choice.at_specificity),
+                                     strict=True):  # fmt: skip
+            scored[column] = threshold / temperature.value
+        if temperature.flag:
+            flags.append(f"{name}: {temperature.flag}")
+    return flags
+
+
+def fold_mean(frame: pd.DataFrame, keys: list[str], numeric: list[str], n_folds: int) -> pd.DataFrame:
+    """Per `keys` group of fold rows the mean of `numeric`: over every fold model or none (NaN), so a
+    fold without a value (no threshold without inner negatives, a study it did not score) leaves the
+    mean undefined rather than averaged over the other folds."""
+    groups = frame.groupby(keys, as_index=False)[numeric]
+    mean = groups.mean()
+    mean[numeric] = mean[numeric].where(groups.count()[numeric].to_numpy() == n_folds)
+    return mean
 
 
 def one_row_per(frame: pd.DataFrame, keys: list[str], approach: str, where: str) -> None:

@@ -405,6 +405,26 @@ def _slice_frame(inputs: _Inputs, slices: dict[int, np.ndarray], labels: tuple[s
     )
 
 
+def prediction_frames(
+    model: nn.Module, inputs: _Inputs, s: BaselineSettings, device: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(study predictions with their split, slice predictions) of every study of `inputs`, in the
+    shared artifact format; `model` may be a bundle's TorchScript of the trained network."""
+    predicted = _predict(model, inputs, np.arange(len(inputs.keys)), s, StudyLoss(s), device)
+    keys = inputs.keys.assign(split=inputs.split)
+    if inputs.n_slices is not None:
+        keys = keys.assign(n_slices=inputs.n_slices)
+    studies = prediction_frame(keys, predicted.study, inputs.targets, s.labels)
+    return studies, _slice_frame(inputs, predicted.slices, s.labels)
+
+
+def volume_inputs(
+    studies: pd.DataFrame, s: BaselineSettings, volumes: pd.DataFrame, supervision: str, index: pd.DataFrame
+) -> _Inputs:
+    """The volume-store view a volume baseline predicts from (unlabelled studies: split `predict`)."""
+    return _Inputs("volume", studies, -1, s, volumes, None, supervision, index)
+
+
 def train_baseline(
     studies: pd.DataFrame,
     fold: int,
@@ -473,11 +493,7 @@ def train_baseline(
         summary = _fit(model, inputs, train_idx, val_idx, s, out, device, meta, model_config)
 
     model.load_state_dict(load_checkpoint(out / "best.pt")["model"])
-    predicted = _predict(model, inputs, np.arange(len(inputs.keys)), s, StudyLoss(s), device)
-    keys = inputs.keys.assign(split=inputs.split)
-    if inputs.n_slices is not None:
-        keys = keys.assign(n_slices=inputs.n_slices)
-    studies_out = prediction_frame(keys, predicted.study, inputs.targets, s.labels)
+    studies_out, slices_out = prediction_frames(model, inputs, s, device)
     extra_summary = {
         **summary,
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -491,7 +507,7 @@ def train_baseline(
     return write_outputs(
         out,
         studies_out,
-        _slice_frame(inputs, predicted.slices, s.labels),
+        slices_out,
         s.labels,
         method or name,
         fold,

@@ -13,6 +13,7 @@ Layout under `out_dir`:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -107,23 +108,49 @@ def embed_shard(
     s = Stage1Settings.from_dict({**payload["settings"], "num_workers": num_workers})
     model = build_model(s, payload["num_classes"], pretrained=False)
     model.load_state_dict(payload["model"])
-    model = model.to(device)
+    meta = stamp(
+        "embed", {"checkpoint": str(checkpoint), "tta_flip": tta_flip, "model": s.learning_settings()}
+    )
+    encoder = Encoder(model, model.num_features, payload["num_classes"], list(payload["class_names"]))
+    return embed_rows(encoder, s, shard_rows(index, store), store, out, meta, device, tta_flip, batch_size)
+
+
+@dataclasses.dataclass
+class Encoder:
+    """A Stage-1 network (`forward(images) -> (logits, embedding)`: the module or its TorchScript, as
+    a bundle holds it) with the widths of its two outputs and its class names."""
+
+    model: torch.nn.Module
+    width: int
+    num_classes: int
+    class_names: list[str]
+
+
+def embed_rows(
+    encoder: Encoder,
+    s: Stage1Settings,
+    rows: pd.DataFrame,
+    store: str,
+    out: str | os.PathLike[str],
+    meta: dict[str, Any],
+    device: str = "cpu",
+    tta_flip: bool = True,
+    batch_size: int = 64,
+) -> int:
+    """Embed `rows` (one slice store's, `shard_rows` order) into the zarr group `out`, atomically."""
+    model = encoder.model.to(device)
     cuda = device.startswith("cuda")
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     amp_dtype = torch.bfloat16 if cuda and s.amp else None
-    meta = stamp(
-        "embed", {"checkpoint": str(checkpoint), "tta_flip": tta_flip, "model": s.learning_settings()}
-    )
-    rows = shard_rows(index, store)  # may be empty: a shard whose every study was rejected
     name = Path(out).name.removesuffix(".zarr")
     loader = make_loader(SliceDataset(rows, None, s.image_size), s, device, batch_size=batch_size)
     with atomic_path(out) as tmp:
         group = zarr.open_group(tmp, mode="w", zarr_format=3)
-        group.attrs.update({"provenance": meta, "store": str(store), "class_names": payload["class_names"],
+        group.attrs.update({"provenance": meta, "store": str(store), "class_names": encoder.class_names,
                             "n_rows": len(rows)})  # fmt: skip
-        embeddings = _create(group, "embedding", len(rows), model.num_features, np.float16)
-        logits = _create(group, "logits", len(rows), payload["num_classes"], np.float32)
+        embeddings = _create(group, "embedding", len(rows), encoder.width, np.float16)
+        logits = _create(group, "logits", len(rows), encoder.num_classes, np.float32)
         expected = 0
         bar = tqdm(total=len(rows), desc=f"embed {name}", unit="slice", disable=None, leave=False)
         for positions, batch_logits, batch_embeddings in iter_predictions(
