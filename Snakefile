@@ -3,6 +3,7 @@
 #   snakemake all --cores 8 --resources gpu=2      (the target first: list options swallow it)
 #   snakemake ingest --cores 2                     (one stage and what it needs)
 #   snakemake predict --cores 2                    (the chosen models on the role-predict datasets)
+#   snakemake bundle --cores 2                     (the chosen models as portable bundles: ct25d predict-bundle)
 #   snakemake all --profile workflow/profiles/slurm
 #
 # Rules are thin: each runs one `ct25d` subcommand; all logic lives in src/ct25d.
@@ -37,3 +38,4 @@ rule all:
         rules.baselines.input,
         rules.comparison.input,
         rules.predict.input,
+        rules.bundle.output,

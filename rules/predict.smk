@@ -48,3 +48,43 @@ rule predict_dataset:
 rule predict:
     input:
         expand(rules.predict_dataset.output, dataset=PREDICT_SETS),
+
+
+# Portable bundles (MONAI layout) of the chosen approaches: `ct25d predict-bundle` runs one on a
+# DICOM folder with no workflow. The preprocessing settings travel with it; the pseudonym salt does not.
+BUNDLE = config["bundle"]
+PREDICT_ARCHIVE = next(
+    ({k: DATASETS[d][k] for k in ("layout", "label_key", "folder_pattern") if k in DATASETS[d]} for d in PREDICT_SETS),
+    {"layout": "dicom_tree"},
+)
+
+
+rule bundle:
+    input:
+        stage1=rules.compare.input.stage1,
+        stage2=rules.compare.input.stage2,
+        baselines=rules.compare.input.baselines,
+        comparison=rules.compare.output.json,
+    output:
+        directory(f"{RESULTS}/bundles"),
+    params:
+        settings=as_json({
+            **BUNDLE,
+            "reference": compare_reference(),
+            **{k: config["compare"][k] for k in ("labels", "min_positives") if k in config["compare"]},
+            "ingest": {k: v for k, v in config["ingest"].items() if k != "pseudonym_salt"},
+            "preprocess": config["preprocess"],
+            "volume": config["baselines"]["volume"],
+            "archive": PREDICT_ARCHIVE,
+            "top_slices": PREDICT.get("top_slices", 4),
+        }),
+        stage2=[f"{name}={path}" for name, path in STAGE2_METRICS],
+    log:
+        f"{RESULTS}/logs/bundle/bundle.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/bundle/bundle.tsv",
+    conda:
+        "../envs/ct25d.yaml"
+    shell:
+        "ct25d export --stage1 {input.stage1} --stage2 {params.stage2} --baselines {input.baselines} "
+        "--comparison {input.comparison} --settings {params.settings:q} --out {output} > {log} 2>&1"

@@ -157,6 +157,14 @@ def real_dataset(tmp_path: Path, layout: str, header: str) -> dict:
             lambda c, t: c["predict"].update(approaches=["best", "lstm3d"]),
             "predict.approaches: 'lstm3d' is not reference or best nor an approach of this config",
         ),
+        (
+            lambda c, t: c["bundle"].update(approaches=["reference", "cnn25"]),
+            "bundle.approaches: 'cnn25' cannot be bundled: bundles hold Stage-2 approaches and 3D nets",
+        ),
+        (
+            lambda c, t: c["bundle"].update(approaches=["head"]),
+            "bundle.approaches: 'head' cannot be bundled",
+        ),
         (  # an unlabelled set is never scored, so no claim can rest on it
             lambda c, t: c["compare"]["claims"][0].update(primary="hospital_new"),
             "compare.claims[0].primary: 'hospital_new' is not a scored set",

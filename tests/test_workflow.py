@@ -57,6 +57,7 @@ baselines:
     cnn25: {name: cnn25, slices: 8, hidden: 16}
     thick: {name: thick2d, k: 3, image_size: 32}
 predict: {approaches: [reference, best, r3d, cnn25]}
+bundle: {approaches: [reference, r3d]}
 """)
 STROKE_WINDOW = {"name": "stroke", "center": 35, "width": 40}
 SUBDURAL_WINDOW = {"name": "subdural", "center": 75, "width": 215}
@@ -276,6 +277,57 @@ def test_predict_scores_the_unlabelled_copy_as_the_external_archive(workdir: Pat
         np.testing.assert_allclose(mine.loc[theirs.index], theirs, atol=1e-6, err_msg=folder)
     log = (results / "logs" / "predict" / "hospital_new.log").read_text()
     assert "predicting hospital_new with" in log
+
+
+@pytest.mark.parametrize(("folder", "networks"), [("resnet10t-bilstm", {"stage1.ts", "stage2.ts"}),
+                                                  ("r3d", {"volume.ts"})])  # fmt: skip
+def test_a_bundle_predicts_as_the_workflow_without_the_workflow(
+    workdir: Path, tmp_path: Path, folder: str, networks: set[str]
+) -> None:
+    """`all` writes the bundles of the reference and a 3D net (MONAI layout, TorchScript per fold, a
+    model card); `ct25d predict-bundle`, run elsewhere on the unlabelled archive's DICOM folder with only
+    the bundle, gives the probabilities, thresholds and calls `snakemake predict` gave the same studies
+    (to 1e-5)."""
+    results = workdir / "results"
+    bundle = results / "bundles" / folder
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert {"version", "monai_version", "pytorch_version", "network_data_format", "task"} <= set(metadata)
+    assert [f["fold"] for f in metadata["ct25d"]["folds"]] == [0]
+    assert metadata["ct25d"]["metrics"], "the comparison's scores travel with the model"
+    assert {p.name for p in (bundle / "models" / "fold0").iterdir()} == networks
+    inference = (bundle / "configs" / "inference.json").read_text()
+    assert "pseudonym_salt" not in inference
+    assert "## How it was chosen and scored" in (bundle / "docs" / "README.md").read_text()
+    # elsewhere: a copy of the bundle, no results folder, no Snakemake
+    copy = shutil.copytree(bundle, tmp_path / "bundle")
+    out = tmp_path / "predicted"
+    archive = results / "synthetic" / "hospital_new" / "archive"
+    # the run's own pseudonym key (which the bundle does not carry), so that the study ids match
+    salt = json.loads((results / "hospital_new" / "scan" / "settings.json").read_text())["settings"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "ct25d", "predict-bundle", str(copy), str(archive), str(out),
+         "--dataset", "hospital_new", "--salt", salt["pseudonym_salt"]],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    workflow = results / "predictions" / "hospital_new" / folder
+    mine = pd.read_csv(out / "studies.csv").set_index("study_id")
+    theirs = pd.read_csv(workflow / "studies.csv").set_index("study_id")
+    assert sorted(mine.index) == sorted(theirs.index) and len(mine) == 3
+    for column in ("prob_any", "threshold_any", "prob_epidural"):
+        np.testing.assert_allclose(mine.loc[theirs.index, column], theirs[column], atol=1e-5, err_msg=column)
+    assert (mine.loc[theirs.index, "call_any"] == theirs["call_any"]).all()
+    assert (mine.loc[theirs.index, "series"] == theirs["series"]).all()
+    slices = pd.read_parquet(out / "slices.parquet").set_index("slice_id")
+    expected = pd.read_parquet(workflow / "slices.parquet").set_index("slice_id")
+    assert sorted(slices.index) == sorted(expected.index)
+    np.testing.assert_allclose(slices.loc[expected.index, "prob_any"], expected["prob_any"], atol=1e-5)
+    assert {p.stem for p in out.glob("*.png")} == set(mine.index)
+    assert (out / "series_choice.csv").is_file() and (out / "rejections.csv").is_file()
+    # a folder that is not a bundle is named, not a traceback
+    bad = subprocess.run([sys.executable, "-m", "ct25d", "predict-bundle", str(tmp_path), str(tmp_path), str(
+        tmp_path / "x")], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert bad.returncode == 2 and "not a ct25d bundle" in bad.stderr
 
 
 @pytest.mark.workflow

@@ -262,17 +262,30 @@ def approach_names(config: dict[str, Any]) -> set[str]:
 
 
 def check_predict(config: dict[str, Any]) -> list[str]:
-    """Each `predict.approaches` entry names an approach of this config, or `reference` / `best`."""
+    """Each `predict.approaches` and `bundle.approaches` entry names an approach of this config, or
+    `reference` / `best`; a bundle holds only a Stage-2 approach or a 3D net."""
+    from ct25d.models.families import inputs_of
     from ct25d.predict.ensemble import CHOSEN
 
     known = approach_names(config)
     names = ", ".join(sorted(known))
-    listed = config.get("predict", {}).get("approaches", list(CHOSEN))
-    return [
-        f"predict.approaches: {name!r} is not {' or '.join(CHOSEN)} nor an approach of this config ({names})"
-        for name in listed
-        if name not in known and name not in CHOSEN
-    ]
+    problems = []
+    for section, default in (("predict", list(CHOSEN)), ("bundle", ["reference"])):
+        for name in config.get(section, {}).get("approaches", default):
+            if name not in known and name not in CHOSEN:
+                problems.append(
+                    f"{section}.approaches: {name!r} is not {' or '.join(CHOSEN)} nor an approach of this "
+                    f"config ({names})"
+                )
+            elif section == "bundle" and name not in CHOSEN:
+                entry = config.get("baselines", {}).get("models", {}).get(name)
+                stage1_rule = name.rpartition(":")[2] in ("head", "cosine")
+                if stage1_rule or (entry is not None and inputs_of(entry["name"]) != "volume"):
+                    problems.append(
+                        f"bundle.approaches: {name!r} cannot be bundled: bundles hold Stage-2 approaches "
+                        "and 3D nets (not the Stage-1 head, 2.5CNN or thickened 2D)"
+                    )
+    return problems
 
 
 def check_claims(config: dict[str, Any]) -> list[str]:

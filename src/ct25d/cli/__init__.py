@@ -10,11 +10,11 @@ import logging
 import os
 import sys
 
-from ct25d.cli import baselines, ingest, predict, preprocess, saliency, stage1, stage2, sweep
+from ct25d.cli import baselines, bundle, ingest, predict, preprocess, saliency, stage1, stage2, sweep
 from ct25d.errors import Ct25dError
 
 log = logging.getLogger("ct25d")
-STAGES = (ingest, preprocess, stage1, stage2, baselines, predict, saliency, sweep)
+STAGES = (ingest, preprocess, stage1, stage2, baselines, predict, bundle, saliency, sweep)
 
 
 def build_parser() -> argparse.ArgumentParser:

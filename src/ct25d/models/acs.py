@@ -125,7 +125,7 @@ class ConvFrom2d(nn.Module):
             weight = self.weight.index_select(0, channels.to(x.device)).unsqueeze(axis)
             bias = None if self.bias is None else self.bias.index_select(0, channels.to(x.device))
             outs.append(F.conv3d(x[:, inputs], weight, bias, *self._view_args(axis), groups))
-        shapes = {tuple(o.shape[2:]) for o in outs}
+        shapes = {tuple(int(n) for n in o.shape[2:]) for o in outs}  # ints: a trace records sizes as tensors
         if len(shapes) > 1:
             raise Ct25dError(
                 f"{self.name}: the ACS views give different output shapes {sorted(shapes)} for input "
