@@ -4,6 +4,7 @@ the comparison's cells."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from ct25d.evaluation.saliency import SaliencyMaps, load_model, target_layer
 from ct25d.evaluation.truth import NO_MASKS, Truth, slice_masks
 from ct25d.labels import RSNA_LABELS
 from ct25d.report.compare import inner_choices
-from ct25d.report.pointing import pointing_cells
+from ct25d.report.pointing import pointing_cells, pointing_records, pointing_scores
 from ct25d.volumes.fixed_store import MaskSource
 
 
@@ -268,12 +269,41 @@ def test_pointing_cells_give_a_number_with_its_n_or_say_why_not() -> None:
                  "patient_id": "c", "note": ""})  # fmt: skip
     rows.append({"approach": "A", "set": "other", "truth": 0.0, "hit": np.nan, "chance": np.nan,
                  "patient_id": "o", "note": "false positive: no lesion to point at"})  # fmt: skip
-    cells = pointing_cells(pd.DataFrame(rows), 500, 0)
+    cells = pointing_cells(pointing_scores(pd.DataFrame(rows), 500, 0))
     internal = cells["A", "internal (OOF)"]
     assert internal.startswith("0.750 [") and internal.endswith("(n 12, chance 0.25)")
     assert cells["A", "hospital"] == "no masks"
-    assert cells["A", "cq500"] == "1.000 [1.000, 1.000] (n 1, chance 0.30)"  # n says what it weighs
+    assert cells["A", "cq500"] == "too few calls (n 1)"  # not "1.000 [1.000, 1.000]"
     assert cells["A", "other"] == "no true-positive call"
+
+
+def calls_of(n: int, hits: list[float]) -> pd.DataFrame:
+    """`n` scored true-positive calls of approach A on one set, one patient each."""
+    return pd.DataFrame({"approach": "A", "set": "cq500", "truth": 1.0, "hit": hits[:n], "chance": 0.2,
+                         "patient_id": [f"p{k}" for k in range(n)], "note": ""})  # fmt: skip
+
+
+def test_a_pointing_game_needs_min_positives_scored_calls() -> None:
+    """Four misses are no result: the cell says too few (no `0.000 [0.000, 0.000]`) and the record's
+    value and interval are missing, as an AUC's below `min_positives`; from five calls on, a number
+    and its interval."""
+    misses = [0.0] * 4
+    few = pointing_scores(calls_of(4, misses), 200, 0, min_calls=5)
+    assert pointing_cells(few)["A", "cq500"] == "too few calls (n 4)"
+    interval = few["A", "cq500"].interval
+    assert np.isnan([interval.value, interval.low, interval.high]).all()
+    (record,) = pointing_records(few)
+    assert record["metric"] == "pointing_game" and record["note"] == "too few calls (n 4)"
+    assert record["value"] is None and record["low"] is None and record["high"] is None
+    assert record["n"] == 4
+    enough = pointing_scores(calls_of(5, [1.0, 0.0, 1.0, 0.0, 0.0]), 200, 0, min_calls=5)
+    cell = pointing_cells(enough)["A", "cq500"]
+    assert cell.startswith("0.400 [") and cell.endswith("] (n 5, chance 0.20)"), cell
+    (record,) = pointing_records(enough)
+    assert record["value"] == 0.4 and record["low"] <= 0.4 <= record["high"] and record["note"] == ""
+    assert pointing_cells(pointing_scores(calls_of(4, misses), 200, 0, min_calls=4))["A", "cq500"].startswith(
+        "0.000 ["
+    )  # the rule is the setting's, not a constant
 
 
 def test_the_schema_fills_the_saliency_settings_the_package_reads() -> None:
@@ -313,5 +343,16 @@ def test_the_comparison_table_gets_a_pointing_game_column_per_set(tmp_path: Path
     assert table.loc["3D: weak", "pointing game (cq500)"] == "no positive call"
     assert table.loc["2.5D: Stage 2 good", "pointing game (OOF)"] == "n/a"
     assert "Pointing game:" in (tmp_path / "out" / "comparison.md").read_text()
+    records = json.loads((tmp_path / "out" / "comparison.json").read_text())["intervals"]
+    pointed = {r["set"]: r for r in records if r["metric"] == "pointing_game"}
+    assert pointed["internal (OOF)"]["n"] == 6 and abs(pointed["internal (OOF)"]["value"] - 4 / 6) < 1e-9
+    assert pointed["cq500"]["value"] is None and pointed["cq500"]["note"] == "no positive call"
+    # With min_positives 7, six calls are too few: no number in the table or the json.
+    strict = write_comparison([], good, tmp_path / "strict", weak, replicates=200, min_positives=7,
+                              pointing=[tmp_path / "pointing.parquet"]).set_index("approach")  # fmt: skip
+    assert strict.loc["3D: weak", "pointing game (OOF)"] == "too few calls (n 6)"
+    records = json.loads((tmp_path / "strict" / "comparison.json").read_text())["intervals"]
+    (internal,) = [r for r in records if r["metric"] == "pointing_game" and r["set"] == "internal (OOF)"]
+    assert internal["value"] is None and internal["low"] is None and internal["note"] == "too few calls (n 6)"
     plain = write_comparison([], good, tmp_path / "plain", weak, replicates=200)
     assert not [c for c in plain.columns if c.startswith("pointing")]

@@ -974,7 +974,9 @@ def write_comparison(
     the primary tests at `alpha`), findings.csv / .md (per finding), readers.csv (kappa with each
     CQ500 reader, for `readers` {dataset: reads.csv}),
     comparison.png (intervals), reliability.png, roc.png, pr.png, confusion.png and strips.png;
-    with `pointing` (the saliency runs' pointing.parquet files) a pointing-game column per set."""
+    with `pointing` (the saliency runs' pointing.parquet files) a pointing-game column per set, its
+    numbers among comparison.json's intervals (metric `pointing_game`; none below `min_positives`
+    scored calls)."""
     from ct25d.labels import RSNA_LABELS
 
     labels = list(labels or RSNA_LABELS)
@@ -986,14 +988,22 @@ def write_comparison(
         patients = pd.read_parquet(patients, columns=["dataset", "study_id", "patient_id"])
     resampler = Resampler(replicates, seed)
     long, predictions = comparison(runs, labels, reference, resampler, min_positives, patients)
-    cells, pointing_note = None, ""
+    cells, pointing_note, pointing_intervals = None, "", []
     if pointing is not None:
-        from ct25d.report.pointing import HEADER, missing_cells, pointing_cells, read_pointing
+        from ct25d.report.pointing import (
+            header,
+            missing_cells,
+            pointing_cells,
+            pointing_records,
+            pointing_scores,
+            read_pointing,
+        )
 
-        pointing_note = HEADER
+        pointing_note = header(min_positives)
         calls = read_pointing(pointing, keys, INTERNAL)
-        cells = pointing_cells(calls, replicates, seed)
-        missing_cells(cells, list(predictions), sorted(long["set"].unique()))
+        scores = pointing_scores(calls, replicates, seed, min_positives)
+        missing_cells(scores, list(predictions), sorted(long["set"].unique()))
+        cells, pointing_intervals = pointing_cells(scores), pointing_records(scores)
     table = wide_table(long, slice_f1(runs), reference, cells)
     write_csv(out / "comparison.csv", table.map(cell_text))
     write_csv(out / "comparison_long.csv", long.map(cell_text))
@@ -1033,7 +1043,7 @@ def write_comparison(
             ),
             "runs": [str(run.folder) for run in runs],
             "rows": json.loads(long.map(cell_text).to_json(orient="records")),
-            "intervals": interval_records(long),
+            "intervals": interval_records(long) + pointing_intervals,
         },
     )
     from ct25d.report.figures import (
