@@ -5,6 +5,15 @@ PREDICT = config["predict"]
 # `best` is read from the comparison, so predict then waits for it; `reference` and named approaches
 # only need their runs (every run of the comparison is an input: the names resolve when the job runs).
 PREDICT_NEEDS_COMPARISON = "best" in PREDICT["approaches"]
+# What the positive calls' saliency maps read (any approach may be chosen when the job runs): every
+# Stage-1 network (Stage 1's and Stage 2's maps; Stage 2 finds its network in its embeddings'
+# settings.json) and every image baseline's own network, with the volume index for the 3D nets.
+PREDICT_VOLUME_NETS = any(baseline_kind(b) == "volume" for b in SALIENCY_BASELINES)
+PREDICT_NETWORKS = [
+    *(rules.train_slices.output.best.format(backbone=b, fold=f) for b, f in STAGE1_RUNS),
+    *(rules.embed.output.settings.format(backbone=b, fold=f) for b, f in STAGE1_RUNS if STAGE2_RUNS),
+    *(rules.train_baseline.output.best.format(baseline=b, fold=f) for b, f in BASELINE_RUNS if b in SALIENCY_BASELINES),
+]
 
 
 rule predict_dataset:
@@ -22,6 +31,8 @@ rule predict_dataset:
         rejections=rules.ingest_report.output.rejections,
         index=rules.index.output.slices,
         skipped=rules.index.output.rejected,
+        networks=PREDICT_NETWORKS,
+        volumes=rules.volume_index.output[0] if PREDICT_VOLUME_NETS else [],
     output:
         directory(f"{RESULTS}/predictions/{{dataset}}"),
     params:
@@ -33,6 +44,7 @@ rule predict_dataset:
         stage2=[f"{name}={path}" for name, path in STAGE2_METRICS],
         comparison=lambda wc, input: f"--comparison {input.comparison}" if PREDICT_NEEDS_COMPARISON else "",
         ingest=f"{RESULTS}/{{dataset}}",
+        volumes=lambda wc, input: f"--volumes {input.volumes}" if PREDICT_VOLUME_NETS else "",
     log:
         f"{RESULTS}/logs/predict/{{dataset}}.log",
     benchmark:
@@ -42,7 +54,8 @@ rule predict_dataset:
     shell:
         "ct25d predict --dataset {wildcards.dataset} --stage1 {input.stage1} --stage2 {params.stage2} "
         "--baselines {input.baselines} {params.comparison} --ingest {params.ingest} --index {input.index} "
-        "--skipped {input.skipped} --settings {params.settings:q} --out {output} > {log} 2>&1"
+        "--skipped {input.skipped} {params.volumes} --settings {params.settings:q} --threads {threads} "
+        "--out {output} > {log} 2>&1"
 
 
 rule predict:

@@ -16,6 +16,7 @@ log = logging.getLogger("ct25d")
 
 def cmd_predict(args: argparse.Namespace) -> None:
     import pandas as pd
+    import torch
 
     from ct25d.labels import RSNA_LABELS
     from ct25d.predict.ensemble import CHOSEN, choose_approaches
@@ -31,9 +32,13 @@ def cmd_predict(args: argparse.Namespace) -> None:
     log.info("predicting %s with: %s", args.dataset, "; ".join(f"{c.approach} ({c.why})" for c in chosen))
     records = ingest_records(ingest, _skipped(args.skipped, args.dataset))
     index = pd.read_parquet(args.index, filters=[("dataset", "==", args.dataset)])
+    volumes = None
+    if args.volumes:
+        volumes = pd.read_parquet(args.volumes, filters=[("dataset", "==", args.dataset)])
+    torch.set_num_threads(args.threads)  # the saliency maps, on the CPU
     table = write_predictions(
         args.out, args.dataset, runs, chosen, list(s.get("labels") or RSNA_LABELS), records, index,
-        int(s.get("top_slices", 4)), int(s.get("min_positives", 5)), s,
+        int(s.get("top_slices", 4)), int(s.get("min_positives", 5)), s, volumes, not args.no_saliency,
     )  # fmt: skip
     log.info("wrote %s:\n%s", args.out, table.to_string(index=False))
 
@@ -67,5 +72,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         default={},
         help="config `predict` with the comparison's reference, labels and min_positives (JSON)",
     )
+    p.add_argument("--volumes", help="volume index (index/volumes.parquet): a 3D net's saliency maps")
+    p.add_argument("--no-saliency", action="store_true",
+                   help="no Grad-CAM over the positive calls' top slices in their PNGs")  # fmt: skip
+    p.add_argument("--threads", type=int, default=1, help="torch threads (the saliency maps)")
     p.add_argument("--out", required=True, help="folder results/predictions/<dataset> (replaced)")
     p.set_defaults(func=cmd_predict)

@@ -30,10 +30,9 @@ def cmd_saliency(args: argparse.Namespace) -> None:
     volumes = pd.read_parquet(args.volumes) if args.volumes else None
     in_channels = 3
     if volumes is not None and len(volumes):
-        from ct25d.volumes.fixed_store import MASK_CHANNEL, read_fixed_attrs
+        from ct25d.volumes.fixed_store import volume_channels
 
-        channels = read_fixed_attrs(volumes["store"].iloc[0], volumes["study_id"].iloc[0])["channels"]
-        in_channels = len([c for c in channels if c != MASK_CHANNEL])
+        in_channels = volume_channels(volumes["store"].iloc[0], volumes["study_id"].iloc[0])
     loaded = load_model(args.checkpoint, in_channels)
     truth = Truth(dict(args.masks or []), args.salt)
     rows, tiles = saliency_run(

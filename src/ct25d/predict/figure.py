@@ -1,11 +1,14 @@
 """One picture per predicted study: the probability of `any` along z beside the slices it is highest
 on, in the brain window, read from the slice store (the pixels the models saw). A reader sees at
-once where the model looked for blood and what is there."""
+once where the model looked for blood and what is there; a positive call may carry a saliency map
+over those slices (`ct25d.predict.saliency.Overlay`), with a line saying what the map is."""
 
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -14,8 +17,13 @@ from matplotlib.figure import Figure
 from ct25d.atomic import atomic_path
 from ct25d.slices.store import SliceReader
 
+if TYPE_CHECKING:
+    from ct25d.predict.saliency import Overlay
+
 DPI = 100
 WINDOW = "brain"
+HEAT = "jet"
+HEAT_ALPHA = 0.5  # the map's opacity where it is 1 (it fades out with the map)
 
 
 def top_slices(z: np.ndarray, prob: np.ndarray, k: int) -> np.ndarray:
@@ -28,6 +36,12 @@ def top_slices(z: np.ndarray, prob: np.ndarray, k: int) -> np.ndarray:
     return np.unique(z[np.linspace(0, len(z) - 1, min(k, len(z)) + 2)[1:-1].round().astype(int)])
 
 
+def shown_slices(slices: pd.DataFrame, k: int) -> np.ndarray:
+    """The z of the slices a study's picture shows (`slices`: one study's z and prob_any)."""
+    rows = slices.sort_values("z")
+    return top_slices(rows["z"].to_numpy(), rows["prob_any"].to_numpy(dtype=np.float64), k)
+
+
 def window_channel(reader: SliceReader, study_id: str) -> tuple[int, str]:
     """The channel of the brain window in the slice store (the first window where there is none)."""
     windows = reader.attrs(study_id).get("windows") or []
@@ -37,16 +51,18 @@ def window_channel(reader: SliceReader, study_id: str) -> tuple[int, str]:
 
 
 def study_figure(
-    slices: pd.DataFrame, store: str, title: str, study: float, threshold: float, k: int, out: str | Path
-) -> None:
+    slices: pd.DataFrame, store: str, title: str, study: float, threshold: float, k: int, out: str | Path,
+    overlay: Overlay | None = None,
+) -> None:  # fmt: skip
     """PNG: `prob_any` of `slices` (one study: z, prob_any) against z with the study's probability
-    `study` and its threshold, and the `k` highest slices; a model without slice scores shows the
-    study's probability alone and `k` evenly spaced slices."""
+    `study` and its threshold, and the `k` highest slices (`shown_slices`); a model without slice
+    scores shows the study's probability alone and `k` evenly spaced slices. `overlay`: a saliency
+    map per shown slice and its note (None: the plain slices, nothing said)."""
     reader = SliceReader(store)
     study_id = str(slices["study_id"].iloc[0])
     rows = slices.sort_values("z")
     z, prob = rows["z"].to_numpy(), rows["prob_any"].to_numpy(dtype=np.float64)
-    shown = top_slices(z, prob, k)
+    shown = shown_slices(slices, k)
     channel, window = window_channel(reader, study_id)
     width = 4.2 + 2.0 * len(shown)
     fig = Figure(figsize=(width, 3.3), dpi=DPI)
@@ -76,9 +92,18 @@ def study_figure(
         sub.imshow(
             reader.read(study_id, int(zi))[channel], cmap="gray", vmin=0, vmax=255, interpolation="nearest"
         )
+        heat = None if overlay is None else overlay.maps.get(int(zi))
+        if heat is not None:
+            sub.imshow(heat, cmap=HEAT, vmin=0.0, vmax=1.0, alpha=HEAT_ALPHA * np.clip(heat, 0.0, 1.0),
+                       interpolation="bilinear")  # fmt: skip
         p = prob[z == zi][0]
-        sub.set_title(f"z={int(zi)}" + ("" if math.isnan(p) else f"  p={p:.2f}"), fontsize=8)
+        unmapped = heat is None and overlay is not None and bool(overlay.maps)  # e.g. outside a 3D volume
+        sub.set_title(f"z={int(zi)}" + ("" if math.isnan(p) else f"  p={p:.2f}") + ("  no map" * unmapped),
+                      fontsize=8)  # fmt: skip
         sub.set_axis_off()
     fig.suptitle(f"{title}   ({window})", fontsize=9)
+    if overlay is not None and overlay.note:
+        note = textwrap.fill(overlay.note, int(12 * width))  # about the figure's width at 7 pt
+        fig.text(1 - 0.1 / width, 0.015, note, ha="right", va="bottom", fontsize=7, color="0.25")
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI)

@@ -261,3 +261,8 @@ def read_fixed(store: str | Path, study_id: str) -> tuple[np.ndarray, dict[str, 
 def read_fixed_attrs(store: str | Path, study_id: str) -> dict[str, Any]:
     """One study's attributes (its geometry and `source_z`), without its voxels."""
     return dict(zarr.open_array(str(Path(store) / study_id), mode="r").attrs)
+
+
+def volume_channels(store: str | Path, study_id: str) -> int:
+    """The image channels of a store's volumes (its windows; the mask channel is no input)."""
+    return len([c for c in read_fixed_attrs(store, study_id)["channels"] if c != MASK_CHANNEL])
