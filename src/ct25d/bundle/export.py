@@ -15,7 +15,6 @@ and the export stops where they differ.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -122,9 +121,7 @@ def _kind(approach: str, runs: list[Run]) -> str:
 def _stage2_networks(run: Run) -> dict[str, tuple[torch.jit.ScriptModule, dict[str, Any]]]:
     """A Stage-2 run's two networks: the Stage-1 encoder its embeddings came from (the checkpoint
     the embeddings record) and the sequence model."""
-    backbone = run.key.rpartition(":")[0]
-    folder = run.folder.parents[3] / "stage1" / backbone / f"fold{run.fold}" / "embeddings"
-    embedded = json.loads((folder / "settings.json").read_text())["settings"]
+    embedded = run.embedded()
     stage1, stage1_meta = _stage1(Path(embedded["checkpoint"]))
     return {
         "stage1": (stage1, {**stage1_meta, "tta_flip": bool(embedded["tta_flip"])}),

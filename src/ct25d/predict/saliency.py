@@ -70,17 +70,6 @@ class Network:
         return loaded, SaliencyMaps(loaded.model, loaded.class_index(LABEL))
 
 
-def _stage1_checkpoint(stage1: Path) -> Path:
-    """The Stage-1 checkpoint whose embeddings a Stage-2 run read: the one `embeddings/settings.json`
-    records (a path relative to the workflow's directory), else the folder's own `best.pt`."""
-    settings = stage1 / "embeddings" / "settings.json"
-    if settings.is_file():
-        recorded = Path(json.loads(settings.read_text())["settings"]["checkpoint"])
-        if recorded.is_file():
-            return recorded
-    return stage1 / "best.pt"
-
-
 def network_of(run: Run) -> Network | None:
     """The image network that gives `run`'s map (None: the run reads no image)."""
     if run.stage == "stage1":  # stage1/<backbone>/fold<k>/eval/<head|cosine>
@@ -88,9 +77,8 @@ def network_of(run: Run) -> Network | None:
         return Network(stage1 / "best.pt", f"the Stage-1 {stage1.parent.name} network")
     if run.stage == "stage2":  # stage2/<model>/<backbone>/fold<k>
         backbone = run.folder.parent.name
-        stage1 = run.folder.parents[3] / "stage1" / backbone / run.folder.name
         return Network(
-            _stage1_checkpoint(stage1),
+            Path(run.embedded()["checkpoint"]),
             f"the Stage-1 {backbone} network whose embeddings Stage 2 reads (its own head, not Stage 2's)",
         )
     inputs = json.loads((run.folder / "metrics.json").read_text()).get("inputs")

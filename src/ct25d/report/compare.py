@@ -84,6 +84,16 @@ class Run:
         """The run's study predictions (read once, shared by every score and picture)."""
         return pd.read_parquet(self.folder / "predictions_studies.parquet")
 
+    def embedded(self) -> dict[str, Any]:
+        """A Stage-2 run's embedding settings: `checkpoint` (the Stage-1 network whose embeddings it
+        read, as the workflow names it) and `tta_flip`, from `<results>/stage1/<backbone>/fold<k>/
+        embeddings/settings.json` (the run is `<results>/stage2/<model>/<backbone>/fold<k>`)."""
+        if self.stage != "stage2":
+            raise ValueError(f"{self.folder}: a {self.stage} run reads no embeddings")
+        backbone = self.folder.parent.name
+        embeddings = self.folder.parents[3] / "stage1" / backbone / self.folder.name / "embeddings"
+        return json.loads((embeddings / "settings.json").read_text())["settings"]
+
     def slices(self) -> pd.DataFrame:
         """The run's slice predictions of `any` with their study's split (empty for volume models).
         Read when asked, never kept: at RSNA scale a run holds ~350k slices."""
