@@ -23,6 +23,7 @@ rule compare:
         baselines=rules.baselines.input,
         reads=[synthetic_dir(d) if is_synthetic(d) else label_file(d) for d in CQ500_SETS],
         patients=f"{RESULTS}/splits/folds.parquet",
+        studies=rules.index.output.studies,
         pointing=SALIENCY_POINTING,
     output:
         csv=report(f"{RESULTS}/comparison/comparison.csv", category="Comparison"),
@@ -41,6 +42,8 @@ rule compare:
         findings_md=f"{RESULTS}/comparison/findings.md",
         readers=report(f"{RESULTS}/comparison/readers.csv", category="Comparison", subcategory="Agreement with readers"),
         scores=f"{RESULTS}/comparison/scores.parquet",
+        length=report(f"{RESULTS}/comparison/length_check.csv", category="Comparison", subcategory="Length check"),
+        length_md=f"{RESULTS}/comparison/length_check.md",
     params:
         out=f"{RESULTS}/comparison",
         settings=as_json({**config["compare"], "reference": compare_reference(), "salt": config["ingest"]["pseudonym_salt"]}),
@@ -55,7 +58,7 @@ rule compare:
         "../envs/ct25d.yaml"
     shell:
         "ct25d compare --stage1 {input.stage1} --stage2 {params.stage2} --baselines {input.baselines} "
-        "--readers {params.readers} --patients {input.patients} {params.pointing} {input.pointing} --settings {params.settings:q} "
+        "--readers {params.readers} --patients {input.patients} --studies {input.studies} {params.pointing} {input.pointing} --settings {params.settings:q} "
         "--out {params.out} > {log} 2>&1"
 
 

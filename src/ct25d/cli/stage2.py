@@ -46,6 +46,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
         args.patients,
         float(s.get("alpha", 0.05)),
         args.pointing,
+        args.studies,
     )
     log.info("%d approaches compared; see %s/comparison.md", len(table), args.out)
 
@@ -85,6 +86,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="config `compare`: reference approach, bootstrap replicates, seed (JSON)",
     )
     p.add_argument("--patients", help="splits/folds.parquet: each study's patient, the bootstrap's cluster")
+    p.add_argument("--studies", default=None, help="index/studies.parquet: slice counts for length_check")
     p.add_argument("--pointing", nargs="*", default=None,
                    help="each saliency run's pointing.parquet (absent: no pointing game)")  # fmt: skip
     p.add_argument("--out", required=True, help="folder: comparison.csv, comparison.md, comparison.png")

@@ -978,6 +978,7 @@ def write_comparison(
     patients: str | Path | pd.DataFrame | None = None,
     alpha: float = 0.05,
     pointing: list[str | Path] | None = None,
+    studies: str | Path | pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """comparison.csv / .md (wide table + verdicts against `reference`, a config or approach name as
     `resolve` reads it), comparison_long.csv, claims.csv / .md (each of `claims` tested, Holm across
@@ -986,7 +987,8 @@ def write_comparison(
     comparison.png (intervals), reliability.png, roc.png, pr.png, confusion.png and strips.png;
     with `pointing` (the saliency runs' pointing.parquet files) a pointing-game column per set, its
     numbers among comparison.json's intervals (metric `pointing_game`; none below `min_positives`
-    scored calls)."""
+    scored calls); with `studies` (the index's study table) length_check.csv / .md
+    (`ct25d.report.length`: does an approach score the bleed or the study's length)."""
     from ct25d.labels import RSNA_LABELS
 
     labels = list(labels or RSNA_LABELS)
@@ -1064,6 +1066,12 @@ def write_comparison(
         plot_strips,
     )
 
+    if studies is not None:
+        from ct25d.report.length import length_check, write_length_check
+
+        if not isinstance(studies, pd.DataFrame):
+            studies = pd.read_parquet(studies, columns=["dataset", "study_id", "n_slices"])
+        write_length_check(length_check(predictions, studies), out)
     write_parquet(out / "scores.parquet", score_table(predictions, labels, keys),
                   stamp("compare", {"reference": reference, "labels": labels}))  # fmt: skip
     tested = claims_table(list(claims or []), keys, [predictions], resampler, min_positives, alpha)
