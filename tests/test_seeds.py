@@ -61,3 +61,30 @@ def test_seed_table_gives_each_seed_its_spread_and_a_wider_interval_when_seeds_d
     assert differ.loc["A", "auc SD"] > 3 * agree.loc["A", "auc SD"]
     assert differ.loc["A", "auc"].width > agree.loc["A", "auc"].width
     assert len(agree.loc["A", "auc per seed"].split(", ")) == 3
+
+
+def test_a_curve_point_trains_only_the_curve_families_with_their_own_settings() -> None:
+    """Below the full fraction a sweep point trains the families `sweep.approaches` names (Stage 1
+    always), each with the config's own entry, and keeps the claims among them only."""
+    from ct25d.cli.sweep import _overlay
+
+    config = {
+        "splits": {"folds": 3},
+        "stage1": {"seed": 0},
+        "stage2": {"epochs": 4, "models": {"bilstm": {"name": "bilstm"}, "mamba2": {"name": "mamba2"}}},
+        "baselines": {"epochs": 2, "models": {"r3d": {"name": "resnet10"}, "cnn25": {"name": "cnn25"}}},
+        "compare": {"reference": "bilstm", "claims": [
+            {"better": "bilstm", "than": "head"}, {"better": "bilstm", "than": "r3d"},
+            {"better": "mamba2", "than": "bilstm"}, {"better": "cnn25", "than": "r3d"},
+        ]},
+        "sweep": {"approaches": ["2D resnet10t: thresholded head", "2.5D: Stage 2 bilstm", "3D: r3d"]},
+    }  # fmt: skip
+    assert _overlay(config, 1.0, 0) == {}  # the full run is the plain run: everything trains
+    curve = _overlay(config, 0.5, 0)
+    assert curve["splits"] == {"folds": 3, "train_fraction": 0.5}
+    assert curve["stage2"] == {"epochs": 4, "models": {"bilstm": {"name": "bilstm"}}}
+    assert curve["baselines"] == {"epochs": 2, "models": {"r3d": {"name": "resnet10"}}}
+    assert curve["compare"] == {"reference": "bilstm", "claims": config["compare"]["claims"][:2]}
+    seeded = _overlay(config, 0.5, 3)  # another seed on top keeps the reduction
+    assert seeded["stage2"]["models"] == {"bilstm": {"name": "bilstm"}} and seeded["stage2"]["seed"] == 3
+    assert "sweep" not in curve and _overlay({**config, "sweep": {}}, 0.5, 0).keys() == {"splits"}

@@ -10,7 +10,8 @@ with the config's own settings (all the data, its own seed) adds nothing to the 
 `snakemake` run of the same config is that point.
 
 The points: every seed at the largest fraction (the study and its repeats), then the smaller
-fractions with the first seed (the curve). The results folder holds the last point's runs afterwards;
+fractions with the first seed (the curve), which train only the families the curve draws
+(`sweep.approaches`) where it names them. The results folder holds the last point's runs afterwards;
 each point's comparison is in `sweep/fraction-<f>-seed-<s>/`, and what is drawn over the points
 (data_size.*, seeds.*, claims_seeds.csv, sweep.json with the source commit) in `sweep/`.
 """
@@ -37,14 +38,49 @@ def _point_dir(results: Path, fraction: float, seed: int) -> Path:
     return results / "sweep" / f"fraction-{fraction:g}-seed-{seed}"
 
 
+def curve_only(config: dict[str, Any], approaches: list[str]) -> dict[str, Any]:
+    """The sections that make a point train only the curve's families (`sweep.approaches`, as the
+    comparison names them): the Stage-2 models and baselines they name (Stage 1 always runs: every
+    other family reads it), and the claims among them. Every kept entry is the config's own, so its
+    rules' parameters are the full run's; the claims need every approach and are tested where all run."""
+    from ct25d.report.compare import FAMILIES
+
+    models, baselines = set(), set()
+    for name in approaches:
+        head, _, method = name.partition(": ")
+        if method.startswith("Stage 2 "):
+            models.add(method.removeprefix("Stage 2 "))
+        elif head in FAMILIES.values():
+            baselines.add(method)
+    stage2 = config.get("stage2", {})
+    kept = {k: v for k, v in stage2.get("models", {}).items() if k in models}
+    bases = {k: v for k, v in config.get("baselines", {}).get("models", {}).items() if k in baselines}
+    names = {*kept, *bases, "head", "cosine"}
+    compare = config.get("compare", {})
+    claims = [c for c in compare.get("claims", []) if c["better"] in names and c["than"] in names]
+    overlay = {
+        "stage2": {**stage2, "models": kept},
+        "baselines": {**config.get("baselines", {}), "models": bases},
+        "compare": {**compare, "claims": claims},
+    }
+    if compare.get("reference") not in names:
+        overlay["compare"].pop("reference", None)
+    return overlay
+
+
 def _overlay(config: dict[str, Any], fraction: float, seed: int) -> dict[str, Any]:
     """What the point changes in the config: nothing where it is the config's own setting (a
-    fraction of 1, the config's stage1 seed), so that its rules' parameters stay the plain run's."""
+    fraction of 1, the config's stage1 seed), so that its rules' parameters stay the plain run's. A
+    smaller fraction trains only the curve's families where `sweep.approaches` names them."""
     overlay: dict[str, Any] = {}
     if fraction != 1:
         overlay["splits"] = {**config.get("splits", {}), "train_fraction": fraction}
+        approaches = (config.get("sweep") or {}).get("approaches")
+        if approaches:
+            overlay.update(curve_only(config, approaches))
     if seed != int(config.get("stage1", {}).get("seed", 0)):
-        overlay.update({section: {**config.get(section, {}), "seed": seed} for section in TRAINING})
+        for section in TRAINING:
+            overlay[section] = {**overlay.get(section, config.get(section, {})), "seed": seed}
     return overlay
 
 
