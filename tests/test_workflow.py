@@ -369,6 +369,7 @@ def test_two_backbones_give_each_stage2_model_one_row_per_backbone(tmp_path: Pat
     config["stage1"]["backbones"] = backbones
     config["baselines"]["models"] = {}
     config["predict"] = {"approaches": ["reference"]}  # TINY's also names baselines this run lacks
+    config["bundle"] = {"approaches": ["reference"]}
     claim = {"claim": "the backbone matters little", "better": f"{backbones[1]}:bilstm",
              "than": "resnet10t:bilstm", "kind": "equivalence", "margin": 0.5}  # fmt: skip
     # min_positives 1: the tiny cohort's 3 positives still get a p (tested end to end, not judged)
