@@ -127,14 +127,13 @@ def saved_point(config: dict[str, Any], fraction: float, seed: int) -> Path | No
 
 
 def run_point(
-    configfiles: list[str],
     config: dict[str, Any],
     point: tuple[float, int],
     snakemake_args: list[str],
     cores: int,
 ) -> Path:
-    """One point end to end (`config`: the files merged); returns the folder its comparison and
-    training sizes were saved in."""
+    """One point end to end (`config`: the config files merged, as Snakemake merges them); returns
+    the folder its comparison and training sizes were saved in."""
     import pandas as pd
     import yaml
 
@@ -148,11 +147,16 @@ def run_point(
         return saved
     results = Path(config.get("results", "results"))
     folder = _point_dir(results, fraction, seed)
-    overlay = folder / "overlay.yaml"
-    with atomic_path(overlay) as tmp:
-        tmp.write_text(yaml.safe_dump(_overlay(config, fraction, seed)))
+    changes = _overlay(config, fraction, seed)
+    with atomic_path(folder / "overlay.yaml") as tmp:
+        tmp.write_text(yaml.safe_dump(changes))
+    # One config file with each changed section replaced whole: Snakemake merges config files key by
+    # key, which could add a model to a section but never leave one out.
+    effective = folder / "config.yaml"
+    with atomic_path(effective) as tmp:
+        tmp.write_text(yaml.safe_dump({**config, **changes}, sort_keys=False))
     command = [sys.executable, "-m", "snakemake", "comparison", "--cores", str(cores), "--configfile",
-               *configfiles, str(overlay), "--replace-workflow-config", *snakemake_args]  # fmt: skip
+               str(effective), "--replace-workflow-config", *snakemake_args]  # fmt: skip
     log.info("fraction %g, seed %d: %s", fraction, seed, " ".join(command))
     if subprocess.run(command, check=False).returncode != 0:
         raise Ct25dError(
@@ -203,7 +207,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         if not done:
             raise Ct25dError("sweep --saved-only: no point saved from this config yet")
     else:
-        done = {p: run_point(args.configfile, config, p, extra, args.cores) for p in points}
+        done = {p: run_point(config, p, extra, args.cores) for p in points}
     # Beside the points, not in comparison/: that folder holds whichever point ran last.
     out = Path(config.get("results", "results")) / "sweep"
     full, first = points[0][0], points[0][1]
