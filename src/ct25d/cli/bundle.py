@@ -8,8 +8,7 @@ import json
 import logging
 from pathlib import Path
 
-from ct25d.cli.common import json_object
-from ct25d.cli.preprocess import named
+from ct25d.cli.common import add_run_inputs, json_object
 
 log = logging.getLogger("ct25d")
 
@@ -45,9 +44,7 @@ def cmd_predict_bundle(args: argparse.Namespace) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this stage's subcommands."""
     p = sub.add_parser("export", help="the chosen approaches' fold models as portable bundles (MONAI layout)")
-    p.add_argument("--stage1", nargs="*", default=[], help="Stage-1 metrics.json, as for compare")
-    p.add_argument("--stage2", nargs="*", type=named, default=[], help="BACKBONE:MODEL=metrics.json")
-    p.add_argument("--baselines", nargs="*", default=[], help="baseline metrics.json files")
+    add_run_inputs(p)
     p.add_argument("--comparison", default=None, help="comparison.json (the card's metrics)")
     p.add_argument(
         "--settings",

@@ -20,6 +20,14 @@ def json_object(text: str) -> dict[str, Any]:
     return value
 
 
+def named(text: str) -> tuple[str, str]:
+    """argparse type: `NAME=VALUE` (a dataset name and a path or value)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name or not value:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
+
+
 def require(settings: dict[str, Any], key: str, section: str) -> Any:
     """settings[key], or a ConfigError naming `section.key`."""
     if key not in settings:
@@ -36,3 +44,15 @@ def add_runtime(p: argparse.ArgumentParser) -> None:
         default={},
         help="runtime-only settings (device, inference batch sizes, checkpoint interval) as JSON",
     )
+
+
+def add_run_inputs(p: argparse.ArgumentParser) -> None:
+    """`--stage1`, `--stage2`, `--baselines`: the runs' metrics.json files, as `load_runs` reads them
+    (compare, predict and export take the same runs the same way)."""
+    p.add_argument(
+        "--stage1", nargs="*", default=[], help="metrics.json of the Stage-1 rules (eval/head, eval/cosine)"
+    )
+    p.add_argument(
+        "--stage2", nargs="*", type=named, default=[], help="BACKBONE:MODEL=metrics.json of each Stage-2 run"
+    )
+    p.add_argument("--baselines", nargs="*", default=[], help="baseline metrics.json files")

@@ -8,8 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ct25d.cli.common import json_object
-from ct25d.cli.preprocess import named
+from ct25d.cli.common import add_run_inputs, json_object
 
 log = logging.getLogger("ct25d")
 
@@ -57,11 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "predict", help="the fold models of the chosen approaches on an unlabelled (role predict) dataset"
     )
     p.add_argument("--dataset", required=True, help="the role-predict dataset's name")
-    p.add_argument(
-        "--stage1", nargs="*", default=[], help="metrics.json of the Stage-1 rules, as for compare"
-    )
-    p.add_argument("--stage2", nargs="*", type=named, default=[], help="BACKBONE:MODEL=metrics.json")
-    p.add_argument("--baselines", nargs="*", default=[], help="baseline metrics.json files")
+    add_run_inputs(p)
     p.add_argument("--comparison", default=None, help="comparison.json (needed for `best`)")
     p.add_argument("--ingest", required=True, help="the dataset's ingest folder (results/<dataset>)")
     p.add_argument("--index", required=True, help="index/slices.parquet (slice positions and stores)")

@@ -13,18 +13,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from ct25d.cli.common import json_object, require
+from ct25d.cli.common import json_object, named, require
 from ct25d.errors import ConfigError
 
 log = logging.getLogger("ct25d")
-
-
-def named(text: str) -> tuple[str, str]:
-    """argparse type: `NAME=VALUE` (a dataset name and a path or value)."""
-    name, sep, value = text.partition("=")
-    if not sep or not name or not value:
-        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
-    return name, value
 
 
 def _one_per_name(pairs: list[tuple[str, str]] | None, flag: str) -> dict[str, str]:

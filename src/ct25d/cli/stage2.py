@@ -6,8 +6,7 @@ import argparse
 import json
 import logging
 
-from ct25d.cli.common import add_runtime, json_object
-from ct25d.cli.preprocess import named
+from ct25d.cli.common import add_run_inputs, add_runtime, json_object, named
 
 log = logging.getLogger("ct25d")
 
@@ -70,13 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "compare", help="one table of every model's slice and volume F1 (validation, external)"
     )
-    p.add_argument(
-        "--stage1", nargs="*", default=[], help="metrics.json of the Stage-1 rules (eval/head, eval/cosine)"
-    )
-    p.add_argument(
-        "--stage2", nargs="*", type=named, default=[], help="BACKBONE:MODEL=metrics.json of each Stage-2 run"
-    )
-    p.add_argument("--baselines", nargs="*", default=[], help="baseline metrics.json files")
+    add_run_inputs(p)
     p.add_argument("--readers", nargs="*", type=named, default=[],
                    help="DATASET=reads.csv of CQ500-layout sets: kappa with each reader")  # fmt: skip
     p.add_argument(
