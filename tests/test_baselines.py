@@ -144,12 +144,14 @@ def test_acs_from_stage1_in_2p5d_gives_stage1_logits_on_every_slice(cohort: dict
             torch.testing.assert_close(per_slice, stage1(images)[0], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("crop_depth", [None, 8])
 def test_slice_supervised_acs_starts_at_stage1s_score_and_writes_slice_predictions(
-    cohort: dict, tmp_path: Path
+    cohort: dict, tmp_path: Path, crop_depth: int | None
 ) -> None:
     """`supervision: slice` end to end: the evaluation before any 3D step (epoch -1) of the 2.5D
     conversion scores the inner split as Stage 1 does (max over its slice-store slices), slice
-    predictions land on the slice store's rows, and patience stops a run whose monitor stalls."""
+    predictions land on the slice store's rows, and patience stops a run whose monitor stalls.
+    With `crop_depth` the network trains on runs of 8 slices and still predicts whole studies."""
     from ct25d.datasets.splits import splits_by_study
     from ct25d.evaluation.metrics import auc_or_nan
     from ct25d.models.stage1 import SliceClassifier
@@ -163,7 +165,8 @@ def test_slice_supervised_acs_starts_at_stage1s_score_and_writes_slice_predictio
         "init": "stage1",
         "supervision": "slice",
     }
-    settings = {**SETTINGS, "epochs": 5, "patience": 1, "lr": 0.0, "monitor": "val_auc_any"}
+    settings = {**SETTINGS, "epochs": 5, "patience": 1, "lr": 0.0, "monitor": "val_auc_any",
+                "crop_depth": crop_depth}  # fmt: skip
     summary = train_baseline(cohort["studies"], 0, entry, settings, tmp_path, volumes=cohort["volumes"],
                              stage1_checkpoint=str(best), index=cohort["index"], method="run")  # fmt: skip
     check_outputs(tmp_path, cohort["studies"], "run")
@@ -171,6 +174,7 @@ def test_slice_supervised_acs_starts_at_stage1s_score_and_writes_slice_predictio
     assert history["epoch"].iloc[0] == -1 and len(history) == summary["epochs_run"] + 1
     assert summary["epochs_run"] < 5  # an LR of 0 improves nothing: patience 1 stops the run
     assert summary["supervision"] == "slice"
+    assert summary["volume_shape"][1] == 32 and summary["crop_depth"] == crop_depth
     slices = pd.read_parquet(tmp_path / "predictions_slices.parquet")
     index = cohort["index"]
     assert set(slices["slice_id"]) == set(index["slice_id"])  # every slice of every study, once
@@ -202,6 +206,7 @@ def test_slice_supervised_acs_starts_at_stage1s_score_and_writes_slice_predictio
         "3D rows read volumes of 3 x 32 x 64 x 64 (each study's own slices at the slice store's pixels"
         in header
     )
+    assert ("trained on runs of 8 slices" in header) == (crop_depth == 8)
 
 
 def test_2p5cnn_trains_on_frozen_embeddings(cohort: dict, tmp_path: Path) -> None:
@@ -358,6 +363,68 @@ def test_every_3d_family_overfits_16_tiny_volumes(entry: dict) -> None:
     assert losses[-1] < float(prior) / 2, (float(prior), losses[::10])
 
 
+def test_a_depth_crop_is_a_run_of_real_slices_with_their_labels(cohort: dict) -> None:
+    """`crop_depth`: every training item is `crop` consecutive stored slices (no padding) with
+    those slices' labels; the draw is fixed per (seed, epoch, study) and moves between epochs."""
+    from ct25d.datasets.volume_dataset import VolumeDataset
+    from ct25d.volumes.fixed_store import read_fixed
+
+    table = cohort["volumes"].head(3)
+    n = len(table)
+    slice_targets = [np.arange(32, dtype=np.float32)[:, None].repeat(6, 1) + 100 * i for i in range(n)]
+    data = VolumeDataset(table, np.zeros((n, 6), np.float32), None, 0, 8, slice_targets, crop=8)
+    whole = VolumeDataset(table, np.zeros((n, 6), np.float32), None, 0, None, slice_targets)
+    starts = set()
+    for epoch in range(4):
+        item = data[(epoch, 1)]
+        assert item["x"].shape[1] == 8 and bool(item["valid"].all())
+        start = int(item["slice_y"][0, 0]) - 100
+        np.testing.assert_array_equal(item["slice_y"][:, 0].numpy(), 100 + np.arange(start, start + 8))
+        torch.testing.assert_close(item["x"], whole[1]["x"][:, start : start + 8])
+        torch.testing.assert_close(item["x"], data[(epoch, 1)]["x"])  # the same draw again
+        starts.add(start)
+    assert len(starts) > 1
+    assert whole[0]["x"].shape[1] == read_fixed(table["store"].iloc[0], table["study_id"].iloc[0])[0].shape[1]
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"name": "resnet10", "conv1_t_stride": 2},
+        {"name": "densenet121"},
+        {"name": "acs", "backbone": "test_resnet", "mode": "acs"},
+        {"name": "acs", "backbone": "test_resnet", "mode": "i3d"},
+    ],
+    ids=lambda e: e.get("mode", e["name"]),
+)
+def test_slice_supervision_keeps_one_feature_position_per_slice(entry: dict) -> None:
+    """Slice logits from a map that strided z 16-32-fold are one value interpolated over every
+    slice (what the study's 3D runs had): with slice supervision the encoder keeps z (`keep_z`), so
+    the map has one position per slice and the logits differ between slices; `keep_z: false`
+    restores the strided network."""
+    x = torch.randn(2, 3, 32, 32, 32, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    kept = BASELINES.create(**entry, supervision="slice", in_channels=3, num_classes=6).eval()
+    strided = BASELINES.create(**entry, supervision="slice", keep_z=False, in_channels=3, num_classes=6)
+    with torch.no_grad():
+        assert kept.encoder(x).shape[2] == 32
+        assert strided.eval().encoder(x).shape[2] <= 2
+        logits = kept(x)
+    assert logits.shape == (2, 32, 6)
+    assert float(logits.std(1).min()) > 1e-4  # not one value per study
+
+
+def test_keep_z_refuses_a_layer_that_would_shrink_z() -> None:
+    from ct25d.models.volume import keep_depth
+
+    encoder = torch.nn.Sequential(torch.nn.Conv3d(3, 4, kernel_size=2, stride=2))
+    with pytest.raises(ConfigError, match="0: kernel"):
+        keep_depth(encoder)
+    pooled = torch.nn.Sequential(torch.nn.Conv3d(3, 4, 3, stride=2, padding=1), torch.nn.AvgPool3d(2))
+    assert keep_depth(pooled) == 2
+    assert pooled(torch.zeros(1, 3, 8, 16, 16)).shape == (1, 4, 8, 4, 4)
+
+
 @pytest.mark.parametrize("supervision", ["study", "slice"])
 def test_a_few_voxel_lesion_moves_max_and_attention_pooling_more_than_avg(supervision: str) -> None:
     """One hot position of a 4 x 8 x 8 feature map changes a `max`- or `attention`-pooled logit far
@@ -447,7 +514,10 @@ def test_config_check_names_bad_baseline_keys() -> None:
                 "b": {"name": "resnet10", "widht": 2},
                 "c": {"name": "thick2d", "k": 4},
                 "d": {"name": "cnn25", "backbone": "resnet50"},
+                "e": {"name": "resnet10", "crop_depth": 16},
+                "f": {"name": "cnn25", "keep_z": True},
                 "ok": {"name": "unet_dual"},
+                "ok2": {"name": "resnet10", "supervision": "slice", "crop_depth": 16},
             },
         },
     }
@@ -457,6 +527,8 @@ def test_config_check_names_bad_baseline_keys() -> None:
     assert "baselines.models.b: TypeError" in problems and "widht" in problems
     assert "baselines.models.c: ConfigError: thick2d k: an odd number" in problems
     assert "baselines.models.d.backbone: 'resnet50' has no Stage-1 run" in problems
+    assert "baselines.models.e.crop_depth: needs supervision: slice" in problems
+    assert "baselines.models.f: ['keep_z'] apply to the volume families" in problems
     assert "models.ok" not in problems
 
 

@@ -52,7 +52,7 @@ baselines:
   epochs: 1
   batch_size: 2
   models:
-    r3d: {name: resnet10, conv1_t_stride: 2, supervision: slice, pooling: max}
+    r3d: {name: resnet10, conv1_t_stride: 2, supervision: slice, pooling: max, crop_depth: 8}
     acs: {name: acs, init: stage1}
     cnn25: {name: cnn25, slices: 8, hidden: 16}
     thick: {name: thick2d, k: 3, image_size: 32}

@@ -220,7 +220,7 @@ def check_baselines(config: dict[str, Any]) -> list[str]:
             problems.append(
                 f"{where}.backbone: {model['backbone']!r} has no Stage-1 run (stage1.backbones {backbones})"
             )
-        volume_only = sorted({"pooling", "supervision", "norm"} & set(model))
+        volume_only = sorted({"pooling", "supervision", "norm", "keep_z", "crop_depth"} & set(entry))
         if kind != "volume" and volume_only:
             problems.append(f"{where}: {volume_only} apply to the volume families, not to {model['name']}")
         if kind == "volume" and model.get("init") == "stage1" and size != stage1.get("image_size", 128):
@@ -228,6 +228,11 @@ def check_baselines(config: dict[str, Any]) -> list[str]:
                 f"{where}.init: stage1 needs the volumes' in-plane size ({size} px, baselines.volume.size) "
                 f"to be the Stage-1 image size (stage1.image_size {stage1.get('image_size', 128)}): the "
                 f"converted network would see other pixels than it learned on"
+            )
+        crop = entry.get("crop_depth", block.get("crop_depth"))
+        if kind == "volume" and crop and model.get("supervision") != "slice":
+            problems.append(
+                f"{where}.crop_depth: needs supervision: slice (a run of slices has no study label)"
             )
         if model.get("supervision") == "slice" and fixed_depth is not None:
             problems.append(

@@ -56,8 +56,8 @@ def _volume_predictions(
     settings = BaselineSettings.from_dict({**net["settings"], "num_workers": 0})
     inputs = volume_inputs(prepared.studies, settings, volumes, net["supervision"], prepared.index)
     shape = [int(n) for n in net["volume_shape"]]
-    if list(inputs.sample_shape()) != shape:
-        raise Ct25dError(f"{bundle}: volumes of shape {inputs.sample_shape()}, the network takes {shape}")
+    if list(inputs.store_shape()) != shape:
+        raise Ct25dError(f"{bundle}: volumes of shape {inputs.store_shape()}, the network takes {shape}")
     model = torch.jit.load(str(bundle / net["file"]), map_location=device)
     return volume_frames(model, inputs, settings, device)
 

@@ -21,6 +21,8 @@ from ct25d.datasets.slice_dataset import MEAN, STD, Augment
 from ct25d.training.seed import derived_generator
 from ct25d.volumes.fixed_store import MASK_CHANNEL, read_fixed
 
+_CROP = 0xC0  # the crop's own random stream, apart from the augmentation's
+
 
 class VolumeDataset(Dataset):
     """Items `{x (C, D, S, S) normalised, y (classes,), slice_y (D, classes), valid (D,), mask
@@ -29,6 +31,7 @@ class VolumeDataset(Dataset):
     `table` rows: `store`, `study_id` (the volume store); keys are `(epoch, i)` or `i`.
     `slice_targets[i]` holds study i's labels per slice-store slice (NaN: unknown); the stored
     volume's `source_z` picks each stored slice's row. Without them `slice_y` is all NaN.
+    `crop`: each item is a run of `crop` consecutive slices, its start drawn per (seed, epoch, i).
     """
 
     def __init__(
@@ -39,11 +42,12 @@ class VolumeDataset(Dataset):
         seed: int = 0,
         depth: int | None = None,
         slice_targets: list[np.ndarray] | None = None,
+        crop: int | None = None,
     ) -> None:
         self.stores = table["store"].astype(str).to_numpy()
         self.study_ids = table["study_id"].astype(str).to_numpy()
         self.targets, self.slice_targets = targets, slice_targets
-        self.augment, self.seed, self.depth = augment, seed, depth
+        self.augment, self.seed, self.depth, self.crop = augment, seed, depth, crop
 
     def __len__(self) -> int:
         return len(self.study_ids)
@@ -51,6 +55,12 @@ class VolumeDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         epoch, i = key if isinstance(key, tuple) else (0, key)
         raw, attrs = read_fixed(self.stores[i], self.study_ids[i])
+        source_z = attrs.get("source_z")
+        if self.crop is not None and raw.shape[1] > self.crop:
+            starts = raw.shape[1] - self.crop + 1
+            start = int(torch.randint(starts, (1,), generator=derived_generator(self.seed, epoch, i, _CROP)))
+            raw = raw[:, start : start + self.crop]
+            source_z = None if source_z is None else source_z[start : start + self.crop]
         has_mask = attrs["channels"][-1] == MASK_CHANNEL
         volume = torch.from_numpy(raw).float().div_(255.0)
         image, mask = (volume[:-1], volume[-1:]) if has_mask else (volume, torch.zeros_like(volume[:1]))
@@ -69,8 +79,8 @@ class VolumeDataset(Dataset):
         # Air is 0 in every window: padding is air, normalised like the rest.
         image = F.pad(image, (0, 0, 0, 0, 0, pad))
         slice_y = np.full((depth + pad, self.targets.shape[1]), np.nan, dtype=np.float32)
-        if self.slice_targets is not None and attrs.get("source_z") is not None:
-            slice_y[:depth] = self.slice_targets[i][np.asarray(attrs["source_z"])]
+        if self.slice_targets is not None and source_z is not None:
+            slice_y[:depth] = self.slice_targets[i][np.asarray(source_z)]
         return {
             "x": ((image - mean) / std).contiguous(),
             "y": torch.from_numpy(self.targets[i]),

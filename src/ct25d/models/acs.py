@@ -73,6 +73,7 @@ class ConvFrom2d(nn.Module):
                 f"{name}: ACS needs equal strides and dilations on both axes (all three views must "
                 f"give one output shape); got stride {self.stride}, dilation {self.dilation}"
             )
+        self.keep_z = False  # set by `ct25d.models.volume.keep_depth`: stride 1 along z
         self.views = self._plan(conv.out_channels, conv.in_channels) if mode == "acs" else []
         if self.views:
             order = torch.cat([channels for _, channels, _, _ in self.views])
@@ -107,7 +108,11 @@ class ConvFrom2d(nn.Module):
         stride = _insert(self.stride, axis, self.stride[0])
         dilation = _insert(self.dilation, axis, 1)
         padding = self.padding if isinstance(self.padding, str) else _insert(self.padding, axis, 0)
-        return stride, padding, dilation
+        return self._z(stride), padding, dilation
+
+    def _z(self, stride: tuple[int, ...]) -> tuple[int, ...]:
+        """A `(D, H, W)` stride with z kept when asked (`keep_z`)."""
+        return (1, *stride[1:]) if self.keep_z else stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "2.5d":
@@ -118,7 +123,7 @@ class ConvFrom2d(nn.Module):
             depth = self.weight.shape[2]
             weight = self.weight.unsqueeze(2).expand(-1, -1, depth, -1, -1) / depth
             padding = self.padding if isinstance(self.padding, str) else (self.padding[0], *self.padding)
-            stride, dilation = (self.stride[0], *self.stride), (self.dilation[0], *self.dilation)
+            stride, dilation = self._z((self.stride[0], *self.stride)), (self.dilation[0], *self.dilation)
             return F.conv3d(x, weight, self.bias, stride, padding, dilation, self.groups)
         outs = []
         for axis, channels, inputs, groups in self.views:

@@ -38,7 +38,7 @@ from ct25d.models.acs import MODES, convert_to_3d
 from ct25d.models.registry import Registry
 from ct25d.models.stage1 import SliceClassifier
 from ct25d.models.thick import ThickSliceClassifier
-from ct25d.models.volume import VolumeClassifier, VolumeHead, replace_batch_norm
+from ct25d.models.volume import VolumeClassifier, VolumeHead, keep_depth, replace_batch_norm
 from ct25d.training.checkpoint import stage1_payload, unwrap_state_dict
 
 BASELINES = Registry("baseline")
@@ -91,10 +91,17 @@ class ResNetFeatures(nn.Module):
 
 
 def _head_options(
-    pooling: str = "avg", supervision: str = "study", norm: str = "batch", drop_rate: float = 0.0
+    pooling: str = "avg",
+    supervision: str = "study",
+    norm: str = "batch",
+    drop_rate: float = 0.0,
+    keep_z: bool | None = None,
 ) -> dict[str, Any]:
-    """The options every volume family takes (see `ct25d.models.volume`)."""
-    return {"pooling": pooling, "supervision": supervision, "norm": norm, "drop_rate": drop_rate}
+    """The options every encoder family takes (see `ct25d.models.volume`); `keep_z` None: on with
+    slice supervision."""
+    keep = supervision == "slice" if keep_z is None else bool(keep_z)
+    return {"pooling": pooling, "supervision": supervision, "norm": norm, "drop_rate": drop_rate,
+            "keep_z": keep}  # fmt: skip
 
 
 def _classifier(
@@ -105,6 +112,8 @@ def _classifier(
     classifier: nn.Linear | None = None,
 ) -> VolumeClassifier:
     replace_batch_norm(encoder, options["norm"])
+    if options["keep_z"]:
+        keep_depth(encoder)
     pooling, supervision, drop_rate = options["pooling"], options["supervision"], options["drop_rate"]
     head = VolumeHead(num_features, num_classes, pooling, supervision, drop_rate, classifier)
     return VolumeClassifier(encoder, head)
@@ -120,6 +129,7 @@ def _monai_resnet(depth: int) -> Callable[..., nn.Module]:
         supervision: str = "study",
         norm: str = "batch",
         drop_rate: float = 0.0,
+        keep_z: bool | None = None,
         **kwargs: Any,
     ) -> nn.Module:
         factory = getattr(monai_nets, f"resnet{depth}")
@@ -141,7 +151,7 @@ def _monai_resnet(depth: int) -> Callable[..., nn.Module]:
         if pretrained:
             load_medicalnet(model, pretrained, in_channels)
         encoder = ResNetFeatures(model)
-        options = _head_options(pooling, supervision, norm, drop_rate)
+        options = _head_options(pooling, supervision, norm, drop_rate, keep_z)
         return _classifier(encoder, encoder.num_features, num_classes, options)
 
     return build
@@ -159,6 +169,7 @@ def densenet121(
     supervision: str = "study",
     norm: str = "batch",
     drop_rate: float = 0.0,
+    keep_z: bool | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """MONAI's 3D DenseNet-121 (non-deterministic on CUDA, `anchors.md`): its dense blocks and the
@@ -166,7 +177,8 @@ def densenet121(
     net = monai_nets.DenseNet121(spatial_dims=3, in_channels=in_channels, out_channels=num_classes, **kwargs)
     encoder = nn.Sequential(net.features, net.class_layers.relu)
     features = net.class_layers.out.in_features
-    return _classifier(encoder, features, num_classes, _head_options(pooling, supervision, norm, drop_rate))
+    options = _head_options(pooling, supervision, norm, drop_rate, keep_z)
+    return _classifier(encoder, features, num_classes, options)
 
 
 @BASELINES.register("unet_dual")
@@ -227,6 +239,7 @@ def acs(
     pooling: str = "avg",
     supervision: str = "study",
     norm: str = "batch",
+    keep_z: bool | None = None,
 ) -> nn.Module:
     """A timm 2D classifier converted to 3D. `init`: None (scratch), `stage1` (our Stage-1 `best.pt`
     of the same fold, given as `stage1_checkpoint`: encoder and head), or a local ImageNet weights
@@ -245,7 +258,7 @@ def acs(
     if init == "stage1":
         model2d.load_state_dict(stage1_payload(stage1_checkpoint, backbone, "acs")["model"])
     encoder = _FeatureMap(convert_to_3d(model2d.encoder, mode))
-    options = _head_options(pooling, supervision, norm, drop_rate)
+    options = _head_options(pooling, supervision, norm, drop_rate, keep_z)
     return _classifier(encoder, model2d.num_features, num_classes, options, model2d.head)
 
 

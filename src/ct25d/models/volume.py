@@ -3,9 +3,15 @@
 An encoder maps a volume `(B, C, D, H, W)` to a feature map `(B, F, d, h, w)`; `VolumeHead` turns the
 map into logits:
 - `supervision: study`: pooled over (d, h, w), one logit per label for the study;
-- `supervision: slice`: pooled over (h, w) only, so z is kept; the z profile is interpolated back to
-  the input's D slices and each slice position gets its own logits, trained on the slice labels
-  with Stage 1's weighted loss; the study score is the max over the real slices, as Stage 2 scores.
+- `supervision: slice`: pooled over (h, w) only, so z is kept; each slice position gets its own
+  logits, trained on the slice labels with Stage 1's weighted loss; the study score is the max over
+  the real slices, as Stage 2 scores.
+
+`keep_z` (default: on with slice supervision) sets every stride along z to 1 (`keep_depth`), as
+nnU-Net does for anisotropic axes: the encoder's map keeps one position per input slice and only
+x, y shrink. Without it a 3D ResNet strides z by 16-32, so a 32-slice study leaves the head one
+or two z positions and "slice" logits are one value interpolated over every slice: slice labels
+in name only (the study's 3D runs at commit a5bb8d5 were).
 
 Why a choice of pooling: a global average spreads a lesion of a few voxels over every voxel of the
 volume (a 3-voxel IPH is 3 of 55,296), while `max` keeps the strongest position and `attention`
@@ -23,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ct25d.errors import ConfigError
+from ct25d.models.acs import ConvFrom2d
 
 POOLINGS = ("avg", "max", "attention")
 SUPERVISIONS = ("study", "slice")
@@ -86,7 +93,7 @@ class VolumeHead(nn.Module):
             pooled = self.pool(features.reshape(b, f, -1).transpose(1, 2))
             return self.classifier(self.dropout(pooled))
         per_slice = self.pool(features.reshape(b, f, d, -1).permute(0, 2, 3, 1))  # (B, d, F)
-        if d != depth:  # the encoder strided z: its profile back on the input's slice positions
+        if d != depth:  # the encoder strided z (keep_z off): its profile back on the slice positions
             per_slice = F.interpolate(
                 per_slice.transpose(1, 2), size=depth, mode="linear", align_corners=False
             ).transpose(1, 2)
@@ -106,6 +113,45 @@ class VolumeClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.encoder(x), x.shape[2])
+
+
+def _same_like(kernel: int, padding: int) -> bool:
+    return kernel - 1 == 2 * padding
+
+
+def keep_depth(encoder: nn.Module) -> int:
+    """Set every z stride of `encoder` to 1 (see the module docstring); returns the layers changed.
+
+    Why by hand: neither MONAI's networks nor timm's take a per-axis stride. A layer whose kernel
+    equals its stride along z (a non-overlapping pool) becomes 1 along z; a convolution or pool
+    keeps its kernel when its padding keeps the size ('same'-like); anything else would change the
+    depth differently in two branches of a block and is refused."""
+    changed = 0
+    for name, module in encoder.named_modules():
+        if isinstance(module, ConvFrom2d):
+            changed += int(max(module.stride) > 1 and not module.keep_z)
+            module.keep_z = True
+            continue
+        if not isinstance(module, nn.Conv3d | nn.MaxPool3d | nn.AvgPool3d):
+            continue
+        stride = _triple(module.stride if module.stride is not None else module.kernel_size)
+        if stride[0] == 1:
+            continue
+        kernel, padding = _triple(module.kernel_size), _triple(module.padding)
+        if isinstance(module, nn.Conv3d):
+            if not (kernel[0] == 1 or _same_like(kernel[0], padding[0])):
+                raise ConfigError(f"keep_z: layer {name}: kernel {kernel}, padding {padding} would shrink z")
+        elif kernel[0] == stride[0] and padding[0] == 0:
+            module.kernel_size = (1, *kernel[1:])
+        elif not _same_like(kernel[0], padding[0]):
+            raise ConfigError(f"keep_z: pool {name}: kernel {kernel}, padding {padding} would shrink z")
+        module.stride = (1, *stride[1:])
+        changed += 1
+    return changed
+
+
+def _triple(value: int | tuple[int, ...]) -> tuple[int, int, int]:
+    return (value,) * 3 if isinstance(value, int) else (int(value[0]), int(value[1]), int(value[2]))
 
 
 class _NormAct(nn.Module):

@@ -141,6 +141,7 @@ def load_runs(
             "train_auc_any_last",
             "volume_shape",
             "volume_from_slices",
+            "crop_depth",
         )
         extra = {k: summary[k] for k in kept if k in summary}
         folder = Path(path).parent
@@ -697,8 +698,8 @@ def interval_records(long: pd.DataFrame) -> list[dict[str, Any]]:
 def volume_note(runs: list[Run]) -> str:
     """What the 3D rows read, for the table's header: a resized volume shows fewer pixels than the
     2D rows do, and the reader must know it."""
-    shapes = {(tuple(r.extra["volume_shape"]), r.extra.get("volume_from_slices", "")) for r in runs
-              if "volume_shape" in r.extra}  # fmt: skip
+    shapes = {(tuple(r.extra["volume_shape"]), r.extra.get("volume_from_slices", ""),
+               r.extra.get("crop_depth")) for r in runs if "volume_shape" in r.extra}  # fmt: skip
     notes = [
         " x ".join(map(str, shape))
         + {
@@ -706,7 +707,8 @@ def volume_note(runs: list[Run]) -> str:
             False: " (resized: fewer pixels than the 2D rows see, one label per study)",
             "": "",  # a run from before the store said
         }[from_slices]
-        for shape, from_slices in sorted(shapes, key=str)
+        + (f", trained on runs of {crop} slices and scored on whole studies" if crop else "")
+        for shape, from_slices, crop in sorted(shapes, key=str)
     ]
     if not notes:
         return ""

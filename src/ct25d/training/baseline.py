@@ -91,6 +91,10 @@ class BaselineSettings(Stage2Settings):
     bn_refresh: int = 0
     amp: bool = True  # bf16 autocast on CUDA
     gradient_checkpointing: bool = False
+    # Slice-supervised volume families: train on a random run of this many consecutive real slices
+    # of each study (redrawn every epoch; the slice labels come along) and predict whole studies
+    # unpadded, in batches of equal depth. None: whole studies padded with air to the store's depth.
+    crop_depth: int | None = None
     deterministic: bool = True
     num_workers: int = 0
     mem_mb: int | None = None  # the rule's declared memory: a configuration that cannot fit stops early
@@ -201,16 +205,27 @@ class _Inputs:
                     )
                 self.slice_index = index.merge(self.keys, on=["dataset", "study_id"])
                 slice_targets = slice_label_arrays(self.slice_index, self.keys, s.labels)
-            depth = int(table["pad_to"].max())
+            depth = self.pad_depth = int(table["pad_to"].max())
             self.from_slices = bool(table["from_slices"].all())
+            crop = s.crop_depth
+            if crop is not None and (supervision != "slice" or crop < 4):
+                raise ConfigError(
+                    f"crop_depth {crop}: needs supervision: slice (a run of slices keeps their labels, "
+                    f"not the study's) and at least 4 slices"
+                )
+            augment = Augment.from_settings(s.augment)
             self.train_data: Any = VolumeDataset(
-                table, self.targets, Augment.from_settings(s.augment), s.seed, depth, slice_targets
+                table, self.targets, augment, s.seed, crop or depth, slice_targets, crop=crop
             )
-            self.eval_data: Any = VolumeDataset(table, self.targets, None, 0, depth, slice_targets)
+            eval_depth = None if crop else depth
+            self.eval_data: Any = VolumeDataset(table, self.targets, None, 0, eval_depth, slice_targets)
+            # Unpadded studies batch only with studies of their own depth.
+            self.depths = table["depth"].to_numpy() if crop else None
             self.collate: Callable[..., Any] | None = None
         else:
             if supervision != "study":
                 raise ConfigError("supervision: slice applies to the volume families, not embedding models")
+            self.depths = None
             if embeddings is None:
                 raise ConfigError("an embedding baseline needs the Stage-1 embeddings folder")
             rows = pd.read_parquet(Path(embeddings) / "rows.parquet")
@@ -230,7 +245,19 @@ class _Inputs:
         self.n_slices = keyed["n_slices"].reindex(index_keys).to_numpy() if "n_slices" in keyed else None
 
     def sample_shape(self) -> tuple[int, ...]:
-        return tuple(self.eval_data[0]["x"].shape) if self.kind == "volume" else ()
+        """The shape of one training input (a crop where `crop_depth` is set)."""
+        return tuple(self.train_data[0]["x"].shape) if self.kind == "volume" else ()
+
+    def store_shape(self) -> tuple[int, ...]:
+        """`(C, D, S, S)` of the store's volumes, D the depth they are padded or cropped to."""
+        shape = self.sample_shape()
+        return (shape[0], self.train_data.depth if self.depths is None else self.pad_depth, *shape[2:])
+
+    def eval_batches(self, subset: np.ndarray, batch_size: int) -> list[list[int]]:
+        """`subset` in batches, in its order; unpadded volumes grouped by depth first."""
+        groups = [subset] if self.depths is None else [subset[self.depths[subset] == d]
+                                                      for d in np.unique(self.depths[subset])]  # fmt: skip
+        return [g[i : i + batch_size].tolist() for g in groups for i in range(0, len(g), batch_size)]
 
 
 class _Keyed(torch.utils.data.Dataset):
@@ -339,8 +366,7 @@ def _predict(
     total, count = 0.0, 0
     loader = DataLoader(
         inputs.eval_data,
-        batch_size=s.batch_size,
-        sampler=subset.tolist(),
+        batch_sampler=inputs.eval_batches(subset, s.batch_size),
         collate_fn=inputs.collate,
         num_workers=s.num_workers,
     )
@@ -502,7 +528,8 @@ def train_baseline(
         "supervision": supervision,
     }
     if kind == "volume":
-        extra_summary["volume_shape"] = list(inputs.sample_shape())
+        extra_summary["volume_shape"] = list(inputs.store_shape())
+        extra_summary["crop_depth"] = s.crop_depth
         extra_summary["volume_from_slices"] = inputs.from_slices
     return write_outputs(
         out,
@@ -525,7 +552,7 @@ def refresh_batch_norm(model: nn.Module, inputs: _Inputs, train_idx: np.ndarray,
         return 0
     rng = np.random.default_rng(derive_seed(s.seed, 0, 0xB4))
     chosen = np.sort(rng.permutation(train_idx)[: s.bn_refresh])
-    loader = DataLoader(inputs.eval_data, batch_size=s.batch_size, sampler=chosen.tolist(),
+    loader = DataLoader(inputs.eval_data, batch_sampler=inputs.eval_batches(chosen, s.batch_size),
                         collate_fn=inputs.collate, num_workers=s.num_workers)  # fmt: skip
     with _autocast(device, s):
         torch.optim.swa_utils.update_bn((batch["x"] for batch in loader), model, torch.device(device))
