@@ -138,7 +138,7 @@ def test_gradcam_of_a_net_trained_to_find_a_bright_square_peaks_on_the_square() 
     ("entry", "grid"),
     [
         ({"name": "resnet10", "conv1_t_stride": 2, "pooling": "max", "norm": "group"}, (1, 1, 1)),
-        ({"name": "resnet10", "conv1_t_stride": 2, "supervision": "slice", "pooling": "max"}, (1, 1, 1)),
+        ({"name": "resnet10", "conv1_t_stride": 2, "supervision": "slice", "pooling": "max"}, (16, 1, 1)),
         ({"name": "unet_dual", "features": [4, 4, 8, 8, 16, 4], "supervision": "slice"}, (16, 32, 32)),
         ({"name": "acs", "backbone": "resnet10t", "mode": "2.5d", "supervision": "slice"}, (16, 1, 1)),
     ],
