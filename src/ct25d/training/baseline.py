@@ -251,7 +251,7 @@ class _Inputs:
     def store_shape(self) -> tuple[int, ...]:
         """`(C, D, S, S)` of the store's volumes, D the depth they are padded or cropped to."""
         shape = self.sample_shape()
-        return (shape[0], self.train_data.depth if self.depths is None else self.pad_depth, *shape[2:])
+        return (shape[0], self.pad_depth, *shape[2:])
 
     def eval_batches(self, subset: np.ndarray, batch_size: int) -> list[list[int]]:
         """`subset` in batches, in its order; unpadded volumes grouped by depth first."""
