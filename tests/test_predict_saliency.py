@@ -87,7 +87,11 @@ class Bright(nn.Module):
             self.head.weight.fill_(1.0)
             self.head.bias.zero_()
 
+        self.depths: list[int] = []  # a volume net: the depth of each input it was fed
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 5:
+            self.depths.append(int(x.shape[2]))
         features = self.features(x)
         return self.head(features.mean(tuple(range(2, features.dim()))))
 
@@ -98,13 +102,14 @@ class Handmade(Network):
 
     kind: str = "slices"
     thickness: int = 1
+    padded: bool = True
 
     def load(self, in_channels: int = 3) -> tuple[LoadedModel, SaliencyMaps]:
         if self.kind == "slices":
             net = Bright(3 * self.thickness, 3 * (self.thickness // 2))  # slices x windows, as stacked
         else:
             net = Bright(in_channels, 0, dims=3)
-        loaded = LoadedModel(net.eval(), self.kind, ("any",), None, self.thickness)
+        loaded = LoadedModel(net.eval(), self.kind, ("any",), None, self.thickness, self.padded)
         return loaded, SaliencyMaps(loaded.model, 0, layer="model.features")
 
 
@@ -137,8 +142,19 @@ def test_a_3d_nets_map_is_read_at_the_shown_slice_through_source_z(cohort: Cohor
     heat = overlay.maps[LESION_Z]
     assert peak_in(heat, cohort.lesion) and heat.max() == pytest.approx(1.0)
     assert overlay.maps[3].max() == 0.0
-    assert "on its padded volume" in overlay.note
+    assert "on its volume, read at each slice" in overlay.note
     assert overlay.note.endswith("none on slices outside its volume")
+
+
+@pytest.mark.parametrize("padded", [True, False])
+def test_a_3d_net_is_fed_the_volume_as_its_trainer_fed_it(cohort: Cohort, padded: bool) -> None:
+    """A net trained on whole studies padded to the store's depth (10 here) sees the study padded;
+    one trained on runs of slices (`crop_depth`) sees the study's own 6 slices, as it was scored."""
+    network = Handmade(Path("none"), "a 3D detector", "volume", padded=padded)
+    saliency = ApproachSaliency([network], cohort.index, cohort.volumes.assign(pad_to=10))
+    overlay = saliency("st-pos", np.array([LESION_Z]))
+    assert saliency._models[0][0].model.depths == [10 if padded else 6]
+    assert peak_in(overlay.maps[LESION_Z], cohort.lesion)
 
 
 def stage1_checkpoint(path: Path, seed: int) -> Path:

@@ -189,6 +189,11 @@ def test_a_3d_checkpoint_loads_without_its_initial_weights(tmp_path: Path) -> No
     x = torch.randn(1, 3, 16, 32, 32)
     with torch.no_grad():
         assert loaded.kind == "volume" and torch.allclose(loaded.model(x), model(x))
+    assert loaded.padded and loaded.volume_depth(32) == 32
+    # Trained on runs of slices (crop_depth): scored, and looked at, on whole unpadded studies.
+    settings = {"labels": list(RSNA_LABELS), "crop_depth": 16}
+    save_checkpoint(path, {"model": model.state_dict(), "config": entry, "meta": {"settings": settings}})
+    assert load_model(path).volume_depth(32) is None
 
 
 def test_truth_masks_are_the_3d_stores_mask_channel_and_keep_the_kinds_asked(tmp_path: Path) -> None:

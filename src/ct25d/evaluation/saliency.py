@@ -123,6 +123,13 @@ class LoadedModel:
     labels: tuple[str, ...]
     image_size: int | None = None  # slices: the side the slices are resized to
     thickness: int = 1  # slices: k adjacent slices as channels
+    # volume: whether its trainer padded whole studies to the store's depth; a net trained on runs of
+    # slices (`crop_depth`) was scored on whole studies unpadded, and is looked at the same way.
+    padded: bool = True
+
+    def volume_depth(self, pad_to: int) -> int | None:
+        """The depth a study of the store padded to `pad_to` is fed at (None: its own depth)."""
+        return pad_to if self.padded else None
 
     def class_index(self, label: str = "any") -> int:
         if label not in self.labels:
@@ -148,7 +155,8 @@ def load_model(checkpoint: str | os.PathLike[str], in_channels: int = 3) -> Load
     entry = {k: v for k, v in payload["config"].items() if k not in ("init", "pretrained")}
     if inputs_of(entry["name"]) != "volume":
         raise ConfigError(f"{checkpoint}: a {entry['name']} model reads no image; it has no saliency map")
-    labels = tuple(payload["meta"]["settings"]["labels"])
+    settings = payload["meta"]["settings"]
+    labels = tuple(settings["labels"])
     model = BASELINES.from_config(entry, num_classes=len(labels), in_channels=in_channels)
     model.load_state_dict(payload["model"])
-    return LoadedModel(model.eval(), "volume", labels)
+    return LoadedModel(model.eval(), "volume", labels, padded=settings.get("crop_depth") is None)

@@ -2,10 +2,10 @@
 
 For each call (`ct25d.evaluation.pointing.positive_calls`) that is pointed at or drawn: a slice model
 (Stage 1, thickened 2D) gets the Grad-CAM of its top slices by slice probability, fed as its trainer
-fed them (`SliceDataset`); a 3D net the Grad-CAM of the study score on its padded volume, fed as its
-trainer fed it (`VolumeDataset`). The lesion masks are the slice store's (`ct25d.evaluation.truth`);
-a 3D volume's slice d is slice-store slice `source_z[d]`. Returns one row per positive call and the
-gallery's tiles.
+fed them (`SliceDataset`); a 3D net the Grad-CAM of the study score on its volume, fed as its trainer
+fed it (`VolumeDataset`: padded, or whole where it trained on runs of slices). The lesion masks are
+the slice store's (`ct25d.evaluation.truth`); a 3D volume's slice d is slice-store slice
+`source_z[d]`. Returns one row per positive call and the gallery's tiles.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ class _SliceLooker:
 
 
 class _VolumeLooker:
-    """Grad-CAM of a 3D net's study score on a study's padded volume, fed as its trainer fed it; the
+    """Grad-CAM of a 3D net's study score on a study's volume, fed as its trainer fed it; the
     slice shown is the peak cell's slice holding the most lesion (its middle one without)."""
 
     def __init__(self, loaded: LoadedModel, maps: SaliencyMaps, volumes: pd.DataFrame) -> None:
@@ -98,8 +98,9 @@ class _VolumeLooker:
     def __call__(self, dataset: str, study_id: str, mask: np.ndarray | None, score: bool) -> _Looked:
         entry = self.table.loc[(dataset, study_id)]
         frame = pd.DataFrame({"store": [entry["store"]], "study_id": [study_id]})
-        depth = int(entry["pad_to"])
-        item = VolumeDataset(frame, np.zeros((1, len(self.loaded.labels)), np.float32), depth=depth)[0]
+        fed = self.loaded.volume_depth(int(entry["pad_to"]))
+        item = VolumeDataset(frame, np.zeros((1, len(self.loaded.labels)), np.float32), depth=fed)[0]
+        depth = int(item["x"].shape[1])
         raw = self.maps.raw(item["x"][None], item["valid"][None])[0]  # (d, h, w)
         volume, attrs = read_fixed(entry["store"], study_id)
         if attrs["channels"][-1] == MASK_CHANNEL:

@@ -6,7 +6,8 @@ Which network gives the map:
 - Stage 2: the Stage-1 network whose embeddings it read (the checkpoint `embeddings/settings.json`
   of `stage1/<backbone>/fold<k>` records): the map shows what Stage 2's inputs saw, not Stage 2;
 - a thickened-2D baseline: its own `best.pt`, fed the k-slice window centred on the shown slice;
-- a 3D baseline: its own `best.pt`, Grad-CAM on the padded volume, read at the shown slice through
+- a 3D baseline: its own `best.pt`, Grad-CAM on the volume as it was fed in training (padded,
+  or whole and unpadded for a net trained on runs of slices), read at the shown slice through
   the volume store's `source_z`;
 - a model that reads no image (the 2.5CNN on embeddings): no map, and the picture says so.
 
@@ -95,7 +96,7 @@ def _scaled(raw: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
 
 @dataclass
 class _Volume:
-    """One study's padded volume as its 3D trainer fed it, read once for every fold model."""
+    """One study's volume as its 3D trainer fed it, read once for every fold model."""
 
     x: torch.Tensor
     valid: torch.Tensor
@@ -136,7 +137,7 @@ class ApproachSaliency:
 
     def _note(self, volume: bool) -> str:
         n = len(self.networks)
-        where = " on its padded volume, read at each slice" if volume else ""
+        where = " on its volume, read at each slice" if volume else ""
         folds = f"{n} fold model{'s' * (n > 1)}"
         return f"Grad-CAM of P({LABEL}) of {self.networks[0].name}{where}, mean over {folds}"
 
@@ -155,7 +156,7 @@ class ApproachSaliency:
         volume: list[_Volume] = []  # read by the first 3D fold model, shared by the others
         folds = [
             self._slices(loaded, cam, rows, zs, size) if loaded.kind == "slices"
-            else self._volume(cam, study_id, zs, size, volume)
+            else self._volume(loaded, cam, study_id, zs, size, volume)
             for loaded, cam in models
         ]  # fmt: skip
         maps = {int(z): np.mean([fold[int(z)] for fold in folds], axis=0)
@@ -178,9 +179,9 @@ class ApproachSaliency:
         scaled = _scaled(raw, (len(zs), *size))
         return {int(z): scaled[i] for i, z in enumerate(zs)}
 
-    def _volume(self, cam: SaliencyMaps, study_id: str, zs: np.ndarray, size: tuple[int, ...],
-                cache: list[_Volume]) -> dict[int, np.ndarray]:  # fmt: skip
-        """A 3D net's map of the study score on its padded volume (`VolumeDataset`), at the shown
+    def _volume(self, loaded: LoadedModel, cam: SaliencyMaps, study_id: str, zs: np.ndarray,
+                size: tuple[int, ...], cache: list[_Volume]) -> dict[int, np.ndarray]:  # fmt: skip
+        """A 3D net's map of the study score on its volume as its trainer fed it, at the shown
         slices through `source_z` (none where z was resized or the slice lies outside the volume)."""
         if self.volumes is None:
             raise ValueError("a 3D net's saliency needs the volume index")
@@ -189,7 +190,8 @@ class ApproachSaliency:
         if not cache:
             entry = self.volumes.loc[study_id]
             frame = pd.DataFrame({"store": [entry["store"]], "study_id": [study_id]})
-            item = VolumeDataset(frame, np.zeros((1, 1), np.float32), depth=int(entry["pad_to"]))[0]
+            depth = loaded.volume_depth(int(entry["pad_to"]))
+            item = VolumeDataset(frame, np.zeros((1, 1), np.float32), depth=depth)[0]
             source_z = read_fixed_attrs(entry["store"], study_id).get("source_z")
             stored = None if source_z is None else np.asarray(source_z)
             cache.append(_Volume(item["x"], item["valid"], stored))
