@@ -21,11 +21,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from monai.visualize import GradCAM
 from torch import nn
 
+from ct25d.datasets.volume_dataset import VolumeDataset
 from ct25d.errors import ConfigError
 from ct25d.models.baselines import BASELINES, DualTaskUNet
 from ct25d.models.families import inputs_of
@@ -130,6 +132,12 @@ class LoadedModel:
     def volume_depth(self, pad_to: int) -> int | None:
         """The depth a study of the store padded to `pad_to` is fed at (None: its own depth)."""
         return pad_to if self.padded else None
+
+    def volume_input(self, store: str, study_id: str, pad_to: int) -> dict[str, Any]:
+        """One study's `VolumeDataset` item (`x`, `valid`, ...) as this 3D net's trainer fed it."""
+        frame = pd.DataFrame({"store": [store], "study_id": [study_id]})
+        no_targets = np.zeros((1, 1), np.float32)
+        return VolumeDataset(frame, no_targets, depth=self.volume_depth(pad_to))[0]
 
     def class_index(self, label: str = "any") -> int:
         if label not in self.labels:

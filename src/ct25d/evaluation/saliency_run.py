@@ -18,7 +18,6 @@ import pandas as pd
 import torch
 
 from ct25d.datasets.slice_dataset import SliceDataset
-from ct25d.datasets.volume_dataset import VolumeDataset
 from ct25d.evaluation.pointing import Pointing, PointingSettings, peak_footprint, point, positive_calls
 from ct25d.evaluation.saliency import LoadedModel, SaliencyMaps, upsample
 from ct25d.evaluation.truth import Truth
@@ -97,9 +96,7 @@ class _VolumeLooker:
 
     def __call__(self, dataset: str, study_id: str, mask: np.ndarray | None, score: bool) -> _Looked:
         entry = self.table.loc[(dataset, study_id)]
-        frame = pd.DataFrame({"store": [entry["store"]], "study_id": [study_id]})
-        fed = self.loaded.volume_depth(int(entry["pad_to"]))
-        item = VolumeDataset(frame, np.zeros((1, len(self.loaded.labels)), np.float32), depth=fed)[0]
+        item = self.loaded.volume_input(entry["store"], study_id, int(entry["pad_to"]))
         depth = int(item["x"].shape[1])
         raw = self.maps.raw(item["x"][None], item["valid"][None])[0]  # (d, h, w)
         volume, attrs = read_fixed(entry["store"], study_id)

@@ -32,7 +32,6 @@ import pandas as pd
 import torch
 
 from ct25d.datasets.slice_dataset import SliceDataset
-from ct25d.datasets.volume_dataset import VolumeDataset
 from ct25d.errors import ConfigError
 from ct25d.evaluation.saliency import LoadedModel, SaliencyMaps, load_model, upsample
 from ct25d.report.compare import Run
@@ -189,9 +188,7 @@ class ApproachSaliency:
             return {}
         if not cache:
             entry = self.volumes.loc[study_id]
-            frame = pd.DataFrame({"store": [entry["store"]], "study_id": [study_id]})
-            depth = loaded.volume_depth(int(entry["pad_to"]))
-            item = VolumeDataset(frame, np.zeros((1, 1), np.float32), depth=depth)[0]
+            item = loaded.volume_input(entry["store"], study_id, int(entry["pad_to"]))
             source_z = read_fixed_attrs(entry["store"], study_id).get("source_z")
             stored = None if source_z is None else np.asarray(source_z)
             cache.append(_Volume(item["x"], item["valid"], stored))
