@@ -503,6 +503,37 @@ def test_resume_continues_from_last_pt(cohort: dict, tmp_path: Path, monkeypatch
         torch.testing.assert_close(resumed["model"][name], value)
 
 
+def test_a_finished_run_or_a_run_on_other_studies_is_not_resumed(cohort: dict, tmp_path: Path) -> None:
+    """`ct25d sweep` reruns a baseline at another training fraction in the same folder: a `last.pt`
+    of a run that stopped early (patience spent) on the other studies must not be handed back."""
+    from ct25d.datasets.splits import LEFT_OUT, study_splits
+    from ct25d.training.checkpoint import load_checkpoint, save_checkpoint
+
+    entry = {"name": "cnn25", "backbone": "test_resnet", "slices": 8, "hidden": 16}
+    emb = str(cohort["root"] / "emb")
+    # lr 0: the inner loss cannot improve, so patience 1 stops the run after epoch 0 of 4
+    settings = {**SETTINGS, "epochs": 4, "patience": 1, "lr": 0.0}
+    train_baseline(cohort["studies"], 0, entry, settings, tmp_path / "run", embeddings=emb)
+    first = load_checkpoint(tmp_path / "run" / "last.pt")["state"]
+    assert first["epoch"] == 1 and [row["epoch"] for row in first["history"]] == [-1, 0]
+
+    fewer = cohort["studies"].copy()  # a smaller training fraction: two training studies left out
+    fewer.loc[fewer.index[study_splits(fewer, 0) == "train"][:2], "inner_for"] = LEFT_OUT
+    train_baseline(fewer, 0, entry, settings, tmp_path / "run", embeddings=emb)
+    train_baseline(fewer, 0, entry, settings, tmp_path / "fresh", embeddings=emb)
+    rerun, fresh = (load_checkpoint(tmp_path / d / "last.pt")["state"] for d in ("run", "fresh"))
+    assert rerun["history"][1]["train_loss"] == fresh["history"][1]["train_loss"]
+    assert rerun["history"][1]["train_loss"] != first["history"][1]["train_loss"]
+
+    # The same run finished: Snakemake reruns it only to redo it (new code, say), so it trains again
+    payload = load_checkpoint(tmp_path / "run" / "last.pt")
+    payload["state"]["history"][1]["train_loss"] = -1.0  # what the old run left behind
+    save_checkpoint(tmp_path / "run" / "last.pt", payload)
+    train_baseline(fewer, 0, entry, settings, tmp_path / "run", embeddings=emb)
+    redone = load_checkpoint(tmp_path / "run" / "last.pt")["state"]
+    assert redone["history"][1]["train_loss"] == fresh["history"][1]["train_loss"]
+
+
 def test_config_check_names_bad_baseline_keys() -> None:
     config = {
         "preprocess": {"windows": [{"name": "brain"}, {"name": "subdural"}, {"name": "wide"}]},

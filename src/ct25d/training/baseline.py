@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import logging
 import math
 import os
@@ -64,6 +65,7 @@ from ct25d.training.seed import (
 from ct25d.training.stage1 import (
     Stage1Settings,
     build_model,
+    fingerprint,
     iter_predictions,
     prediction_loader,
     train_stage1,
@@ -243,6 +245,14 @@ class _Inputs:
             self.split = held_out_features(self.split, keyed["patient_id"].reindex(index_keys).to_numpy())
         self.missing = len(keyed.index.difference(index_keys))
         self.n_slices = keyed["n_slices"].reindex(index_keys).to_numpy() if "n_slices" in keyed else None
+
+    def fingerprint(self) -> str:
+        """Hash of which studies train and which validate (the fold's split, after
+        `splits.train_fraction`) and their labels, per study and per slice."""
+        frames = [self.keys.assign(split=self.split), pd.DataFrame(self.targets)]
+        if self.slice_index is not None:
+            frames.append(self.slice_index)
+        return fingerprint(*frames)
 
     def sample_shape(self) -> tuple[int, ...]:
         """The shape of one training input (a crop where `crop_depth` is set)."""
@@ -544,6 +554,31 @@ def train_baseline(
     )
 
 
+def weights_key(model: nn.Module) -> str:
+    """Hash of a network's weights before training: the seed's draw, or the Stage-1 run it was
+    converted from (`init: stage1`), which a run at another training fraction or seed retrains."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _not_resumable(payload: dict[str, Any], identity: dict[str, Any], s: BaselineSettings) -> str:
+    """Why `last.pt` must not be resumed ("" if it may). Only an interrupted run resumes: the same
+    settings, the same training and inner studies with their labels and the same starting weights.
+    A finished run (its epochs, or its patience, spent) is never resumed: Snakemake reruns a finished
+    job only to redo it, and `sweep` reruns one at another fraction, where resuming would hand back
+    the model trained on the other fraction's studies."""
+    if payload.get("identity") != identity:
+        changed = sorted(k for k in identity if (payload.get("identity") or {}).get(k) != identity[k])
+        return f"written by another run: {', '.join(changed)} differ"
+    history = payload["state"]["history"]
+    if payload["state"]["epoch"] >= s.epochs or patience_spent(history, s.monitor, s.patience):
+        return "that run finished"
+    return ""
+
+
 def refresh_batch_norm(model: nn.Module, inputs: _Inputs, train_idx: np.ndarray, s: BaselineSettings,
                        device: str) -> int:  # fmt: skip
     """Re-estimate every batch norm's running statistics from `s.bn_refresh` training volumes (a fixed
@@ -590,20 +625,21 @@ def _fit(
         "settings": s.learning_settings(),
         "model_config": model_config,
         "studies": inputs.keys.to_dict("list"),
+        "data": inputs.fingerprint(),
+        "start": weights_key(model),
     }
     if last_path.exists():
         payload = load_checkpoint(last_path)
-        if payload["identity"] == identity and payload["state"]["epoch"] < s.epochs:
+        stale = _not_resumable(payload, identity, s)
+        if stale:
+            log.warning("not resuming from %s (%s): training from scratch", last_path, stale)
+        else:
             model.load_state_dict(payload["model"])
             optimizer.load_state_dict(payload["optimizer"])
             schedule.load_state_dict(payload["schedule"])
             set_rng_state(payload["rng"], device)
             state = payload["state"]
             log.info("resuming from %s at epoch %d", last_path, state["epoch"])
-        else:
-            log.warning(
-                "not resuming from %s (another run or a finished one): training from scratch", last_path
-            )
 
     def keep(row: dict[str, float], epoch: int) -> None:
         state["history"].append(row)
