@@ -570,8 +570,9 @@ def _not_resumable(payload: dict[str, Any], identity: dict[str, Any], s: Baselin
     A finished run (its epochs, or its patience, spent) is never resumed: Snakemake reruns a finished
     job only to redo it, and `sweep` reruns one at another fraction, where resuming would hand back
     the model trained on the other fraction's studies."""
-    if payload.get("identity") != identity:
-        changed = sorted(k for k in identity if (payload.get("identity") or {}).get(k) != identity[k])
+    written = payload.get("identity") or {}
+    if written != identity:
+        changed = sorted(k for k in identity.keys() | written.keys() if written.get(k) != identity.get(k))
         return f"written by another run: {', '.join(changed)} differ"
     history = payload["state"]["history"]
     if payload["state"]["epoch"] >= s.epochs or patience_spent(history, s.monitor, s.patience):
@@ -624,8 +625,7 @@ def _fit(
     identity = {
         "settings": s.learning_settings(),
         "model_config": model_config,
-        "studies": inputs.keys.to_dict("list"),
-        "data": inputs.fingerprint(),
+        "data": inputs.fingerprint(),  # the studies in order, their split and labels
         "start": weights_key(model),
     }
     if last_path.exists():
